@@ -1,0 +1,1 @@
+"""Wiring: settings from the environment, the Celery app, logging."""

@@ -1,0 +1,85 @@
+"""The Celery app: broker, queues, routes, beat schedule, time limits, logging signals.
+
+Start a worker with `celery -A config.celery worker -Q sweep,refresh,ops` and beat with
+`celery -A config.celery beat` (see the Procfile). Settings come from the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+from kombu import Queue
+
+from config import logging as tw_logging
+from config.settings import Settings, SettingsError
+
+VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    soft_limit = max(120.0, 8 * settings.http_timeout + 2 * settings.lease_ttl)
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.broker_url,
+        "result_expires": 3600,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_queues": [Queue("sweep"), Queue("refresh"), Queue("ops")],
+        "task_default_queue": "refresh",
+        "task_routes": {
+            "tokenworker.sweep": {"queue": "sweep"},
+            "tokenworker.check_batch": {"queue": "refresh"},
+            "tokenworker.check_connection": {"queue": "ops"},
+            "tokenworker.refresh_connection": {"queue": "ops"},
+            "tokenworker.deliver_webhook": {"queue": "ops"},
+        },
+        # Tasks are idempotent (lease + compare-and-set), so a crashed child's task is redelivered.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": soft_limit,
+        "task_time_limit": soft_limit + 30,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": {
+            "sweep": {
+                "task": "tokenworker.sweep",
+                "schedule": settings.sweep_interval,
+                # A sweep queued during an outage is worthless once the next one is due.
+                "options": {"expires": settings.sweep_interval, "queue": "sweep"},
+            }
+        },
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("tokenworker")
+    app.conf.update(celery_config(settings))
+    app.conf.tokenworker_settings = settings
+    return app
+
+
+@setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    tw_logging.configure(Settings.from_env(require_keys=False).log_format)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        raise SystemExit(f"tokenworker: {error}") from None
+
+
+app = make_app(_settings())
+app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

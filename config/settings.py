@@ -1,0 +1,230 @@
+"""Settings: one frozen dataclass built from the environment (12-factor).
+
+Every value is validated when the process starts; a missing or malformed value raises
+`SettingsError` naming the variable and what was expected, so a worker never runs
+half-configured. Durations are seconds (integers or decimals) so tests can use small ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+PREFIX = "TOKENWORKER_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _duration(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds, e.g. 900") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise SettingsError(f"{name}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def _count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number, e.g. 100") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number of at least 1")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
+        )
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: expected an http(s):// URL with a host")
+    return raw
+
+
+def parse_keys(name: str, raw: str) -> tuple[bytes, ...]:
+    """Comma-separated keys, each 32 random bytes in URL-safe base64 (Fernet's key format)."""
+    keys: list[bytes] = []
+    for position, item in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not item:
+            continue
+        try:
+            key = base64.urlsafe_b64decode(item.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise SettingsError(
+                f"{name}: key #{position} is not URL-safe base64 "
+                "(generate one with `tokenworker keys generate`)"
+            ) from None
+        if len(key) != 32:
+            raise SettingsError(
+                f"{name}: key #{position} decodes to {len(key)} bytes, expected 32 "
+                "(generate one with `tokenworker keys generate`)"
+            )
+        keys.append(key)
+    if not keys:
+        raise SettingsError(f"{name}: expected at least one key")
+    return tuple(keys)
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in allowed:
+            raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def _flag(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _text(name: str, raw: str) -> str:
+    del name
+    return raw
+
+
+def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker, beat and CLI read from the environment."""
+
+    redis_url: str = _setting(
+        "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0",
+        "Store Redis (connections, due index, locks, events). Must persist (AOF).",
+    )
+    broker_url: str = _setting(
+        "BROKER_URL", _redis_url, "", "Celery broker; defaults to TOKENWORKER_REDIS_URL."
+    )
+    encryption_keys: tuple[bytes, ...] = _setting(
+        "ENCRYPTION_KEYS", parse_keys, (),
+        "Comma-separated keys (32 bytes, URL-safe base64). The first encrypts; all decrypt.",
+    )
+    refresh_margin: float = _setting(
+        "REFRESH_MARGIN", _duration, 900.0, "Refresh when fewer seconds than this remain."
+    )
+    default_lifetime: float = _setting(
+        "DEFAULT_LIFETIME", _duration, 7200.0,
+        "Assumed access-token lifetime when no expiry is known (the org's session timeout).",
+    )
+    sweep_interval: float = _setting(
+        "SWEEP_INTERVAL", _duration, 60.0, "How often beat runs the sweep."
+    )
+    keepalive_interval: float = _setting(
+        "KEEPALIVE_INTERVAL", _duration, 604800.0,
+        "Refresh at least this often even when the access token is fresh.",
+    )
+    http_timeout: float = _setting(
+        "HTTP_TIMEOUT", _duration, 10.0, "Timeout of each call to Salesforce."
+    )
+    webhook_url: str = _setting(
+        "WEBHOOK_URL", _http_url, "", "POST failure, escalation and recovery events here."
+    )
+    webhook_secret: str = _setting(
+        "WEBHOOK_SECRET", _text, "", "HMAC-SHA256 key that signs webhook bodies."
+    )
+    log_format: Literal["json", "console"] = _setting(
+        "LOG_FORMAT", _choice("json", "console"), "json",
+        "json in production; console for people at a terminal.",
+    )
+    retry_base: float = _setting(
+        "RETRY_BASE", _duration, 30.0, "First backoff after a transient failure (doubles)."
+    )
+    retry_max: float = _setting(
+        "RETRY_MAX", _duration, 900.0, "Longest backoff; well under the broker visibility timeout."
+    )
+    lease_ttl: float = _setting(
+        "LEASE_TTL", _duration, 30.0, "Per-connection lease; longer than two HTTP timeouts."
+    )
+    key_prefix: str = _setting("KEY_PREFIX", _text, "tw:", "Prefix of every store key.")
+    batch_size: int = _setting(
+        "BATCH_SIZE", _count, 100, "Connections per check_batch task."
+    )
+    concurrency: int = _setting(
+        "CONCURRENCY", _count, 200, "Connections checked at once inside one worker process."
+    )
+    sweep_limit: int = _setting(
+        "SWEEP_LIMIT", _count, 20000, "Most connections one sweep claims."
+    )
+    require_persistence: bool = _setting(
+        "REQUIRE_PERSISTENCE", _flag, False,
+        "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        if self.lease_ttl <= 2 * self.http_timeout:
+            raise SettingsError(
+                f"{PREFIX}LEASE_TTL={self.lease_ttl:g} must be longer than two "
+                f"HTTP timeouts ({PREFIX}HTTP_TIMEOUT={self.http_timeout:g})"
+            )
+        if self.retry_base > self.retry_max:
+            raise SettingsError(
+                f"{PREFIX}RETRY_BASE={self.retry_base:g} must not exceed "
+                f"{PREFIX}RETRY_MAX={self.retry_max:g}"
+            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, require_keys: bool = True
+    ) -> Settings:
+        """Build settings from `environ` (default: the process environment)."""
+        source = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            name = PREFIX + item.metadata["env"]
+            raw = source.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[item.name] = item.metadata["parse"](name, raw.strip())
+        if require_keys and not values.get("encryption_keys"):
+            raise SettingsError(
+                f"{PREFIX}ENCRYPTION_KEYS is required: comma-separated keys, each 32 random "
+                "bytes in URL-safe base64 (create one with `tokenworker keys generate`)"
+            )
+        return cls(**values)
+
+    def __repr__(self) -> str:
+        shown = {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name not in ("encryption_keys", "webhook_secret")
+        }
+        shown["encryption_keys"] = f"<{len(self.encryption_keys)} keys>"
+        shown["webhook_secret"] = "<set>" if self.webhook_secret else "<unset>"
+        return f"Settings({shown})"
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for docs that cannot drift."""
+    rows = []
+    for item in fields(Settings):
+        default = item.default
+        shown = "" if default in ("", ()) else str(default)
+        rows.append((PREFIX + item.metadata["env"], shown, item.metadata["doc"]))
+    return rows

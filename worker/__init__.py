@@ -1,0 +1,1 @@
+"""tokenworker: keeps the OAuth tokens of stored Salesforce connections alive."""

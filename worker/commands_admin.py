@@ -1,0 +1,108 @@
+"""CLI handlers for watching and administering: status, events, keys, emulator, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from worker import ops, render
+from worker.commands import dump, with_runtime
+from worker.crypto import generate_key
+from worker.events import read_events
+from worker.rotation import rotate
+from worker.runtime import Runtime
+
+
+def status(args: argparse.Namespace) -> int:
+    async def work(rt: Runtime) -> int:
+        data = await ops.status(rt)
+        if args.json:
+            dump(data)
+            return 0
+        print(f"connections  {data['connections']}  (" + ", ".join(
+            f"{k} {v}" for k, v in data["by_status"].items()) + ")")
+        print(f"due now      {data['due_now']}"
+              + (f"  (oldest overdue {render.relative(-data['overdue_seconds'])})"
+                 if data["due_now"] else ""))
+        print(f"next due     {render.when(data['next_due_at'])}")
+        print()
+        render.table(["integration", "provider", "status", "introspection"], [
+            [i["name"], i["provider"], i["status"], i["introspection"]]
+            for i in data["integrations"]])
+        if data["recent_failures"]:
+            print("\nrecent failures")
+            for event in data["recent_failures"]:
+                print("  " + event_line(event))
+        return 0
+
+    return with_runtime(work)
+
+
+def event_line(event: dict[str, Any]) -> str:
+    who = event.get("connection_id") or ""
+    integration = event.get("integration")
+    where = f"{who} ({integration})" if who and integration else who or integration or ""
+    detail = ""
+    if event.get("error"):
+        detail = f"  {event['error']}: {event.get('error_description', '')}"
+        if event.get("http_status"):
+            detail += f" (HTTP {event['http_status']})"
+    elif event.get("reason"):
+        detail = f"  {event['reason']}"
+    return f"{event.get('ts', '-')}  {event['event']:<32} {where}{detail}"
+
+
+def events(args: argparse.Namespace) -> int:
+    async def work(rt: Runtime) -> int:
+        rows = await read_events(rt.redis, rt.store.keys, limit=max(1, args.limit))
+        last = rows[-1][0] if rows else "0-0"
+        for _, event in rows:
+            dump(event) if args.json else print(event_line(event), flush=True)
+        while args.follow:
+            found = await rt.redis.xread({rt.store.keys.events: last}, block=2000, count=100)
+            for _, entries in found or []:
+                for row_id, data in entries:
+                    last = row_id.decode()
+                    event = json.loads(data[b"data"])
+                    dump(event) if args.json else print(event_line(event), flush=True)
+        return 0
+
+    return with_runtime(work)
+
+
+def keys_generate(args: argparse.Namespace) -> int:
+    del args
+    print(generate_key())
+    return 0
+
+
+def keys_rotate(args: argparse.Namespace) -> int:
+    del args
+
+    async def work(rt: Runtime) -> int:
+        bar = render.Progress("re-encrypting")
+        report = await rotate(rt.store, progress=bar.set)
+        bar.finish()
+        print(f"rotated {report.rotated}, already current {report.current}, "
+              f"unreadable {len(report.unreadable)}")
+        for problem in report.unreadable:
+            print(f"unreadable: {problem}")
+        return 1 if report.unreadable else 0
+
+    return with_runtime(work)
+
+
+def emulator(args: argparse.Namespace) -> int:
+    from worker.emulator.server import run_forever  # noqa: PLC0415
+
+    run_forever(args.host, args.port, args.lifetime, args.latency_ms, args.rotation)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    del args
+    from worker.demo import run_demo  # noqa: PLC0415
+
+    return run_demo()
+

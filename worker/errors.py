@@ -1,0 +1,92 @@
+"""Errors, one tree. Callers catch by category, never by message.
+
+    TokenworkerError
+    ├── SalesforceError                 Salesforce (or the network to it) said no
+    │   ├── TransientError              retry later with backoff: 5xx, timeouts, resets,
+    │   │   │                           garbage bodies, unknown_error, concurrent refresh
+    │   │   └── RateLimitedError        rate_limit_exceeded: back off for at least an hour
+    │   ├── PermanentError              the grant is dead: the customer must re-authorize
+    │   └── ConfigurationError          the integration is wrong: client id/secret, IP policy
+    ├── ResponseIntegrityError          a 200 we must not trust (bad signature, foreign host)
+    ├── StoreError                      the store is unreadable or inconsistent
+    │   ├── DecryptionError             no configured key opens a stored secret
+    │   └── ConflictError               a compare-and-set lost to a newer version
+    └── InputError                      an operator's input is malformed (names what and where)
+
+Every `SalesforceError` carries Salesforce's own `error`, `error_description` and the HTTP
+status, so events can say exactly what Salesforce said. None of them ever carries a token.
+"""
+
+from __future__ import annotations
+
+
+class TokenworkerError(Exception):
+    """Base of every error tokenworker raises on purpose."""
+
+
+class SalesforceError(TokenworkerError):
+    """Salesforce answered with an error, or could not be reached."""
+
+    def __init__(
+        self,
+        error: str,
+        error_description: str = "",
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.error = error
+        self.error_description = error_description
+        self.http_status = http_status
+        self.retry_after = retry_after
+        status = f" (HTTP {http_status})" if http_status is not None else ""
+        detail = f": {error_description}" if error_description else ""
+        super().__init__(f"{error}{detail}{status}")
+
+    def as_fields(self) -> dict[str, object]:
+        """The fields an event or a stored last_error carries."""
+        return {
+            "error": self.error,
+            "error_description": self.error_description,
+            "http_status": self.http_status,
+        }
+
+
+class TransientError(SalesforceError):
+    """Worth retrying: the same request may succeed later."""
+
+
+class RateLimitedError(TransientError):
+    """Salesforce is limiting logins for this user; wait at least an hour."""
+
+
+class PermanentError(SalesforceError):
+    """The refresh token is dead (revoked, expired, user or org inactive)."""
+
+
+class ConfigurationError(SalesforceError):
+    """The integration's client id, secret or org policy is wrong; no connection can refresh."""
+
+
+class ResponseIntegrityError(TokenworkerError):
+    """A successful-looking response failed an integrity check."""
+
+    def __init__(self, error: str, error_description: str) -> None:
+        self.error = error
+        self.error_description = error_description
+        super().__init__(f"{error}: {error_description}")
+
+
+class StoreError(TokenworkerError):
+    """The store could not be read or written as expected."""
+
+
+class DecryptionError(StoreError):
+    """No configured encryption key opens a stored secret."""
+
+
+class ConflictError(StoreError):
+    """A compare-and-set save lost to a newer version of the record."""
+
+
+class InputError(TokenworkerError):
+    """Operator input is malformed; the message names the field and, for files, the line."""

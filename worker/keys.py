@@ -1,0 +1,47 @@
+"""Every Redis key tokenworker uses, in one place."""
+
+from __future__ import annotations
+
+import re
+
+from worker.errors import InputError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def check_id(kind: str, value: object) -> str:
+    """A connection id or integration name: 1-128 characters, letters, digits and ._:@-"""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InputError(
+            f"{kind}: expected 1-128 characters of letters, digits and . _ : @ - "
+            f"(starting with a letter or digit), got {value!r:.60}"
+        )
+    return value
+
+
+class Keys:
+    """Key names under one prefix (TOKENWORKER_KEY_PREFIX, default `tw:`)."""
+
+    def __init__(self, prefix: str = "tw:") -> None:
+        self.prefix = prefix
+        self.integrations = f"{prefix}integrations"  # set of integration names
+        self.due = f"{prefix}due"  # sorted set: connection id -> next check (epoch s)
+        self.events = f"{prefix}events"  # capped stream of events
+        self.conn_pattern = f"{prefix}conn:*"
+        self.rotation = f"{prefix}keys:rotation"  # resumable key-rotation cursor
+        self.beat = f"{prefix}beat:lock"
+        self.sweep_guard = f"{prefix}sweep:guard"  # set for half an interval by each sweep
+        self.heartbeat = f"{prefix}heartbeat"  # hash: worker hostname -> last consumed at
+
+    def conn(self, connection_id: str) -> str:
+        return f"{self.prefix}conn:{connection_id}"
+
+    def integration(self, name: str) -> str:
+        return f"{self.prefix}int:{name}"
+
+    def lease(self, connection_id: str) -> str:
+        return f"{self.prefix}lease:{connection_id}"
+
+    def connection_id(self, key: bytes | str) -> str:
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[len(self.prefix) + len("conn:") :]

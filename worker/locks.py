@@ -1,0 +1,53 @@
+"""Owner-token leases: SET NX PX to take, compare-and-delete to release.
+
+A lease is not a fencing lock: a holder stalled past the TTL can overlap a new holder. That is
+why every connection save is also a compare-and-set on the record's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Leases:
+    def __init__(self, redis: Redis, ttl: float) -> None:
+        self.redis = redis
+        self.ttl_ms = int(ttl * 1000)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, key: str, wait: float = 0.0) -> str | None:
+        """The owner token, or None if another holder kept it for `wait` seconds."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            if await self.redis.set(key, token, nx=True, px=self.ttl_ms):
+                return token
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    async def release(self, key: str, token: str) -> bool:
+        return bool(await self._release(keys=[key], args=[token]))
+
+    @asynccontextmanager
+    async def hold(self, key: str, wait: float = 0.0) -> AsyncIterator[str | None]:
+        """`async with leases.hold(key) as token:` token is None when not acquired."""
+        token = await self.acquire(key, wait)
+        try:
+            yield token
+        finally:
+            if token is not None:
+                await self.release(key, token)

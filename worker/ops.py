@@ -1,0 +1,134 @@
+"""What the ops commands do, as async functions returning plain data (the CLI renders it)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from worker import events
+from worker.errors import InputError
+from worker.keys import check_id
+from worker.models import ConnectionStatus, Integration, IntegrationStatus, Provider
+from worker.render import Progress
+from worker.runtime import Runtime
+from worker.salesforce.hosts import DEFAULT_LOGIN_URLS, normalize_login_url
+from worker.transfer import ImportReport, import_record, iter_connections, parse_lines
+
+
+async def add_integration(
+    rt: Runtime, name: str, provider: str, client_id: str, secret: str, login_url: str | None
+) -> tuple[Integration, int]:
+    """Add or update an integration; an update resumes its paused connections.
+
+    Returns the integration and how many connections were rescheduled for a check now.
+    """
+    check_id("integration name", name)
+    try:
+        kind = Provider(provider)
+    except ValueError:
+        raise InputError(
+            f"--provider {provider!r}: expected salesforce or salesforce-sandbox"
+        ) from None
+    if not client_id.strip():
+        raise InputError("--client-id: expected the connected app's consumer key")
+    if not secret:
+        raise InputError("client secret: the variable, file or stdin given is empty")
+    url = normalize_login_url(login_url) if login_url else DEFAULT_LOGIN_URLS[kind]
+    existing = await rt.store.get_integration(name)
+    integration = Integration(
+        name=name, provider=kind, client_id=client_id.strip(), client_secret=secret,
+        login_url=url, status=IntegrationStatus.ACTIVE,
+        introspection_available=existing.introspection_available if existing else True,
+    )
+    await rt.store.save_integration(integration)
+    resumed = 0
+    if existing is not None:
+        resumed = await resume_integration(rt, name)
+    return integration, resumed
+
+
+async def resume_integration(rt: Runtime, name: str) -> int:
+    """Schedule every non-dead connection of an integration for a check now."""
+    now = time.time()
+    count = 0
+    async for conn in iter_connections(rt.store):
+        if conn.integration == name and conn.status is not ConnectionStatus.REAUTH_REQUIRED:
+            await rt.store.schedule(conn.id, now)
+            count += 1
+    return count
+
+
+async def import_connections(
+    rt: Runtime, lines: list[str], skip_invalid: bool, progress: bool = True
+) -> ImportReport:
+    integrations = {i.name: i for i in await rt.store.list_integrations()}
+    records, problems = parse_lines(lines, integrations)
+    report = ImportReport(problems=problems)
+    if problems and not skip_invalid:
+        return report
+    bar = Progress("importing", len(records)) if progress else None
+    now = time.time()
+    for record in records:
+        outcome = await import_record(rt.store, record, now)
+        setattr(report, outcome, getattr(report, outcome) + 1)
+        if bar is not None:
+            bar.advance()
+    if bar is not None:
+        bar.finish()
+    return report
+
+
+async def show_connection(rt: Runtime, connection_id: str) -> dict[str, Any] | None:
+    conn = await rt.store.get_connection(connection_id)
+    if conn is None:
+        return None
+    integration = await rt.store.get_integration(conn.integration)
+    data = conn.public()
+    data["integration_status"] = integration.status.value if integration else "missing"
+    data["provider"] = integration.provider.value if integration else None
+    data["next_check_at"] = await rt.store.next_check_at(connection_id)
+    return data
+
+
+async def list_connections(
+    rt: Runtime, status: str | None, integration: str | None, limit: int | None
+) -> list[dict[str, Any]]:
+    if status is not None and status not in {s.value for s in ConnectionStatus}:
+        raise InputError(
+            f"--status {status!r}: expected one of {', '.join(s.value for s in ConnectionStatus)}"
+        )
+    rows: list[dict[str, Any]] = []
+    async for conn in iter_connections(rt.store):
+        if status and conn.status.value != status:
+            continue
+        if integration and conn.integration != integration:
+            continue
+        row = conn.public()
+        row["next_check_at"] = await rt.store.next_check_at(conn.id)
+        rows.append(row)
+    rows.sort(key=lambda row: row["id"])
+    return rows[:limit] if limit else rows
+
+
+async def status(rt: Runtime) -> dict[str, Any]:
+    now = time.time()
+    counts: Counter[str] = Counter()
+    async for conn in iter_connections(rt.store):
+        counts[conn.status.value] += 1
+    oldest = await rt.store.oldest_due()
+    due_now = await rt.store.due_count(now)
+    recent = await events.read_events(rt.redis, rt.store.keys, limit=200)
+    failures = [e for _, e in recent if e.get("event") in events.ALERTS][-10:]
+    return {
+        "connections": sum(counts.values()),
+        "by_status": {s.value: counts.get(s.value, 0) for s in ConnectionStatus},
+        "due_now": due_now,
+        "scheduled": int(await rt.redis.zcard(rt.store.keys.due)),
+        "oldest_due_at": oldest if due_now else None,
+        "overdue_seconds": round(now - oldest, 1) if due_now and oldest else 0.0,
+        "next_due_at": oldest,
+        "integrations": [i.public() for i in await rt.store.list_integrations()],
+        "recent_failures": failures,
+        "at": now,
+    }

@@ -1,0 +1,45 @@
+"""What one check ended with, as returned to tasks, the CLI and the benchmark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Outcome(str, Enum):
+    FRESH = "fresh"  #: introspected; no refresh needed yet
+    REFRESHED = "refreshed"  #: a new access token is stored
+    FAILED = "failed"  #: a transient failure; a retry is scheduled
+    REAUTH_REQUIRED = "reauth_required"  #: the grant is dead
+    MISCONFIGURED = "misconfigured"  #: the integration's credentials were rejected
+    CONTENDED = "contended"  #: another worker holds the lease; not a failure
+    SKIPPED = "skipped"  #: paused (reauth_required or integration misconfigured)
+    SUPERSEDED = "superseded"  #: a newer write won; nothing of ours was needed
+    NOT_FOUND = "not_found"  #: no such connection
+    ERROR = "error"  #: the record could not be processed (e.g. no key decrypts it)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    connection_id: str
+    outcome: Outcome
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+    next_check_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connection_id": self.connection_id,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "error": self.error,
+            "next_check_at": self.next_check_at,
+        }
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (
+            Outcome.FRESH, Outcome.REFRESHED, Outcome.CONTENDED, Outcome.SKIPPED,
+            Outcome.SUPERSEDED,
+        )

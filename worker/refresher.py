@@ -1,0 +1,261 @@
+"""One check cycle for one or many connections: the only place that combines the store, the
+lease, the Salesforce client and the events.
+
+    lease -> re-read -> introspect -> decide -> (refresh -> save -> learn expiry) -> reschedule
+
+Failures are recorded by `worker.failures`; this module handles the paths that succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from worker import events, failures, policy
+from worker.errors import (
+    ConfigurationError,
+    ConflictError,
+    PermanentError,
+    SalesforceError,
+    StoreError,
+    TransientError,
+)
+from worker.events import EventSink
+from worker.locks import Leases
+from worker.models import (
+    Connection,
+    ConnectionStatus,
+    ExpirySource,
+    Integration,
+    IntegrationStatus,
+)
+from worker.outcomes import CheckResult, Outcome
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.responses import IntrospectionResult, TokenResponse
+from worker.store import Store
+from worker.tokens import apply_refresh, save_refresh
+
+log = structlog.get_logger("tokenworker.refresher")
+INTEGRATION_CACHE_SECONDS = 5.0
+
+
+class Refresher:
+    def __init__(
+        self,
+        store: Store,
+        leases: Leases,
+        client: SalesforceClient,
+        sink: EventSink,
+        timing: policy.Timing,
+        *,
+        lease_wait: float = 0.0,
+        concurrency: int = 200,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.leases = leases
+        self.client = client
+        self.sink = sink
+        self.timing = timing
+        self.lease_wait = lease_wait
+        self.concurrency = concurrency
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._integrations: dict[str, tuple[Integration | None, float]] = {}
+        self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
+
+    async def check_many(self, ids: Iterable[str], *, force: bool = False) -> list[CheckResult]:
+        """Check connections concurrently, at most `concurrency` at a time."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(connection_id: str) -> CheckResult:
+            async with gate:
+                return await self.check(connection_id, force=force)
+
+        return list(await asyncio.gather(*(one(cid) for cid in ids)))
+
+    async def check(
+        self, connection_id: str, *, force: bool = False, explicit: bool = False
+    ) -> CheckResult:
+        """One cycle. `force` refreshes whatever the token says; `explicit` (an operator asked)
+        runs even when the connection or its integration is paused and waits for the lease."""
+        with structlog.contextvars.bound_contextvars(connection_id=connection_id):
+            try:
+                return await self._check(connection_id, force, explicit or force)
+            except StoreError as error:
+                log.error("connection.unreadable", problem=str(error))
+                await self.store.schedule(connection_id, self.clock() + self.timing.retry_max)
+                return CheckResult(connection_id, Outcome.ERROR, reason=str(error))
+
+    async def _check(self, connection_id: str, force: bool, explicit: bool) -> CheckResult:
+        conn = await self.store.get_connection(connection_id)
+        if conn is None:
+            await self.store.redis.zrem(self.store.keys.due, connection_id)
+            return CheckResult(connection_id, Outcome.NOT_FOUND)
+        integration = await self.integration(conn.integration)
+        if integration is None:
+            return await self.recorder.orphan(conn)
+        if not explicit:
+            paused = await self.recorder.paused(conn, integration)
+            if paused is not None:
+                return paused
+        wait = self.timing_wait(explicit)
+        async with self.leases.hold(self.store.keys.lease(connection_id), wait) as token:
+            if token is None:
+                return CheckResult(connection_id, Outcome.CONTENDED, reason="lease held")
+            current = await self.store.get_connection(connection_id)
+            if current is None:
+                return CheckResult(connection_id, Outcome.NOT_FOUND)
+            return await self._cycle(current, integration, force)
+
+    def timing_wait(self, explicit: bool) -> float:
+        return self.lease_wait if explicit else 0.0
+
+    async def integration(self, name: str) -> Integration | None:
+        cached = self._integrations.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < INTEGRATION_CACHE_SECONDS:
+            return cached[0]
+        integration = await self.store.get_integration(name)
+        self._integrations[name] = (integration, now)
+        return integration
+
+    def forget_integration(self, name: str) -> None:
+        self._integrations.pop(name, None)
+
+    async def _cycle(self, conn: Connection, integration: Integration, force: bool) -> CheckResult:
+        now = self.clock()
+        decision = policy.refresh_without_looking(conn, now, self.timing, force=force)
+        if decision is None:
+            facts: IntrospectionResult | None = None
+            if integration.introspection_available and conn.access_token is not None:
+                try:
+                    facts = await self.client.introspect(integration, conn.access_token)
+                except SalesforceError as error:
+                    handled = await self._introspection_failed(conn, integration, error, now)
+                    if handled is not None:
+                        return handled
+            decision = policy.decide(conn, facts, now, self.timing)
+        if not decision.refresh:
+            assert decision.expiry is not None
+            return await self._still_fresh(conn, integration, decision.expiry, now)
+        return await self._refresh(conn, integration, decision.reason)
+
+    async def _introspection_failed(
+        self, conn: Connection, integration: Integration, error: SalesforceError, now: float
+    ) -> CheckResult | None:
+        """A result when the failure ends the cycle; None to go on to a refresh anyway."""
+        if isinstance(error, ConfigurationError):
+            self.forget_integration(integration.name)
+            return await self.recorder.misconfigured(conn, integration, error, stage="introspect")
+        expiry = policy.assumed_expiry(conn, now, self.timing)
+        if expiry.expires_at - now > self.timing.margin:
+            return await self.recorder.transient(conn, integration, error, stage="introspect")
+        return None  # the stored expiry says the token is near its end: refresh regardless
+
+    async def _still_fresh(
+        self, conn: Connection, integration: Integration, expiry: policy.Expiry, now: float
+    ) -> CheckResult:
+        updated = conn.evolve(
+            expires_at=expiry.expires_at,
+            expiry_source=expiry.source,
+            lifetime=expiry.lifetime,
+            last_check_at=now,
+            status=ConnectionStatus.ACTIVE,
+            failures=0,
+            failing_since=None,
+        )
+        at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
+        try:
+            await self.store.save_connection(updated, at)
+        except ConflictError:
+            return CheckResult(conn.id, Outcome.SUPERSEDED, reason="a newer write won")
+        if conn.status is not ConnectionStatus.ACTIVE:
+            await self.sink.emit(events.RECOVERED, updated, integration, previous=conn.status.value)
+        return CheckResult(conn.id, Outcome.FRESH, reason="fresh", next_check_at=at)
+
+    async def _refresh(self, conn: Connection, integration: Integration, reason: str) -> CheckResult:
+        try:
+            response = await self.client.refresh(integration, conn.refresh_token)
+        except PermanentError as error:
+            return await self.recorder.reauth_required(conn, integration, error)
+        except ConfigurationError as error:
+            self.forget_integration(integration.name)
+            return await self.recorder.misconfigured(conn, integration, error, stage="refresh")
+        except TransientError as error:
+            return await self.recorder.transient(conn, integration, error, stage="refresh")
+        return await self._refreshed(conn, integration, response, reason)
+
+    async def _refreshed(
+        self, conn: Connection, integration: Integration, response: TokenResponse, reason: str
+    ) -> CheckResult:
+        now = self.clock()
+        applied = apply_refresh(conn, integration, response, now, self.timing, self.rng)
+        # The rotated refresh token is saved before anything else can fail or be awaited.
+        saved = await save_refresh(self.store, applied.connection, applied.next_check_at)
+        if applied.problem is not None:
+            return await self.recorder.integrity(saved, integration, applied.problem)
+        if applied.rejected_instance_url is not None:
+            await self.sink.emit(
+                events.INSTANCE_URL_REJECTED, saved, integration,
+                error="invalid_instance_url", error_description=applied.rejected_instance_url,
+            )
+        elif applied.instance_url_changed:
+            await self.sink.emit(
+                events.INSTANCE_URL_CHANGED, saved, integration,
+                previous=conn.instance_url, instance_url=saved.instance_url,
+            )
+        saved = await self._learn_expiry(saved, integration, applied.expiry is None, now)
+        await self.sink.emit(
+            events.TOKEN_REFRESHED, saved, integration,
+            reason=reason, expires_at=saved.expires_at, expiry_source=_source(saved),
+            rotated=applied.rotated,
+        )
+        if conn.status is not ConnectionStatus.ACTIVE:
+            await self.sink.emit(events.RECOVERED, saved, integration, previous=conn.status.value)
+        if integration.status is IntegrationStatus.MISCONFIGURED:
+            await self.recorder.integration_recovered(integration)
+        return CheckResult(
+            conn.id, Outcome.REFRESHED, reason=reason,
+            next_check_at=await self.store.next_check_at(conn.id),
+        )
+
+    async def _learn_expiry(
+        self, conn: Connection, integration: Integration, unknown: bool, now: float
+    ) -> Connection:
+        """Introspect a just-issued token when its expiry is unknown, or to notice that
+        introspection works again; fall back to age when it reads inactive."""
+        if not unknown and integration.introspection_available:
+            return conn
+        assert conn.access_token is not None
+        try:
+            facts = await self.client.introspect(integration, conn.access_token)
+        except SalesforceError:
+            return conn  # the assumed expiry already saved stands; the next check retries
+        if not facts.active:
+            # A token issued a moment ago cannot be inactive: this app may not introspect.
+            await self.recorder.introspection_unavailable(integration)
+            return conn
+        if not integration.introspection_available:
+            await self.recorder.introspection_restored(integration)
+        if facts.exp is None:
+            return conn
+        issued = facts.iat or conn.issued_at or now
+        expiry = policy.Expiry(facts.exp, ExpirySource.INTROSPECTION, facts.exp - issued)
+        updated = conn.evolve(
+            expires_at=expiry.expires_at, expiry_source=expiry.source, lifetime=expiry.lifetime
+        )
+        at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
+        try:
+            return await self.store.save_connection(updated, at)
+        except ConflictError:
+            return conn
+
+
+def _source(conn: Connection) -> str | None:
+    return conn.expiry_source.value if conn.expiry_source else None

@@ -1,0 +1,76 @@
+"""Builds the object graph from settings: one place where dependencies are wired.
+
+Everything async here is bound to the event loop it was opened in; a worker process opens one
+Runtime in its own long-lived loop after fork (see `worker.tasks`), the CLI opens one per command.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from worker import policy
+from worker.crypto import Cipher
+from worker.events import EventSink, Forward
+from worker.keys import Keys
+from worker.locks import Leases
+from worker.refresher import Refresher
+from worker.salesforce.client import SalesforceClient, make_http_client
+from worker.store import Store
+
+
+def redis_client(url: str) -> Redis:
+    return Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    store: Store
+    leases: Leases
+    sink: EventSink
+    http: httpx.AsyncClient
+    client: SalesforceClient
+    refresher: Refresher
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        redis: Redis | None = None,
+        forward: Forward | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> Runtime:
+        redis = redis if redis is not None else redis_client(settings.redis_url)
+        keys = Keys(settings.key_prefix)
+        store = Store(redis, Cipher(settings.encryption_keys), keys)
+        leases = Leases(redis, settings.lease_ttl)
+        sink = EventSink(redis, keys, forward=forward, clock=clock)
+        http = http if http is not None else make_http_client(settings.http_timeout)
+        client = SalesforceClient(http, settings.http_timeout)
+        refresher = Refresher(
+            store, leases, client, sink, policy.Timing.from_settings(settings),
+            lease_wait=settings.lease_ttl, concurrency=settings.concurrency,
+            clock=clock, rng=rng,
+        )
+        return cls(settings, redis, store, leases, sink, http, client, refresher)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.redis.aclose()

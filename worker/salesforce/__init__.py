@@ -1,0 +1,1 @@
+"""Everything that knows how Salesforce's OAuth endpoints look and behave."""

@@ -1,0 +1,122 @@
+"""Turning a token response into the record to store, and storing it safely.
+
+Once Salesforce has answered a refresh, the refresh token we sent may be dead (rotation): the
+record built here always carries the newest refresh token, even when the rest of the response
+is rejected, and `save_refresh` never gives up on storing it because of a lost race.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from worker import policy
+from worker.errors import ConflictError, ResponseIntegrityError
+from worker.models import Connection, ConnectionStatus, ExpirySource, Integration
+from worker.salesforce import hosts, signature
+from worker.salesforce.responses import TokenResponse
+from worker.store import Store
+
+SAVE_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The record to save after a refresh, and what the refresh revealed."""
+
+    connection: Connection
+    next_check_at: float
+    expiry: policy.Expiry | None  # None: not learned yet (introspect the new token)
+    rotated: bool
+    problem: ResponseIntegrityError | None = None
+    rejected_instance_url: str | None = None
+    instance_url_changed: bool = False
+
+
+def apply_refresh(
+    conn: Connection,
+    integration: Integration,
+    response: TokenResponse,
+    now: float,
+    timing: policy.Timing,
+    rng: random.Random,
+) -> Applied:
+    refresh_token = response.refresh_token or conn.refresh_token
+    rotated = refresh_token != conn.refresh_token
+    if response.signature is not None and not signature.is_valid(
+        integration.client_secret, response.identity_url, response.issued_at_raw,
+        response.signature,
+    ):
+        # Keep only the rotated refresh token; the access token of this answer is not used.
+        kept = conn.evolve(refresh_token=refresh_token, last_refresh_at=now)
+        problem = ResponseIntegrityError(
+            "signature_invalid",
+            "signature does not match HMAC-SHA256(client secret, id + issued_at)",
+        )
+        return Applied(kept, now, None, rotated, problem=problem)
+    instance_url, rejected = _instance_url(conn, integration, response)
+    learned = policy.expiry_after_refresh(conn, response, now, timing)
+    issued = response.issued_at if response.issued_at is not None else now
+    expiry = learned or policy.Expiry(
+        issued + (conn.lifetime or timing.default_lifetime), ExpirySource.ASSUMED, conn.lifetime
+    )
+    updated = conn.evolve(
+        refresh_token=refresh_token,
+        access_token=response.access_token,
+        instance_url=instance_url,
+        identity_url=response.identity_url or conn.identity_url,
+        issued_at=issued,
+        expires_at=expiry.expires_at,
+        expiry_source=expiry.source,
+        lifetime=expiry.lifetime,
+        last_refresh_at=now,
+        last_check_at=now,
+        status=ConnectionStatus.ACTIVE,
+        failures=0,
+        failing_since=None,
+        last_error=None,
+    )
+    return Applied(
+        connection=updated,
+        next_check_at=policy.next_check_at(expiry, updated, now, timing, rng),
+        expiry=learned,
+        rotated=rotated,
+        rejected_instance_url=rejected,
+        instance_url_changed=conn.instance_url is not None and instance_url != conn.instance_url,
+    )
+
+
+def _instance_url(
+    conn: Connection, integration: Integration, response: TokenResponse
+) -> tuple[str | None, str | None]:
+    """(instance_url to store, why the response's one was rejected or None)."""
+    if response.instance_url is None:
+        return conn.instance_url, None
+    problem = hosts.instance_url_problem(response.instance_url, integration.login_url)
+    if problem is not None:
+        return conn.instance_url, problem
+    return response.instance_url.rstrip("/"), None
+
+
+async def save_refresh(store: Store, conn: Connection, next_check_at: float) -> Connection:
+    """Save a refreshed record; on a lost compare-and-set, merge onto the newest version.
+
+    Token fields win when their issued_at is newer; otherwise the newer record stands.
+    """
+    for _ in range(SAVE_ATTEMPTS):
+        try:
+            return await store.save_connection(conn, next_check_at)
+        except ConflictError:
+            latest = await store.get_connection(conn.id)
+            if latest is None:
+                return conn  # removed by an operator meanwhile: do not resurrect it
+            if _newer(latest, conn):
+                return latest
+            conn = conn.evolve(version=latest.version)
+    raise ConflictError(f"connection {conn.id}: could not save after {SAVE_ATTEMPTS} attempts")
+
+
+def _newer(latest: Connection, ours: Connection) -> bool:
+    if latest.issued_at is None or ours.issued_at is None:
+        return False
+    return latest.issued_at > ours.issued_at
