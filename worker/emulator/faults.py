@@ -1,0 +1,86 @@
+"""Queued faults: the next matching Salesforce requests misbehave on purpose.
+
+A fault matches by endpoint (or "any") and optionally by the caller's client_id, and is used up
+after `count` matching requests (`count=None` keeps it until the queue is cleared). The queue is
+tiny in practice, so a linear scan beats any index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENDPOINTS = frozenset({"token", "introspect", "revoke", "data", "any"})
+
+# Mutations that still run the real operation, then tamper with its successful answer.
+TAMPERING = frozenset({"bad_signature", "foreign_instance_url"})
+# Mutations that answer instead of the real operation: no state changes.
+REPLACING = frozenset(
+    {
+        "drop_access_token",
+        "redirect",
+        "huge_body",
+        "truncated_json",
+        "html_503",
+        "close_connection",
+        "error",
+    }
+)
+MUTATIONS = TAMPERING | REPLACING
+
+
+@dataclass(slots=True)
+class Fault:
+    endpoint: str = "any"
+    count: int | None = 1
+    client_id: str | None = None
+    status: int | None = None
+    body: str = ""
+    content_type: str = "application/json;charset=UTF-8"
+    delay_s: float = 0.0
+    mutate: str | None = None
+
+    def matches(self, endpoint: str, client_id: str | None) -> bool:
+        if self.endpoint not in ("any", endpoint):
+            return False
+        return self.client_id is None or self.client_id == client_id
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "endpoint": self.endpoint,
+            "count": self.count,
+            "client_id": self.client_id,
+            "status": self.status,
+            "body": self.body,
+            "content_type": self.content_type,
+            "delay_s": self.delay_s,
+            "mutate": self.mutate,
+        }
+
+
+class FaultQueue:
+    """First queued, first used; a fault's count drops on every request it answers."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        self._faults.append(fault)
+
+    def clear(self) -> None:
+        self._faults.clear()
+
+    def pending(self) -> list[Fault]:
+        return list(self._faults)
+
+    def take(self, endpoint: str, client_id: str | None) -> Fault | None:
+        # The common case in a benchmark is an empty queue: keep it to one truth test.
+        if not self._faults:
+            return None
+        for index, fault in enumerate(self._faults):
+            if fault.matches(endpoint, client_id):
+                if fault.count is not None:
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        del self._faults[index]
+                return fault
+        return None
