@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.settings import Settings, SettingsError

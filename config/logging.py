@@ -7,24 +7,15 @@ Celery's and the standard library's own log records go through the same processo
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-SECRET_KEYS = frozenset({
-    "access_token", "refresh_token", "client_secret", "secret", "token", "password",
-    "signature", "authorization", "encryption_keys", "key", "webhook_secret",
-})
-# Salesforce access tokens look like `00Dxx...!AQ...`; refresh tokens like `5Aep861...`.
-_TOKENISH = re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._\-]{20,}|\b5Aep[A-Za-z0-9._\-]{40,}")
-REDACTED = "[redacted]"
+from worker.redaction import REDACTED, SECRET_NAMES, redact_text
 
-
-def redact_text(text: str) -> str:
-    return _TOKENISH.sub(REDACTED, text)
+SECRET_KEYS = SECRET_NAMES  # one set: the event builder refuses the same names
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

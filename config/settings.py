@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -27,7 +28,7 @@ def _duration(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected a number of seconds, e.g. 900") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not math.isfinite(value) or value <= 0:
         raise SettingsError(f"{name}={raw!r}: expected a positive number of seconds")
     return value
 
@@ -114,28 +115,36 @@ class Settings:
     """Everything the worker, beat and CLI read from the environment."""
 
     redis_url: str = _setting(
-        "REDIS_URL", _redis_url, "redis://127.0.0.1:6379/0",
+        "REDIS_URL",
+        _redis_url,
+        "redis://127.0.0.1:6379/0",
         "Store Redis (connections, due index, locks, events). Must persist (AOF).",
     )
     broker_url: str = _setting(
         "BROKER_URL", _redis_url, "", "Celery broker; defaults to TOKENWORKER_REDIS_URL."
     )
     encryption_keys: tuple[bytes, ...] = _setting(
-        "ENCRYPTION_KEYS", parse_keys, (),
+        "ENCRYPTION_KEYS",
+        parse_keys,
+        (),
         "Comma-separated keys (32 bytes, URL-safe base64). The first encrypts; all decrypt.",
     )
     refresh_margin: float = _setting(
         "REFRESH_MARGIN", _duration, 900.0, "Refresh when fewer seconds than this remain."
     )
     default_lifetime: float = _setting(
-        "DEFAULT_LIFETIME", _duration, 7200.0,
+        "DEFAULT_LIFETIME",
+        _duration,
+        7200.0,
         "Assumed access-token lifetime when no expiry is known (the org's session timeout).",
     )
     sweep_interval: float = _setting(
         "SWEEP_INTERVAL", _duration, 60.0, "How often beat runs the sweep."
     )
     keepalive_interval: float = _setting(
-        "KEEPALIVE_INTERVAL", _duration, 604800.0,
+        "KEEPALIVE_INTERVAL",
+        _duration,
+        604800.0,
         "Refresh at least this often even when the access token is fresh.",
     )
     http_timeout: float = _setting(
@@ -148,7 +157,9 @@ class Settings:
         "WEBHOOK_SECRET", _text, "", "HMAC-SHA256 key that signs webhook bodies."
     )
     log_format: Literal["json", "console"] = _setting(
-        "LOG_FORMAT", _choice("json", "console"), "json",
+        "LOG_FORMAT",
+        _choice("json", "console"),
+        "json",
         "json in production; console for people at a terminal.",
     )
     retry_base: float = _setting(
@@ -161,17 +172,15 @@ class Settings:
         "LEASE_TTL", _duration, 30.0, "Per-connection lease; longer than two HTTP timeouts."
     )
     key_prefix: str = _setting("KEY_PREFIX", _text, "tw:", "Prefix of every store key.")
-    batch_size: int = _setting(
-        "BATCH_SIZE", _count, 100, "Connections per check_batch task."
-    )
+    batch_size: int = _setting("BATCH_SIZE", _count, 100, "Connections per check_batch task.")
     concurrency: int = _setting(
         "CONCURRENCY", _count, 200, "Connections checked at once inside one worker process."
     )
-    sweep_limit: int = _setting(
-        "SWEEP_LIMIT", _count, 20000, "Most connections one sweep claims."
-    )
+    sweep_limit: int = _setting("SWEEP_LIMIT", _count, 20000, "Most connections one sweep claims.")
     require_persistence: bool = _setting(
-        "REQUIRE_PERSISTENCE", _flag, False,
+        "REQUIRE_PERSISTENCE",
+        _flag,
+        False,
         "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
     )
 

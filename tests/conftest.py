@@ -89,11 +89,20 @@ class Emu:
     def client(self, rotation: bool = False, introspect: bool = True) -> tuple[str, str]:
         client_id = f"app-{uuid.uuid4().hex[:8]}"
         secret = uuid.uuid4().hex
-        self.post("/_admin/clients", {"client_id": client_id, "client_secret": secret,
-                                      "rotation": rotation, "introspect": introspect})
+        self.post(
+            "/_admin/clients",
+            {
+                "client_id": client_id,
+                "client_secret": secret,
+                "rotation": rotation,
+                "introspect": introspect,
+            },
+        )
         return client_id, secret
 
-    def grants(self, client_id: str, count: int = 1, lifetime: float | None = None) -> list[dict[str, Any]]:
+    def grants(
+        self, client_id: str, count: int = 1, lifetime: float | None = None
+    ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"client_id": client_id, "count": count}
         if lifetime is not None:
             body["lifetime"] = lifetime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from worker import ops
@@ -10,21 +11,36 @@ from worker.runtime import Runtime
 
 
 async def connect(
-    rt: Runtime, emu: Any, count: int = 1, rotation: bool = False, lifetime: float | None = None,
-    introspect: bool = True, name: str = "acme",
+    rt: Runtime,
+    emu: Any,
+    count: int = 1,
+    rotation: bool = False,
+    lifetime: float | None = None,
+    introspect: bool = True,
+    name: str = "acme",
 ) -> list[tuple[str, dict[str, Any]]]:
-    """An integration named `name` at the emulator, and `count` imported connections."""
+    """An integration named `name` at the emulator, and `count` imported connections
+    with ids unique to this call."""
+    tag = uuid.uuid4().hex[:6]
     client_id, secret = emu.client(rotation=rotation, introspect=introspect)
     await ops.add_integration(rt, name, "salesforce", client_id, secret, emu.base_url)
     grants = emu.grants(client_id, count, lifetime)
-    lines = [json.dumps({
-        "id": f"c-{n}", "integration": name, "refresh_token": g["refresh_token"],
-        "access_token": g["access_token"], "instance_url": g["instance_url"],
-        "issued_at": g["issued_at"],
-    }) for n, g in enumerate(grants)]
+    lines = [
+        json.dumps(
+            {
+                "id": f"c-{tag}-{n}",
+                "integration": name,
+                "refresh_token": g["refresh_token"],
+                "access_token": g["access_token"],
+                "instance_url": g["instance_url"],
+                "issued_at": g["issued_at"],
+            }
+        )
+        for n, g in enumerate(grants)
+    ]
     report = await ops.import_connections(rt, lines, skip_invalid=False, progress=False)
     assert report.created == count, report.problems
-    return [(f"c-{n}", g) for n, g in enumerate(grants)]
+    return [(f"c-{tag}-{n}", g) for n, g in enumerate(grants)]
 
 
 async def events_of(rt: Runtime) -> list[dict[str, Any]]:

@@ -42,12 +42,17 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _examples(text: str) -> dict[str, Any]:
-    return {"epilog": "example:\n  " + text, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    return {
+        "epilog": "example:\n  " + text,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def _queue_flags(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--wait", action="store_true", help="wait for the worker and print the outcome")
+    mode.add_argument(
+        "--wait", action="store_true", help="wait for the worker and print the outcome"
+    )
     mode.add_argument("--inline", action="store_true", help="run in this process, not on a worker")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits (120)")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -63,10 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ints = sub.add_parser("integrations", help="connected apps").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    add = ints.add_parser("add", help="add or update a connected app", **_examples(
-        "SF_SECRET=... tokenworker integrations add acme --provider salesforce "
-        "--client-id 3MVG9... --client-secret-env SF_SECRET"))
+        dest="action", required=True, metavar="ACTION"
+    )
+    add = ints.add_parser(
+        "add",
+        help="add or update a connected app",
+        **_examples(
+            "SF_SECRET=... tokenworker integrations add acme --provider salesforce "
+            "--client-id 3MVG9... --client-secret-env SF_SECRET"
+        ),
+    )
     add.add_argument("name")
     add.add_argument("--provider", required=True, choices=["salesforce", "salesforce-sandbox"])
     add.add_argument("--client-id", required=True, help="the connected app's consumer key")
@@ -75,43 +86,71 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--client-secret-file", metavar="PATH", help="read the secret from a file")
     secret.add_argument("--client-secret-stdin", action="store_true", help="read it from stdin")
     add.add_argument("--login-url", help="My Domain login URL (default: by provider)")
-    lst = ints.add_parser("list", help="list integrations", **_examples("tokenworker integrations list --json"))
+    lst = ints.add_parser(
+        "list", help="list integrations", **_examples("tokenworker integrations list --json")
+    )
     lst.add_argument("--json", action="store_true")
 
     conns = sub.add_parser("connections", help="stored connections").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
-    imp = conns.add_parser("import", help="import JSON Lines", **_examples(
-        "tokenworker connections import connections.jsonl"))
+        dest="action", required=True, metavar="ACTION"
+    )
+    imp = conns.add_parser(
+        "import",
+        help="import JSON Lines",
+        **_examples("tokenworker connections import connections.jsonl"),
+    )
     imp.add_argument("file", help="a .jsonl file, or - for stdin")
-    imp.add_argument("--skip-invalid", action="store_true",
-                     help="import the valid lines even when some are invalid")
+    imp.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import the valid lines even when some are invalid",
+    )
     imp.add_argument("--json", action="store_true")
-    exp = conns.add_parser("export", help="export JSON Lines", **_examples(
-        "tokenworker connections export --with-secrets backup.jsonl"))
+    exp = conns.add_parser(
+        "export",
+        help="export JSON Lines",
+        **_examples("tokenworker connections export --with-secrets backup.jsonl"),
+    )
     exp.add_argument("file", nargs="?", default="-")
-    exp.add_argument("--with-secrets", action="store_true", help="include tokens (handle with care)")
-    cl = conns.add_parser("list", help="list connections", **_examples(
-        "tokenworker connections list --status reauth_required"))
+    exp.add_argument(
+        "--with-secrets", action="store_true", help="include tokens (handle with care)"
+    )
+    cl = conns.add_parser(
+        "list",
+        help="list connections",
+        **_examples("tokenworker connections list --status reauth_required"),
+    )
     cl.add_argument("--status", help="active, failing or reauth_required")
     cl.add_argument("--integration")
     cl.add_argument("--limit", type=int, help="show at most N (sorted by id)")
     cl.add_argument("--json", action="store_true")
-    show = conns.add_parser("show", help="one connection", **_examples("tokenworker connections show c-42 --json"))
+    show = conns.add_parser(
+        "show", help="one connection", **_examples("tokenworker connections show c-42 --json")
+    )
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
-    rm = conns.add_parser("remove", help="forget a connection", **_examples("tokenworker connections remove c-42"))
+    rm = conns.add_parser(
+        "remove", help="forget a connection", **_examples("tokenworker connections remove c-42")
+    )
     rm.add_argument("id")
 
-    for name, text in (("check", "introspect now; refresh if needed"),
-                       ("refresh", "refresh now, whatever the status")):
+    for name, text in (
+        ("check", "introspect now; refresh if needed"),
+        ("refresh", "refresh now, whatever the status"),
+    ):
         cmd = sub.add_parser(name, help=text, **_examples(f"tokenworker {name} c-42 --wait"))
         cmd.add_argument("id")
         _queue_flags(cmd)
-    sw = sub.add_parser("sweep", help="check everything due now", **_examples("tokenworker sweep --inline"))
+    sw = sub.add_parser(
+        "sweep", help="check everything due now", **_examples("tokenworker sweep --inline")
+    )
     _queue_flags(sw)
 
-    st = sub.add_parser("status", help="counts, backlog, integrations, recent failures",
-                        **_examples("tokenworker status --json"))
+    st = sub.add_parser(
+        "status",
+        help="counts, backlog, integrations, recent failures",
+        **_examples("tokenworker status --json"),
+    )
     st.add_argument("--json", action="store_true")
     ev = sub.add_parser("events", help="recent events", **_examples("tokenworker events --follow"))
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
@@ -119,13 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=50, help="the newest N (50)")
 
     keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+        dest="action", required=True, metavar="ACTION"
+    )
     keys.add_parser("generate", help="print a new key", **_examples("tokenworker keys generate"))
-    keys.add_parser("rotate", help="re-encrypt everything under the first key", **_examples(
-        "TOKENWORKER_ENCRYPTION_KEYS=NEW,OLD tokenworker keys rotate"))
+    keys.add_parser(
+        "rotate",
+        help="re-encrypt everything under the first key",
+        **_examples("TOKENWORKER_ENCRYPTION_KEYS=NEW,OLD tokenworker keys rotate"),
+    )
 
-    emu = sub.add_parser("emulator", help="run the local Salesforce OAuth emulator",
-                         **_examples("tokenworker emulator --port 8787 --lifetime 300"))
+    emu = sub.add_parser(
+        "emulator",
+        help="run the local Salesforce OAuth emulator",
+        **_examples("tokenworker emulator --port 8787 --lifetime 300"),
+    )
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8787)
     emu.add_argument("--lifetime", type=float, default=7200.0, help="access-token lifetime (s)")

@@ -20,7 +20,12 @@ Fields = dict[str, bytes | str]
 Raw = dict[bytes, bytes]
 
 _FLOATS = (
-    "issued_at", "expires_at", "lifetime", "last_check_at", "last_refresh_at", "failing_since"
+    "issued_at",
+    "expires_at",
+    "lifetime",
+    "last_check_at",
+    "last_refresh_at",
+    "failing_since",
 )
 
 

@@ -64,8 +64,10 @@ def integrations_add(args: argparse.Namespace) -> int:
         integration, resumed = await ops.add_integration(
             rt, args.name, args.provider, args.client_id, secret, args.login_url
         )
-        print(f"integration {integration.name}: {integration.provider.value} at "
-              f"{integration.login_url}" + (f"; {resumed} connections resumed" if resumed else ""))
+        print(
+            f"integration {integration.name}: {integration.provider.value} at "
+            f"{integration.login_url}" + (f"; {resumed} connections resumed" if resumed else "")
+        )
         return 0
 
     return with_runtime(work)
@@ -77,9 +79,13 @@ def integrations_list(args: argparse.Namespace) -> int:
         if args.json:
             dump(rows)
         else:
-            render.table(["name", "provider", "status", "introspection", "login_url"], [
-                [r["name"], r["provider"], r["status"], r["introspection"], r["login_url"]]
-                for r in rows])
+            render.table(
+                ["name", "provider", "status", "introspection", "login_url"],
+                [
+                    [r["name"], r["provider"], r["status"], r["introspection"], r["login_url"]]
+                    for r in rows
+                ],
+            )
         return 0
 
     return with_runtime(work)
@@ -99,10 +105,15 @@ def connections_import(args: argparse.Namespace) -> int:
             for problem in report.problems:
                 print(f"invalid: {problem}", file=sys.stderr)
             if report.problems and not args.skip_invalid:
-                print(f"{len(report.problems)} invalid lines: nothing imported "
-                      "(fix them, or pass --skip-invalid)", file=sys.stderr)
-            print(f"created {report.created}, updated {report.updated}, "
-                  f"unchanged {report.unchanged}, invalid {len(report.problems)}")
+                print(
+                    f"{len(report.problems)} invalid lines: nothing imported "
+                    "(fix them, or pass --skip-invalid)",
+                    file=sys.stderr,
+                )
+            print(
+                f"created {report.created}, updated {report.updated}, "
+                f"unchanged {report.unchanged}, invalid {len(report.problems)}"
+            )
         return 1 if report.problems else 0
 
     return with_runtime(work)
@@ -131,10 +142,20 @@ def connections_list(args: argparse.Namespace) -> int:
         if args.json:
             dump(rows)
             return 0
-        render.table(["id", "integration", "status", "expires", "next check", "last error"], [
-            [r["id"], r["integration"], r["status"], render.when(r["expires_at"]),
-             render.when(r["next_check_at"]),
-             (r["last_error"] or {}).get("error")] for r in rows])
+        render.table(
+            ["id", "integration", "status", "expires", "next check", "last error"],
+            [
+                [
+                    r["id"],
+                    r["integration"],
+                    r["status"],
+                    render.when(r["expires_at"]),
+                    render.when(r["next_check_at"]),
+                    (r["last_error"] or {}).get("error"),
+                ]
+                for r in rows
+            ],
+        )
         return 0
 
     return with_runtime(work)
@@ -148,14 +169,23 @@ def connections_show(args: argparse.Namespace) -> int:
         if args.json:
             dump(data)
             return 0
-        times = {"issued_at", "expires_at", "last_check_at", "last_refresh_at", "failing_since",
-                 "next_check_at"}
-        render.fields((k, render.when(v) if k in times else v) for k, v in data.items()
-                      if k != "last_error")
+        times = {
+            "issued_at",
+            "expires_at",
+            "last_check_at",
+            "last_refresh_at",
+            "failing_since",
+            "next_check_at",
+        }
+        render.fields(
+            (k, render.when(v) if k in times else v) for k, v in data.items() if k != "last_error"
+        )
         if data["last_error"]:
             e = data["last_error"]
-            print(f"last_error          {e['error']}: {e['error_description']} "
-                  f"(HTTP {e['http_status']}, {render.when(e['at'])})")
+            print(
+                f"last_error          {e['error']}: {e['error_description']} "
+                f"(HTTP {e['http_status']}, {render.when(e['at'])})"
+            )
         return 0
 
     return with_runtime(work)
@@ -178,21 +208,26 @@ def _print_outcome(result: dict[str, Any], as_json: bool) -> int:
         error = result.get("error") or {}
         detail = f" {error.get('error')}: {error.get('error_description')}" if error else ""
         reason = f" ({result['reason']})" if result.get("reason") else ""
-        nxt = f"; next check {render.when(result['next_check_at'])}" if result.get(
-            "next_check_at") else ""
+        nxt = (
+            f"; next check {render.when(result['next_check_at'])}"
+            if result.get("next_check_at")
+            else ""
+        )
         print(f"{result['connection_id']}: {result['outcome']}{reason}{detail}{nxt}")
     if result["outcome"] == Outcome.NOT_FOUND.value:
         raise NotFound(f"no connection {result['connection_id']!r}")
-    ok = {o.value for o in (Outcome.FRESH, Outcome.REFRESHED, Outcome.SKIPPED,
-                            Outcome.SUPERSEDED)}
+    ok = {o.value for o in (Outcome.FRESH, Outcome.REFRESHED, Outcome.SKIPPED, Outcome.SUPERSEDED)}
     return 0 if result["outcome"] in ok else 1
 
 
 def _enqueue(task_name: str, args: argparse.Namespace, task_args: list[Any]) -> dict[str, Any]:
     from worker import tasks  # noqa: PLC0415  (imports the Celery app and its settings)
 
-    task = {"check": tasks.check_connection, "refresh": tasks.refresh_connection,
-            "sweep": tasks.sweep_task}[task_name]
+    task = {
+        "check": tasks.check_connection,
+        "refresh": tasks.refresh_connection,
+        "sweep": tasks.sweep_task,
+    }[task_name]
     async_result = task.apply_async(task_args, queue="ops" if task_name != "sweep" else "sweep")
     if not args.wait:
         return {"task_id": async_result.id, "queued": True}
@@ -239,8 +274,8 @@ def sweep(args: argparse.Namespace) -> int:
             bar.advance(len(results))
         bar.finish()
         dump({"claimed": len(ids), "outcomes": counts}) if args.json else print(
-            f"checked {len(ids)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            f"checked {len(ids)}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
         return 0
 
     return with_runtime(work)
-

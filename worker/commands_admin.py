@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from worker import ops, render
@@ -20,16 +19,28 @@ def status(args: argparse.Namespace) -> int:
         if args.json:
             dump(data)
             return 0
-        print(f"connections  {data['connections']}  (" + ", ".join(
-            f"{k} {v}" for k, v in data["by_status"].items()) + ")")
-        print(f"due now      {data['due_now']}"
-              + (f"  (oldest overdue {render.relative(-data['overdue_seconds'])})"
-                 if data["due_now"] else ""))
+        print(
+            f"connections  {data['connections']}  ("
+            + ", ".join(f"{k} {v}" for k, v in data["by_status"].items())
+            + ")"
+        )
+        print(
+            f"due now      {data['due_now']}"
+            + (
+                f"  (oldest overdue {render.relative(-data['overdue_seconds'])})"
+                if data["due_now"]
+                else ""
+            )
+        )
         print(f"next due     {render.when(data['next_due_at'])}")
         print()
-        render.table(["integration", "provider", "status", "introspection"], [
-            [i["name"], i["provider"], i["status"], i["introspection"]]
-            for i in data["integrations"]])
+        render.table(
+            ["integration", "provider", "status", "introspection"],
+            [
+                [i["name"], i["provider"], i["status"], i["introspection"]]
+                for i in data["integrations"]
+            ],
+        )
         if data["recent_failures"]:
             print("\nrecent failures")
             for event in data["recent_failures"]:
@@ -60,12 +71,11 @@ def events(args: argparse.Namespace) -> int:
         for _, event in rows:
             dump(event) if args.json else print(event_line(event), flush=True)
         while args.follow:
-            found = await rt.redis.xread({rt.store.keys.events: last}, block=2000, count=100)
-            for _, entries in found or []:
-                for row_id, data in entries:
-                    last = row_id.decode()
-                    event = json.loads(data[b"data"])
-                    dump(event) if args.json else print(event_line(event), flush=True)
+            for row_id, event in await read_events(
+                rt.redis, rt.store.keys, limit=100, after=last, block_ms=2000
+            ):
+                last = row_id
+                dump(event) if args.json else print(event_line(event), flush=True)
         return 0
 
     return with_runtime(work)
@@ -84,8 +94,10 @@ def keys_rotate(args: argparse.Namespace) -> int:
         bar = render.Progress("re-encrypting")
         report = await rotate(rt.store, progress=bar.set)
         bar.finish()
-        print(f"rotated {report.rotated}, already current {report.current}, "
-              f"unreadable {len(report.unreadable)}")
+        print(
+            f"rotated {report.rotated}, already current {report.current}, "
+            f"unreadable {len(report.unreadable)}"
+        )
         for problem in report.unreadable:
             print(f"unreadable: {problem}")
         return 1 if report.unreadable else 0
@@ -105,4 +117,3 @@ def demo(args: argparse.Namespace) -> int:
     from worker.demo import run_demo  # noqa: PLC0415
 
     return run_demo()
-

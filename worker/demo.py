@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -100,27 +101,44 @@ def _store(env: dict[str, str]) -> Iterator[str]:
 
 async def _seed(settings: Settings, emulator_url: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=emulator_url, timeout=10) as admin:
-        await admin.post("/_admin/clients", json={
-            "client_id": "demo-client", "client_secret": "demo-client-secret",  # noqa: S106
-            "rotation": True, "introspect": True})
-        answer = await admin.post("/_admin/grants", json={
-            "client_id": "demo-client", "count": CONNECTIONS, "lifetime": LIFETIME})
+        await admin.post(
+            "/_admin/clients",
+            json={
+                "client_id": "demo-client",
+                "client_secret": "demo-client-secret",
+                "rotation": True,
+                "introspect": True,
+            },
+        )
+        answer = await admin.post(
+            "/_admin/grants",
+            json={"client_id": "demo-client", "count": CONNECTIONS, "lifetime": LIFETIME},
+        )
         grants: list[dict[str, Any]] = answer.json()["grants"]
         for grant in grants[:EXPIRED_AT_START]:
             await admin.post(f"/_admin/grants/{grant['grant_id']}/expire")
     rt = Runtime.open(settings)
     try:
         await ops.add_integration(
-            rt, "demo", "salesforce", "demo-client", "demo-client-secret", emulator_url)
+            rt, "demo", "salesforce", "demo-client", "demo-client-secret", emulator_url
+        )
         lines = [
-            '{"id": "customer-%02d", "integration": "demo", "refresh_token": "%s", '
-            '"access_token": "%s", "instance_url": "%s", "issued_at": "%s"}'
-            % (n, g["refresh_token"], g["access_token"], g["instance_url"], g["issued_at"])
+            json.dumps(
+                {
+                    "id": f"customer-{n:02d}",
+                    "integration": "demo",
+                    "refresh_token": g["refresh_token"],
+                    "access_token": g["access_token"],
+                    "instance_url": g["instance_url"],
+                    "issued_at": g["issued_at"],
+                }
+            )
             for n, g in enumerate(grants, start=1)
         ]
         report = await ops.import_connections(rt, lines, skip_invalid=False, progress=False)
-        _say(f"imported {report.created} connections "
-             f"({EXPIRED_AT_START} with expired access tokens)")
+        _say(
+            f"imported {report.created} connections ({EXPIRED_AT_START} with expired access tokens)"
+        )
     finally:
         await rt.close()
     return grants
@@ -142,19 +160,52 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
     python = sys.executable
     beat_dir = tempfile.mkdtemp(prefix="tokenworker-beat-")
     try:
-        children.start([python, "-m", "celery", "-A", "config.celery", "worker", "-Q",
-                        "sweep,refresh,ops", "-c", "2", "--loglevel", "INFO",
-                        "--without-mingle", "--without-gossip", "-n", "demo@%h"], env)
-        children.start([python, "-m", "celery", "-A", "config.celery", "beat", "--loglevel",
-                        "WARNING", "-s", os.path.join(beat_dir, "schedule")], env)
+        children.start(
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config.celery",
+                "worker",
+                "-Q",
+                "sweep,refresh,ops",
+                "-c",
+                "2",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                "demo@%h",
+            ],
+            env,
+        )
+        children.start(
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config.celery",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "-s",
+                os.path.join(beat_dir, "schedule"),
+            ],
+            env,
+        )
         started = time.monotonic()
         revoked = False
         while duration <= 0 or time.monotonic() - started < duration:
             time.sleep(5)
             if not revoked and time.monotonic() - started > REVOKE_AFTER:
                 httpx.post(f"{emulator_url}/_admin/grants/{grants[-1]['grant_id']}/revoke")
-                _say(f"revoked the grant of customer-{CONNECTIONS:02d} at the emulator: "
-                     "watch for connection.reauth_required")
+                _say(
+                    f"revoked the grant of customer-{CONNECTIONS:02d} at the emulator: "
+                    "watch for connection.reauth_required"
+                )
                 revoked = True
             _say(asyncio.run(_status_line(settings)))
     finally:
@@ -173,8 +224,22 @@ def run_demo() -> int:
         env["TOKENWORKER_REDIS_URL"] = redis_url
         port = free_port()
         emulator_url = f"http://127.0.0.1:{port}"
-        children.start([sys.executable, "-m", "worker.cli", "emulator", "--port", str(port),
-                        "--lifetime", str(LIFETIME), "--latency-ms", "50", "--rotation"], env)
+        children.start(
+            [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "emulator",
+                "--port",
+                str(port),
+                "--lifetime",
+                str(LIFETIME),
+                "--latency-ms",
+                "50",
+                "--rotation",
+            ],
+            env,
+        )
         try:
             _wait_http(emulator_url)
             _say(f"redis {redis_url}, Salesforce emulator {emulator_url}")

@@ -59,8 +59,16 @@ class EmbeddedRedis:
         else:
             args += ["--appendonly", "yes", "--maxmemory-policy", "noeviction"]
         args += [
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
-            "--daemonize", "no", "--logfile", os.path.join(self.directory, "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.directory,
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.directory, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
         self._wait_ready(timeout)
@@ -107,6 +115,9 @@ class EmbeddedRedis:
         return self.start()
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from worker.keys import Keys
 from worker.models import Connection, Integration
+from worker.redaction import SECRET_NAMES
 
 TOKEN_REFRESHED = "token.refreshed"
 TOKEN_REFRESH_FAILED = "token.refresh_failed"
@@ -34,16 +35,20 @@ SIGNATURE_INVALID = "token.signature_invalid"
 INSTANCE_URL_REJECTED = "connection.instance_url_rejected"
 
 # Events worth waking someone for; the rest are informational.
-ALERTS = frozenset({
-    TOKEN_REFRESH_FAILED, REAUTH_REQUIRED, ESCALATED, INTEGRATION_MISCONFIGURED,
-    INTROSPECTION_UNAVAILABLE, SIGNATURE_INVALID, INSTANCE_URL_REJECTED,
-})
+ALERTS = frozenset(
+    {
+        TOKEN_REFRESH_FAILED,
+        REAUTH_REQUIRED,
+        ESCALATED,
+        INTEGRATION_MISCONFIGURED,
+        INTROSPECTION_UNAVAILABLE,
+        SIGNATURE_INVALID,
+        INSTANCE_URL_REJECTED,
+    }
+)
 WEBHOOK_EVENTS = ALERTS | {RECOVERED, INTEGRATION_RECOVERED, INTROSPECTION_RESTORED}
 
-SECRET_FIELDS = frozenset({
-    "access_token", "refresh_token", "client_secret", "token", "secret", "signature",
-    "password", "key", "encryption_keys", "authorization",
-})
+SECRET_FIELDS = SECRET_NAMES
 STREAM_MAXLEN = 100_000
 
 Forward = Callable[[dict[str, Any]], Awaitable[None]]
@@ -51,9 +56,7 @@ log = structlog.get_logger("tokenworker.events")
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def build(
@@ -121,12 +124,22 @@ _LEVELS = {"info": 20, "warning": 30}
 
 
 async def read_events(
-    redis: Redis, keys: Keys, limit: int, after: str | None = None
+    redis: Redis, keys: Keys, limit: int, after: str | None = None, block_ms: int | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(stream id, event) pairs, oldest first: the newest `limit`, or those after `after`."""
+    """(stream id, event) pairs, oldest first: the newest `limit`, or up to `limit` after
+    `after` (waiting up to `block_ms` for the first when given)."""
+    rows: list[Any]
     if after is None:
-        rows = await redis.xrevrange(keys.events, count=limit)
-        rows.reverse()
+        newest: Any = await redis.xrevrange(keys.events, count=limit)
+        rows = list(reversed(newest or []))
+    elif block_ms is not None:
+        found: Any = await redis.xread({keys.events: after}, block=block_ms, count=limit)
+        rows = [row for _, entries in found or [] for row in entries]
     else:
-        rows = await redis.xrange(keys.events, min=f"({after}", count=limit)
-    return [(row_id.decode(), json.loads(data[b"data"])) for row_id, data in rows]
+        following: Any = await redis.xrange(keys.events, min=f"({after}", count=limit)
+        rows = list(following or [])
+    return [(_text(row_id), json.loads(data[b"data"])) for row_id, data in rows]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

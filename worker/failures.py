@@ -10,7 +10,7 @@ event per failure carrying Salesforce's own error.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from worker import events, policy
 from worker.errors import ConflictError, RateLimitedError, ResponseIntegrityError, SalesforceError
@@ -76,12 +76,21 @@ class Recorder:
         if saved is None:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
         await self.sink.emit(
-            events.TOKEN_REFRESH_FAILED, saved, integration, **error.as_fields(),
-            stage=stage, attempt=attempt, next_attempt_at=round(at, 3),
+            events.TOKEN_REFRESH_FAILED,
+            saved,
+            integration,
+            **error.as_fields(),
+            stage=stage,
+            attempt=attempt,
+            next_attempt_at=round(at, 3),
         )
         if attempt == self.escalate_after:
             await self.sink.emit(
-                events.ESCALATED, saved, integration, **error.as_fields(), attempt=attempt,
+                events.ESCALATED,
+                saved,
+                integration,
+                **error.as_fields(),
+                attempt=attempt,
                 failing_since=saved.failing_since,
             )
         return CheckResult(conn.id, Outcome.FAILED, stage, error.as_fields(), at)
@@ -97,8 +106,12 @@ class Recorder:
         if saved is None:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
         await self.sink.emit(
-            events.SIGNATURE_INVALID, saved, integration, **fields,
-            attempt=attempt, next_attempt_at=round(at, 3),
+            events.SIGNATURE_INVALID,
+            saved,
+            integration,
+            **fields,
+            attempt=attempt,
+            next_attempt_at=round(at, 3),
         )
         return CheckResult(conn.id, Outcome.FAILED, "signature", fields, at)
 
@@ -110,7 +123,9 @@ class Recorder:
 
         def dead(c: Connection) -> Connection:
             return c.evolve(
-                status=ConnectionStatus.REAUTH_REQUIRED, last_error=last, last_check_at=now,
+                status=ConnectionStatus.REAUTH_REQUIRED,
+                last_error=last,
+                last_check_at=now,
                 failing_since=c.failing_since or now,
             )
 
@@ -130,8 +145,12 @@ class Recorder:
         )
         if changed:
             await self.sink.emit(
-                events.INTEGRATION_MISCONFIGURED, None, integration, **error.as_fields(),
-                stage=stage, detected_by=conn.id,
+                events.INTEGRATION_MISCONFIGURED,
+                None,
+                integration,
+                **error.as_fields(),
+                stage=stage,
+                detected_by=conn.id,
             )
         at = now + self.timing.retry_max
         await self.store.schedule(conn.id, at)
@@ -146,8 +165,11 @@ class Recorder:
     async def introspection_unavailable(self, integration: Integration) -> None:
         if await self.store.set_introspection(integration.name, available=False):
             await self.sink.emit(
-                events.INTROSPECTION_UNAVAILABLE, None, integration,
-                error="introspection_unavailable", error_description=UNAVAILABLE_HELP,
+                events.INTROSPECTION_UNAVAILABLE,
+                None,
+                integration,
+                error="introspection_unavailable",
+                error_description=UNAVAILABLE_HELP,
             )
 
     async def introspection_restored(self, integration: Integration) -> None:
@@ -171,12 +193,14 @@ class Recorder:
         at = self.clock() + self.timing.retry_max
         await self.store.schedule(conn.id, at)
         return CheckResult(
-            conn.id, Outcome.SKIPPED, reason=f"integration {conn.integration!r} does not exist",
+            conn.id,
+            Outcome.SKIPPED,
+            reason=f"integration {conn.integration!r} does not exist",
             next_check_at=at,
         )
 
 
-def _failing(conn: Connection, error: dict[str, object], now: float) -> Connection:
+def _failing(conn: Connection, error: Mapping[str, object], now: float) -> Connection:
     status = error.get("http_status")
     return conn.evolve(
         status=ConnectionStatus.FAILING,
@@ -184,7 +208,9 @@ def _failing(conn: Connection, error: dict[str, object], now: float) -> Connecti
         failing_since=conn.failing_since or now,
         last_check_at=now,
         last_error=LastError(
-            str(error["error"]), str(error.get("error_description") or ""),
-            status if isinstance(status, int) else None, now,
+            str(error["error"]),
+            str(error.get("error_description") or ""),
+            status if isinstance(status, int) else None,
+            now,
         ),
     )

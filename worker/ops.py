@@ -37,8 +37,12 @@ async def add_integration(
     url = normalize_login_url(login_url) if login_url else DEFAULT_LOGIN_URLS[kind]
     existing = await rt.store.get_integration(name)
     integration = Integration(
-        name=name, provider=kind, client_id=client_id.strip(), client_secret=secret,
-        login_url=url, status=IntegrationStatus.ACTIVE,
+        name=name,
+        provider=kind,
+        client_id=client_id.strip(),
+        client_secret=secret,
+        login_url=url,
+        status=IntegrationStatus.ACTIVE,
         introspection_available=existing.introspection_available if existing else True,
     )
     await rt.store.save_integration(integration)

@@ -40,6 +40,9 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.outcome in (
-            Outcome.FRESH, Outcome.REFRESHED, Outcome.CONTENDED, Outcome.SKIPPED,
+            Outcome.FRESH,
+            Outcome.REFRESHED,
+            Outcome.CONTENDED,
+            Outcome.SKIPPED,
             Outcome.SUPERSEDED,
         )

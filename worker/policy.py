@@ -154,7 +154,8 @@ def backoff(
     Jitter draws from the upper half of the interval so a retry is never immediate; a
     Retry-After from Salesforce is honoured when it asks for longer.
     """
-    ceiling = min(timing.retry_max, timing.retry_base * 2.0 ** max(0, attempt - 1))
+    doublings = min(max(0, attempt - 1), 60)  # 2**60 * base exceeds any cap; no overflow
+    ceiling = min(timing.retry_max, timing.retry_base * 2.0**doublings)
     delay = ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
     if retry_after is not None:
         delay = max(delay, retry_after)

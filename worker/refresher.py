@@ -151,7 +151,9 @@ class Refresher:
     ) -> CheckResult | None:
         """A result when the failure ends the cycle; None to go on to a refresh anyway."""
         if isinstance(error, ConfigurationError):
-            self.forget_integration(integration.name)
+            newer = await self._newer_integration(integration)
+            if newer is not None:
+                return await self._cycle(conn, newer, force=False)
             return await self.recorder.misconfigured(conn, integration, error, stage="introspect")
         expiry = policy.assumed_expiry(conn, now, self.timing)
         if expiry.expires_at - now > self.timing.margin:
@@ -179,17 +181,30 @@ class Refresher:
             await self.sink.emit(events.RECOVERED, updated, integration, previous=conn.status.value)
         return CheckResult(conn.id, Outcome.FRESH, reason="fresh", next_check_at=at)
 
-    async def _refresh(self, conn: Connection, integration: Integration, reason: str) -> CheckResult:
+    async def _refresh(
+        self, conn: Connection, integration: Integration, reason: str
+    ) -> CheckResult:
         try:
             response = await self.client.refresh(integration, conn.refresh_token)
-        except PermanentError as error:
-            return await self.recorder.reauth_required(conn, integration, error)
-        except ConfigurationError as error:
-            self.forget_integration(integration.name)
+        except (PermanentError, ConfigurationError) as error:
+            newer = await self._newer_integration(integration)
+            if newer is not None:
+                # Credentials changed since we cached them: the verdict was about old ones.
+                return await self._refresh(conn, newer, reason)
+            if isinstance(error, PermanentError):
+                return await self.recorder.reauth_required(conn, integration, error)
             return await self.recorder.misconfigured(conn, integration, error, stage="refresh")
         except TransientError as error:
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
+
+    async def _newer_integration(self, used: Integration) -> Integration | None:
+        """The stored integration when it is newer than the copy we used, else None."""
+        self.forget_integration(used.name)
+        current = await self.integration(used.name)
+        if current is None or current.version == used.version:
+            return None
+        return current
 
     async def _refreshed(
         self, conn: Connection, integration: Integration, response: TokenResponse, reason: str
@@ -202,18 +217,28 @@ class Refresher:
             return await self.recorder.integrity(saved, integration, applied.problem)
         if applied.rejected_instance_url is not None:
             await self.sink.emit(
-                events.INSTANCE_URL_REJECTED, saved, integration,
-                error="invalid_instance_url", error_description=applied.rejected_instance_url,
+                events.INSTANCE_URL_REJECTED,
+                saved,
+                integration,
+                error="invalid_instance_url",
+                error_description=applied.rejected_instance_url,
             )
         elif applied.instance_url_changed:
             await self.sink.emit(
-                events.INSTANCE_URL_CHANGED, saved, integration,
-                previous=conn.instance_url, instance_url=saved.instance_url,
+                events.INSTANCE_URL_CHANGED,
+                saved,
+                integration,
+                previous=conn.instance_url,
+                instance_url=saved.instance_url,
             )
         saved = await self._learn_expiry(saved, integration, applied.expiry is None, now)
         await self.sink.emit(
-            events.TOKEN_REFRESHED, saved, integration,
-            reason=reason, expires_at=saved.expires_at, expiry_source=_source(saved),
+            events.TOKEN_REFRESHED,
+            saved,
+            integration,
+            reason=reason,
+            expires_at=saved.expires_at,
+            expiry_source=_source(saved),
             rotated=applied.rotated,
         )
         if conn.status is not ConnectionStatus.ACTIVE:
@@ -221,7 +246,9 @@ class Refresher:
         if integration.status is IntegrationStatus.MISCONFIGURED:
             await self.recorder.integration_recovered(integration)
         return CheckResult(
-            conn.id, Outcome.REFRESHED, reason=reason,
+            conn.id,
+            Outcome.REFRESHED,
+            reason=reason,
             next_check_at=await self.store.next_check_at(conn.id),
         )
 

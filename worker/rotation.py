@@ -29,7 +29,7 @@ class RotationReport:
 async def _rotate_integrations(store: Store, report: RotationReport) -> None:
     for integration in await store.list_integrations():
         raw = await store.redis.hget(store.keys.integration(integration.name), "secret")
-        if raw is not None and store.cipher.is_current(raw):
+        if isinstance(raw, bytes) and store.cipher.is_current(raw):
             report.current += 1
             continue
         await store.save_integration(integration)
@@ -39,7 +39,7 @@ async def _rotate_integrations(store: Store, report: RotationReport) -> None:
 async def _rotate_connection(store: Store, connection_id: str, report: RotationReport) -> None:
     key = store.keys.conn(connection_id)
     sealed = await store.redis.hmget(key, ["rt", "at"])
-    if all(value is None or store.cipher.is_current(value) for value in sealed):
+    if all(not isinstance(v, bytes) or store.cipher.is_current(v) for v in sealed):
         report.current += 1
         return
     for _ in range(5):

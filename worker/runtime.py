@@ -65,9 +65,15 @@ class Runtime:
         http = http if http is not None else make_http_client(settings.http_timeout)
         client = SalesforceClient(http, settings.http_timeout)
         refresher = Refresher(
-            store, leases, client, sink, policy.Timing.from_settings(settings),
-            lease_wait=settings.lease_ttl, concurrency=settings.concurrency,
-            clock=clock, rng=rng,
+            store,
+            leases,
+            client,
+            sink,
+            policy.Timing.from_settings(settings),
+            lease_wait=settings.lease_ttl,
+            concurrency=settings.concurrency,
+            clock=clock,
+            rng=rng,
         )
         return cls(settings, redis, store, leases, sink, http, client, refresher)
 

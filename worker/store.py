@@ -75,11 +75,12 @@ class Store:
             await pipe.execute()
 
     async def get_integration(self, name: str) -> Integration | None:
-        raw = await self.redis.hgetall(self.keys.integration(name))
+        raw: codec.Raw = await self.redis.hgetall(self.keys.integration(name))  # type: ignore[assignment]
         return codec.integration_from_raw(name, raw, self.cipher) if raw else None
 
     async def list_integrations(self) -> list[Integration]:
-        names = sorted(n.decode() for n in await self.redis.smembers(self.keys.integrations))
+        members: set[bytes] = await self.redis.smembers(self.keys.integrations)  # type: ignore[assignment]
+        names = sorted(n.decode() for n in members)
         found = [await self.get_integration(name) for name in names]
         return [integration for integration in found if integration is not None]
 
@@ -111,7 +112,7 @@ class Store:
     # -- connections --------------------------------------------------------------------
 
     async def get_connection(self, connection_id: str) -> Connection | None:
-        raw = await self.redis.hgetall(self.keys.conn(connection_id))
+        raw: codec.Raw = await self.redis.hgetall(self.keys.conn(connection_id))  # type: ignore[assignment]
         return codec.connection_from_raw(connection_id, raw, self.cipher) if raw else None
 
     async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Task
-from celery.signals import task_postrun, task_prerun, worker_process_shutdown
+from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -69,6 +69,26 @@ async def _open_runtime() -> Runtime:
     from worker.webhooks import forwarder  # noqa: PLC0415
 
     return Runtime.open(settings(), forward=forwarder(settings(), deliver_webhook.delay))
+
+
+@worker_init.connect
+def _check_store(**_: Any) -> None:
+    """Refuse to start, or warn loudly, when the store can lose or evict tokens."""
+    import redis as sync_redis  # noqa: PLC0415
+
+    from worker.health import persistence_problems  # noqa: PLC0415
+
+    client = sync_redis.Redis.from_url(settings().redis_url, socket_connect_timeout=5)
+    try:
+        problems = persistence_problems(client)
+    except sync_redis.RedisError as error:
+        problems = [f"store unreachable at start: {type(error).__name__}"]
+    finally:
+        client.close()
+    for problem in problems:
+        log.warning("store.unsafe", problem=problem)
+    if problems and settings().require_persistence:
+        raise SystemExit("tokenworker: refusing to start: " + "; ".join(problems))
 
 
 @worker_process_shutdown.connect
@@ -146,5 +166,5 @@ def deliver_webhook(self: Task, event: dict[str, Any]) -> None:
     try:
         run(deliver(settings(), event))
     except WebhookError as error:
-        countdown = min(settings().retry_max, 2.0 ** self.request.retries * 5)
+        countdown = min(settings().retry_max, 2.0**self.request.retries * 5)
         raise self.retry(exc=error, countdown=countdown) from None

@@ -44,7 +44,9 @@ def apply_refresh(
     refresh_token = response.refresh_token or conn.refresh_token
     rotated = refresh_token != conn.refresh_token
     if response.signature is not None and not signature.is_valid(
-        integration.client_secret, response.identity_url, response.issued_at_raw,
+        integration.client_secret,
+        response.identity_url,
+        response.issued_at_raw,
         response.signature,
     ):
         # Keep only the rotated refresh token; the access token of this answer is not used.

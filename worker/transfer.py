@@ -72,8 +72,12 @@ def parse_line(text: str, line: int, integrations: dict[str, Integration]) -> Re
         raise InputError(f"line {line}: longer than {MAX_LINE} characters")
     try:
         data = json.loads(text)
-    except ValueError as error:
-        raise InputError(f"line {line}: not valid JSON ({error.msg} at column {error.colno})")
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"line {line}: not valid JSON ({error.msg} at column {error.colno})"
+        ) from None
+    except (ValueError, RecursionError) as error:  # numbers too long, nesting too deep
+        raise InputError(f"line {line}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise InputError(f"line {line}: expected a JSON object")
     unknown = sorted(set(data) - set(FIELDS))
@@ -133,8 +137,9 @@ def parse_lines(
         if record is None:
             continue
         if record.id in seen:
-            problems.append(f"line {number}: field 'id': {record.id!r} already on line "
-                            f"{seen[record.id]}")
+            problems.append(
+                f"line {number}: field 'id': {record.id!r} already on line {seen[record.id]}"
+            )
             continue
         seen[record.id] = number
         records.append(record)

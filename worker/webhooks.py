@@ -39,7 +39,8 @@ def verify(secret: str, timestamp: str, body: bytes, header: str, tolerance: flo
         fresh = abs(time.time() - float(timestamp)) <= tolerance
     except ValueError:
         return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), header)
+    expected = sign(secret, timestamp, body).encode()
+    return fresh and hmac.compare_digest(expected, header.encode("utf-8", "replace"))
 
 
 def forwarder(settings: Settings, enqueue: Callable[[dict[str, Any]], object]) -> Forward | None:

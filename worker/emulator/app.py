@@ -12,7 +12,7 @@ from worker.emulator.http import Request, Response, json_response
 from worker.emulator.salesforce import SalesforceApi
 from worker.emulator.state import State
 
-TOKEN_PATH = "/services/oauth2/token"  # noqa: S105  (a URL path, not a secret)
+TOKEN_PATH = "/services/oauth2/token"
 INTROSPECT_PATH = "/services/oauth2/introspect"
 REVOKE_PATH = "/services/oauth2/revoke"
 DATA_PREFIX = "/services/data/"

@@ -170,7 +170,7 @@ class SalesforceApi:
         foreign = mutate == "foreign_instance_url"
         body["instance_url"] = EVIL_INSTANCE_URL if foreign else grant.instance_url
         body["id"] = grant.id_url
-        body["token_type"] = "Bearer"  # noqa: S105  (the OAuth token type, not a secret)
+        body["token_type"] = "Bearer"
         body["issued_at"] = issued.issued_at_ms
         return body
 

@@ -71,9 +71,9 @@ def normalize_login_url(url: str) -> str:
     scheme, host, port = _origin(url.strip())
     if not host:
         raise InputError(f"login URL {url!r}: expected https://HOST")
-    if scheme == "https" and is_salesforce_host(host):
-        pass
-    elif scheme in ("http", "https") and is_loopback(host):
+    if (scheme == "https" and is_salesforce_host(host)) or (
+        scheme in ("http", "https") and is_loopback(host)
+    ):
         pass
     elif scheme == "http":
         raise InputError(

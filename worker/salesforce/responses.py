@@ -62,7 +62,7 @@ def epoch_seconds(value: Any) -> float | None:
             value = float(value.strip())
         except ValueError:
             return None
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if not isinstance(value, int | float) or value > 1e15 or not math.isfinite(value):
         return None
     seconds = float(value) / 1000.0 if value > 1e11 else float(value)
     return seconds if _MIN_EPOCH <= seconds <= _MAX_EPOCH else None
@@ -76,7 +76,7 @@ def _positive_seconds(value: Any) -> float | None:
             value = float(value)
         except ValueError:
             return None
-    if isinstance(value, int | float) and math.isfinite(value) and 0 < value < 10 * 365 * 86400:
+    if isinstance(value, int | float) and 0 < value < 10 * 365 * 86400:  # rejects inf/NaN
         return float(value)
     return None
 
@@ -98,13 +98,13 @@ def _token(data: dict[str, Any], key: str) -> str | None:
 def decode_json_object(body: bytes, content_type: str, http_status: int) -> dict[str, Any]:
     """The body as a JSON object, or a TransientError that says what was wrong with it."""
     if "json" not in content_type.lower():
-        kind = content_type.split(";")[0].strip() or "no content type"
+        kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
         raise TransientError(
             "unexpected_response", f"expected JSON, got {kind}", http_status=http_status
         )
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError and huge numbers
         raise TransientError(
             "unexpected_response", "body is not valid JSON", http_status=http_status
         ) from None
@@ -157,20 +157,29 @@ def _error_fields(body: bytes, content_type: str) -> tuple[str, str]:
     """Salesforce's `error` and `error_description`, or a description of the garbage."""
     try:
         data = json.loads(body) if "json" in content_type.lower() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         description = data.get("error_description")
         return data["error"][:200], (description if isinstance(description, str) else "")[:500]
-    kind = content_type.split(";")[0].strip() or "no content type"
+    kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
     return "unexpected_response", f"error answer without an OAuth error body ({kind})"
 
 
-_CONFIG_ERRORS = frozenset({
-    "invalid_client_id", "invalid_client", "unauthorized_client", "oauth_flow_disabled",
-    "app_blocked", "invalid_app_access", "unsupported_grant_type", "invalid_request",
-    "invalid_scope", "access_denied",
-})
+_CONFIG_ERRORS = frozenset(
+    {
+        "invalid_client_id",
+        "invalid_client",
+        "unauthorized_client",
+        "oauth_flow_disabled",
+        "app_blocked",
+        "invalid_app_access",
+        "unsupported_grant_type",
+        "invalid_request",
+        "invalid_scope",
+        "access_denied",
+    }
+)
 _PERMANENT_ERRORS = frozenset({"inactive_user", "inactive_org", "invalid_token"})
 _RATE_ERRORS = frozenset({"rate_limit_exceeded", "slow_down", "login_rate_exceeded"})
 

@@ -25,4 +25,5 @@ def is_valid(
 ) -> bool:
     if identity_url is None or issued_at_raw is None:
         return False
-    return hmac.compare_digest(compute(client_secret, identity_url, issued_at_raw), signature)
+    expected = compute(client_secret, identity_url, issued_at_raw).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))

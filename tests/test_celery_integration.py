@@ -1,0 +1,239 @@
+"""The real thing: a Celery worker and beat as separate processes, the real Redis server as
+broker and store, the emulator as Salesforce, and the `tokenworker` CLI as ops use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from config.settings import Settings
+from tests.conftest import FAST, TEST_KEYS, Emu, run
+from tests.helpers import connect
+from worker.embedded import EmbeddedRedis
+from worker.runtime import Runtime
+
+pytestmark = pytest.mark.integration
+
+
+def _env(redis_server: EmbeddedRedis, prefix: str, broker_db: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(FAST)
+    env.update(
+        {
+            "TOKENWORKER_REDIS_URL": redis_server.url,
+            "TOKENWORKER_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{broker_db}",
+            "TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS,
+            "TOKENWORKER_KEY_PREFIX": prefix,
+            "TOKENWORKER_LOG_FORMAT": "json",
+            "TOKENWORKER_SWEEP_INTERVAL": "1",
+            "TOKENWORKER_REFRESH_MARGIN": "300",
+        }
+    )
+    return env
+
+
+class Pool:
+    """A Celery worker (prefork, 2 children) started for this module, stopped after it."""
+
+    def __init__(self, env: dict[str, str], log_path: str) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config.celery", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as handle:
+            return handle.read()
+
+
+def _wait_ready(env: dict[str, str], timeout: float = 45.0) -> None:
+    from celery import Celery  # noqa: PLC0415
+
+    app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=0.5):
+            return
+    raise RuntimeError("the Celery worker did not answer a ping")
+
+
+@pytest.fixture(scope="module")
+def pool(redis_server: EmbeddedRedis) -> Iterator[Pool]:
+    prefix = f"c{uuid.uuid4().hex[:8]}:"
+    env = _env(redis_server, prefix, broker_db=1)
+    redis.Redis.from_url(env["TOKENWORKER_BROKER_URL"]).flushdb()
+    with tempfile.NamedTemporaryFile(prefix="celery-", suffix=".log", delete=False) as log:
+        path = log.name
+    pool = Pool(env, path)
+    pool.start(
+        "worker",
+        "-Q",
+        "sweep,refresh,ops",
+        "-c",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        f"test-{prefix}@%h",
+    )
+    try:
+        _wait_ready(env)
+        yield pool
+    finally:
+        pool.stop()
+        os.unlink(path)
+
+
+def _cli(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _runtime(env: dict[str, str]) -> Runtime:
+    return Runtime.open(Settings.from_env(env))
+
+
+def _seed(env: dict[str, str], emu: Emu, **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
+    kwargs.setdefault("name", f"acme-{uuid.uuid4().hex[:6]}")  # workers cache integrations
+
+    async def go() -> list[tuple[str, dict[str, Any]]]:
+        rt = _runtime(env)
+        try:
+            return await connect(rt, emu, **kwargs)
+        finally:
+            await rt.close()
+
+    return run(go())
+
+
+def _read(env: dict[str, str], fn: Callable[[Runtime], Any]) -> Any:
+    async def go() -> Any:
+        rt = _runtime(env)
+        try:
+            return await fn(rt)
+        finally:
+            await rt.close()
+
+    return run(go())
+
+
+def test_cli_check_wait_prints_the_workers_outcome_as_json(pool: Pool, emu: Emu) -> None:
+    """`tokenworker check ID --wait --json` runs on the worker and prints one JSON object."""
+    [(cid, grant)] = _seed(pool.env, emu)
+    emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
+    done = _cli(pool.env, "check", cid, "--wait", "--json", "--timeout", "60")
+    assert done.returncode == 0, done.stderr + pool.log()[-3000:]
+    outcome = json.loads(done.stdout)
+    assert outcome["connection_id"] == cid
+    assert outcome["outcome"] == "refreshed"
+    assert emu.token_calls(grant["grant_id"]) == 1
+
+
+def test_cli_refresh_wait_revives_a_reauth_required_connection(pool: Pool, emu: Emu) -> None:
+    """An explicit refresh ignores the reauth_required pause and clears it on success."""
+    [(cid, _grant)] = _seed(pool.env, emu)
+
+    async def mark_dead(rt: Runtime) -> None:
+        from worker.models import ConnectionStatus  # noqa: PLC0415
+
+        conn = await rt.store.get_connection(cid)
+        assert conn is not None
+        await rt.store.save_connection(conn.evolve(status=ConnectionStatus.REAUTH_REQUIRED), None)
+
+    _read(pool.env, mark_dead)
+    done = _cli(pool.env, "refresh", cid, "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcome"] == "refreshed"
+    shown = json.loads(_cli(pool.env, "connections", "show", cid, "--json").stdout)
+    assert shown["status"] == "active"
+    assert shown["integration_status"] == "active"
+
+
+def test_beat_sweeps_and_the_pool_refreshes_due_connections(pool: Pool, emu: Emu) -> None:
+    """With beat running, every connection with an expired token is refreshed within seconds."""
+    pairs = _seed(pool.env, emu, count=12, rotation=True)
+    for _, grant in pairs:
+        emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
+    beat_dir = tempfile.mkdtemp(prefix="beat-")
+    beat = pool.start("beat", "-s", os.path.join(beat_dir, "schedule"), "--loglevel", "INFO")
+    try:
+        deadline = time.monotonic() + 40
+        refreshed: list[str] = []
+        while time.monotonic() < deadline:
+            refreshed = [cid for cid, grant in pairs if emu.token_calls(grant["grant_id"]) >= 1]
+            if len(refreshed) == len(pairs):
+                break
+            time.sleep(0.5)
+    finally:
+        beat.terminate()
+        beat.wait(20)
+    assert len(refreshed) == len(pairs), pool.log()[-4000:]
+    for cid, grant in pairs:
+        view = emu.grant(grant["grant_id"])
+        assert view["revoked"] is False
+        assert emu.token_calls(grant["grant_id"]) == 1
+        stored = _read(pool.env, lambda rt, cid=cid: rt.store.get_connection(cid))
+        assert stored.refresh_token == view["refresh_token"]
+
+
+def test_duplicate_deliveries_of_one_batch_make_one_token_call_each(pool: Pool, emu: Emu) -> None:
+    """The same check_batch delivered three times at once refreshes each connection once."""
+    pairs = _seed(pool.env, emu, count=6, rotation=True)
+    for _, grant in pairs:
+        emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
+    ids = [cid for cid, _ in pairs]
+    from celery import Celery  # noqa: PLC0415
+
+    app = Celery(broker=pool.env["TOKENWORKER_BROKER_URL"])
+    for _ in range(3):
+        app.send_task("tokenworker.check_batch", args=[ids], queue="refresh")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(emu.token_calls(g["grant_id"]) >= 1 for _, g in pairs):
+            break
+        time.sleep(0.3)
+    time.sleep(1.0)
+    for _, grant in pairs:
+        assert emu.token_calls(grant["grant_id"]) == 1
+        assert emu.grant(grant["grant_id"])["revoked"] is False

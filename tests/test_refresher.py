@@ -1,0 +1,265 @@
+"""The check cycle over real HTTP (the emulator) and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import Emu, run
+from tests.helpers import connect, events_of, names_of
+from worker.models import ConnectionStatus, ExpirySource
+from worker.outcomes import Outcome
+from worker.runtime import Runtime
+
+RuntimeFor = Callable[..., Runtime]
+
+
+class TestDecisions:
+    def test_near_expiry_is_refreshed_exactly_once(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+        """A token with less than the margin left is refreshed once; the next check leaves it."""
+
+        async def scenario() -> None:
+            rt = runtime_for(refresh_margin="300")
+            emu.post("/_admin/config", {"lifetime": 200})
+            try:
+                [(cid, grant)] = await connect(rt, emu)  # its first token lives 200 s
+            finally:
+                emu.post("/_admin/config", {"lifetime": 3600})  # refreshed ones live an hour
+            first = await rt.refresher.check(cid)
+            second = await rt.refresher.check(cid)
+            assert first.outcome is Outcome.REFRESHED, first
+            assert first.reason == "near_expiry"
+            assert second.outcome is Outcome.FRESH, second
+            assert emu.token_calls(grant["grant_id"]) == 1
+            await rt.close()
+
+        run(scenario())
+
+    def test_fresh_token_is_left_alone_and_rescheduled_at_exp_minus_margin(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """An active token far from expiry is not refreshed; the next check is exp - margin."""
+
+        async def scenario() -> None:
+            rt = runtime_for(refresh_margin="300")
+            [(cid, grant)] = await connect(rt, emu, lifetime=3600)
+            result = await rt.refresher.check(cid)
+            conn = await rt.store.get_connection(cid)
+            assert result.outcome is Outcome.FRESH
+            assert emu.token_calls(grant["grant_id"]) == 0
+            assert conn is not None and conn.expires_at is not None
+            assert conn.expiry_source is ExpirySource.INTROSPECTION
+            due = await rt.store.next_check_at(cid)
+            assert due is not None
+            target = conn.expires_at - 300
+            assert target - 60 <= due <= target
+            assert await names_of(rt) == []
+            await rt.close()
+
+        run(scenario())
+
+    def test_session_extended_by_activity_reschedules_without_refresh(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """When activity moved exp later, the check reschedules to the new exp, no refresh."""
+
+        async def scenario() -> None:
+            rt = runtime_for(refresh_margin="60")
+            [(cid, grant)] = await connect(rt, emu, lifetime=600)
+            await rt.refresher.check(cid)
+            before = await rt.store.get_connection(cid)
+            await asyncio.sleep(1.1)
+            emu.post(f"/_admin/grants/{grant['grant_id']}/activity")
+            result = await rt.refresher.check(cid)
+            after = await rt.store.get_connection(cid)
+            assert result.outcome is Outcome.FRESH
+            assert before is not None and after is not None
+            assert after.expires_at is not None and before.expires_at is not None
+            assert after.expires_at > before.expires_at
+            assert emu.token_calls(grant["grant_id"]) == 0
+            await rt.close()
+
+        run(scenario())
+
+
+class TestFailures:
+    def test_revoked_refresh_token_ends_reauth_required_with_one_event(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A revoked grant: status reauth_required, unscheduled, one event with invalid_grant."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, grant)] = await connect(rt, emu)
+            emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
+            result = await rt.refresher.check(cid)
+            again = await rt.refresher.check(cid)
+            conn = await rt.store.get_connection(cid)
+            events = await events_of(rt)
+            assert result.outcome is Outcome.REAUTH_REQUIRED
+            assert again.outcome is Outcome.SKIPPED
+            assert conn is not None and conn.status is ConnectionStatus.REAUTH_REQUIRED
+            assert conn.last_error is not None and conn.last_error.error == "invalid_grant"
+            assert await rt.store.next_check_at(cid) is None
+            assert [e["event"] for e in events] == ["connection.reauth_required"]
+            assert events[0]["error"] == "invalid_grant"
+            assert events[0]["error_description"] == "expired access/refresh token"
+            assert events[0]["http_status"] == 400
+            await rt.close()
+
+        run(scenario())
+
+    def test_transient_failure_marks_failing_and_schedules_backoff(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A 503 on refresh: failing, one token.refresh_failed event, retry after backoff."""
+
+        async def scenario() -> None:
+            rt = runtime_for(retry_base="10", retry_max="60")
+            [(cid, grant)] = await connect(rt, emu)
+            emu.fault(endpoint="token", mutate="html_503", count=1)
+            started = time.time()
+            result = await rt.refresher.check(cid, force=True)
+            conn = await rt.store.get_connection(cid)
+            events = await events_of(rt)
+            assert result.outcome is Outcome.FAILED
+            assert conn is not None and conn.status is ConnectionStatus.FAILING
+            assert conn.refresh_token == grant["refresh_token"]
+            due = await rt.store.next_check_at(cid)
+            assert due is not None and started + 5 <= due <= time.time() + 10
+            assert [e["event"] for e in events] == ["token.refresh_failed"]
+            assert events[0]["http_status"] == 503 and events[0]["attempt"] == 1
+            recovered = await rt.refresher.check(cid, force=True)
+            assert recovered.outcome is Outcome.REFRESHED
+            assert (await names_of(rt))[-1] == "connection.recovered"
+            await rt.close()
+
+        run(scenario())
+
+    def test_bad_client_secret_misconfigures_the_integration_once(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """invalid_client on refresh pauses the integration with exactly one event."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            pairs = await connect(rt, emu, count=3)
+            integration = await rt.store.get_integration("acme")
+            assert integration is not None
+            from worker import ops  # noqa: PLC0415
+
+            await ops.add_integration(
+                rt, "acme", "salesforce", integration.client_id, "wrong-secret", emu.base_url
+            )
+            results = [await rt.refresher.check(cid, force=False) for cid, _ in pairs]
+            names = await names_of(rt)
+            stored = await rt.store.get_integration("acme")
+            assert results[0].outcome is Outcome.MISCONFIGURED
+            assert stored is not None and stored.status.value == "misconfigured"
+            assert names.count("integration.misconfigured") == 1
+            assert all(r.outcome in (Outcome.MISCONFIGURED, Outcome.SKIPPED) for r in results)
+            for cid, _ in pairs:
+                conn = await rt.store.get_connection(cid)
+                assert conn is not None and conn.status is ConnectionStatus.ACTIVE
+            await rt.close()
+
+        run(scenario())
+
+
+class TestConcurrency:
+    def test_two_concurrent_refreshes_make_one_token_call(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """Two workers checking one due connection at once: one refresh, one contended."""
+
+        async def scenario() -> None:
+            emu.post("/_admin/config", {"latency_ms": 200})
+            try:
+                first, second = runtime_for(), runtime_for()
+                [(cid, grant)] = await connect(first, emu, rotation=True, lifetime=100)
+                results = await asyncio.gather(
+                    first.refresher.check(cid), second.refresher.check(cid)
+                )
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            outcomes = sorted(r.outcome.value for r in results)
+            assert outcomes == ["contended", "refreshed"]
+            assert emu.token_calls(grant["grant_id"]) == 1
+            assert emu.grant(grant["grant_id"])["revoked"] is False
+            await first.close()
+            await second.close()
+
+        run(scenario())
+
+    def test_rotation_grant_survives_many_cycles(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+        """With rotation on, 25 forced refreshes keep the grant alive and the newest token stored."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, grant)] = await connect(rt, emu, rotation=True)
+            for _ in range(25):
+                result = await rt.refresher.check(cid, force=True)
+                assert result.outcome is Outcome.REFRESHED
+            view = emu.grant(grant["grant_id"])
+            conn = await rt.store.get_connection(cid)
+            assert view["revoked"] is False and view["refresh_count"] == 25
+            assert conn is not None and conn.refresh_token == view["refresh_token"]
+            assert conn.refresh_token != grant["refresh_token"]
+            await rt.close()
+
+        run(scenario())
+
+
+class TestSecrecy:
+    def test_raw_redis_values_hold_no_plaintext_secret(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """After import and refreshes, no Redis value contains a token or the client secret."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            pairs = await connect(rt, emu, count=3, rotation=True)
+            for cid, _ in pairs:
+                await rt.refresher.check(cid, force=True)
+            secrets: set[str] = set()
+            integration = await rt.store.get_integration("acme")
+            assert integration is not None
+            secrets.add(integration.client_secret)
+            for cid, grant in pairs:
+                conn = await rt.store.get_connection(cid)
+                assert conn is not None and conn.access_token is not None
+                secrets |= {
+                    grant["refresh_token"],
+                    grant["access_token"],
+                    conn.refresh_token,
+                    conn.access_token,
+                }
+            dump = await _dump_prefix(rt)
+            assert dump, "the scenario stored nothing"
+            for secret in secrets:
+                assert secret.encode() not in dump
+            await rt.close()
+
+        run(scenario())
+
+
+async def _dump_prefix(rt: Runtime) -> bytes:
+    chunks: list[bytes] = []
+    async for key in rt.redis.scan_iter(match=f"{rt.store.keys.prefix}*"):
+        kind = (await rt.redis.type(key)).decode()
+        value: Any
+        if kind == "hash":
+            value = await rt.redis.hgetall(key)
+            chunks.extend(k + v for k, v in value.items())
+        elif kind == "string":
+            chunks.append(await rt.redis.get(key))
+        elif kind == "zset":
+            chunks.extend(m for m, _ in await rt.redis.zrange(key, 0, -1, withscores=True))
+        elif kind == "stream":
+            for _, fields in await rt.redis.xrange(key):
+                chunks.extend(fields.values())
+        elif kind == "set":
+            chunks.extend(await rt.redis.smembers(key))
+    return b"\n".join(chunks)

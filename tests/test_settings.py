@@ -1,0 +1,199 @@
+"""config/settings.py: one validated, frozen Settings from the environment."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import fields
+
+import pytest
+
+from config.settings import PREFIX, Settings, SettingsError, reference
+
+KEY = bytes(range(32))
+OLD_KEY = bytes(range(100, 132))
+KEY_TEXT = base64.urlsafe_b64encode(KEY).decode()
+OLD_KEY_TEXT = base64.urlsafe_b64encode(OLD_KEY).decode()
+
+
+def load(**values: str) -> Settings:
+    """Settings from a valid key plus `values`, given without the TOKENWORKER_ prefix."""
+    env = {"TOKENWORKER_ENCRYPTION_KEYS": KEY_TEXT}
+    env.update({PREFIX + name: value for name, value in values.items()})
+    return Settings.from_env(env)
+
+
+class TestDefaults:
+    def test_defaults(self) -> None:
+        """With only a key set, every other setting takes its documented default."""
+        settings = load()
+        assert settings.redis_url == "redis://127.0.0.1:6379/0"
+        assert settings.broker_url == settings.redis_url
+        assert settings.encryption_keys == (KEY,)
+        assert settings.refresh_margin == 900.0
+        assert settings.default_lifetime == 7200.0
+        assert settings.sweep_interval == 60.0
+        assert settings.keepalive_interval == 604_800.0
+        assert settings.http_timeout == 10.0
+        assert (settings.webhook_url, settings.webhook_secret) == ("", "")
+        assert settings.log_format == "json"
+        assert (settings.retry_base, settings.retry_max) == (30.0, 900.0)
+        assert settings.lease_ttl == 30.0
+        assert settings.key_prefix == "tw:"
+        assert (settings.batch_size, settings.concurrency, settings.sweep_limit) == (
+            100, 200, 20_000,
+        )
+        assert settings.require_persistence is False
+
+    def test_blank_value_means_default(self) -> None:
+        """A variable set to whitespace is treated as unset."""
+        assert load(REFRESH_MARGIN="   ").refresh_margin == 900.0
+
+    def test_values_are_parsed_and_stripped(self) -> None:
+        """Durations take decimals, counts whole numbers, flags yes/no words; spaces trimmed."""
+        settings = load(
+            REFRESH_MARGIN=" 1.5 ", BATCH_SIZE="7", REQUIRE_PERSISTENCE="Yes",
+            LOG_FORMAT="console", WEBHOOK_URL="https://hooks.example.com/tw",
+        )
+        assert settings.refresh_margin == 1.5
+        assert settings.batch_size == 7
+        assert settings.require_persistence is True
+        assert settings.log_format == "console"
+        assert settings.webhook_url == "https://hooks.example.com/tw"
+
+
+class TestMalformedValues:
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("REFRESH_MARGIN", "abc"),
+            ("REFRESH_MARGIN", "-5"),
+            ("REFRESH_MARGIN", "0"),
+            ("DEFAULT_LIFETIME", "nan"),
+            ("HTTP_TIMEOUT", "inf"),
+            ("KEEPALIVE_INTERVAL", "7d"),
+            ("REDIS_URL", "http://x"),
+            ("REDIS_URL", "localhost:6379"),
+            ("BROKER_URL", "amqp://guest@rabbit//"),
+            ("BATCH_SIZE", "0"),
+            ("CONCURRENCY", "1.5"),
+            ("SWEEP_LIMIT", "lots"),
+            ("LOG_FORMAT", "xml"),
+            ("REQUIRE_PERSISTENCE", "maybe"),
+            ("WEBHOOK_URL", "ftp://hooks.example.com"),
+            ("WEBHOOK_URL", "https://"),
+        ],
+    )
+    def test_malformed_value_names_the_variable(self, name: str, value: str) -> None:
+        """Each malformed value raises SettingsError naming its TOKENWORKER_ variable."""
+        with pytest.raises(SettingsError, match=PREFIX + name):
+            load(**{name: value})
+
+    @pytest.mark.parametrize(
+        "keys",
+        [
+            pytest.param("a", id="one base64 character"),
+            pytest.param("not base64 at all!", id="garbage"),
+            pytest.param("ключ", id="non-ascii"),
+            pytest.param(base64.urlsafe_b64encode(b"k" * 16).decode(), id="16 bytes"),
+            pytest.param(base64.urlsafe_b64encode(b"k" * 64).decode(), id="64 bytes"),
+            pytest.param(",", id="only commas"),
+        ],
+    )
+    def test_bad_key_names_the_variable(self, keys: str) -> None:
+        """A key that is not 32 bytes of URL-safe base64 names TOKENWORKER_ENCRYPTION_KEYS."""
+        with pytest.raises(SettingsError, match=f"{PREFIX}ENCRYPTION_KEYS"):
+            Settings.from_env({f"{PREFIX}ENCRYPTION_KEYS": keys})
+
+    def test_bad_key_message_says_which_key(self) -> None:
+        """With several keys the message says which one is wrong, not what it is."""
+        bad = base64.urlsafe_b64encode(b"k" * 16).decode()
+        with pytest.raises(SettingsError, match="key #2 decodes to 16 bytes") as caught:
+            Settings.from_env({f"{PREFIX}ENCRYPTION_KEYS": f"{KEY_TEXT},{bad}"})
+        assert KEY_TEXT not in str(caught.value)
+        assert bad not in str(caught.value)
+
+
+class TestKeys:
+    def test_keys_are_required(self) -> None:
+        """Without TOKENWORKER_ENCRYPTION_KEYS the worker refuses to start."""
+        with pytest.raises(SettingsError, match=f"{PREFIX}ENCRYPTION_KEYS is required"):
+            Settings.from_env({})
+
+    def test_keys_optional_when_not_required(self) -> None:
+        """require_keys=False (commands that never decrypt) accepts no keys."""
+        assert Settings.from_env({}, require_keys=False).encryption_keys == ()
+
+    def test_several_keys_keep_their_order(self) -> None:
+        """Comma-separated keys, spaces allowed, are kept in order: the first encrypts."""
+        settings = load(ENCRYPTION_KEYS=f" {KEY_TEXT} , {OLD_KEY_TEXT} ,")
+        assert settings.encryption_keys == (KEY, OLD_KEY)
+
+
+class TestCrossChecks:
+    def test_broker_defaults_to_redis_url(self) -> None:
+        """Without TOKENWORKER_BROKER_URL the broker is the store Redis."""
+        settings = load(REDIS_URL="rediss://store:6380/2")
+        assert settings.broker_url == "rediss://store:6380/2"
+
+    def test_explicit_broker_is_kept(self) -> None:
+        """An explicit broker URL is used as given."""
+        settings = load(REDIS_URL="redis://store:6379/0", BROKER_URL="redis://broker:6379/1")
+        assert settings.broker_url == "redis://broker:6379/1"
+
+    @pytest.mark.parametrize(("lease", "timeout"), [("20", "10"), ("5", "10")])
+    def test_lease_must_exceed_two_http_timeouts(self, lease: str, timeout: str) -> None:
+        """A lease no longer than two HTTP timeouts is refused, naming both variables."""
+        with pytest.raises(SettingsError, match=f"{PREFIX}LEASE_TTL") as caught:
+            load(LEASE_TTL=lease, HTTP_TIMEOUT=timeout)
+        assert f"{PREFIX}HTTP_TIMEOUT" in str(caught.value)
+
+    def test_lease_just_over_two_http_timeouts_is_accepted(self) -> None:
+        """A lease a little longer than two HTTP timeouts is fine."""
+        assert load(LEASE_TTL="20.5", HTTP_TIMEOUT="10").lease_ttl == 20.5
+
+    def test_retry_base_must_not_exceed_retry_max(self) -> None:
+        """A first backoff longer than the longest backoff is refused."""
+        with pytest.raises(SettingsError, match=f"{PREFIX}RETRY_BASE"):
+            load(RETRY_BASE="600", RETRY_MAX="60")
+
+
+class TestSecretsStayHidden:
+    def test_repr_hides_keys_and_webhook_secret(self) -> None:
+        """repr() shows how many keys and whether a secret is set, never their values."""
+        settings = load(
+            ENCRYPTION_KEYS=f"{KEY_TEXT},{OLD_KEY_TEXT}", WEBHOOK_SECRET="whsec-do-not-print"
+        )
+        shown = repr(settings)
+        for key, text in ((KEY, KEY_TEXT), (OLD_KEY, OLD_KEY_TEXT)):
+            assert text not in shown
+            assert repr(key) not in shown
+        assert "whsec-do-not-print" not in shown
+        assert "<2 keys>" in shown
+        assert "<set>" in shown
+
+    def test_repr_says_when_webhook_secret_is_unset(self) -> None:
+        """Without a webhook secret repr says so."""
+        assert "'webhook_secret': '<unset>'" in repr(load())
+
+
+class TestReference:
+    def test_lists_every_variable_once(self) -> None:
+        """reference() has one row per setting, named as from_env reads it."""
+        names = [row[0] for row in reference()]
+        expected = [PREFIX + item.metadata["env"] for item in fields(Settings)]
+        assert names == expected
+        assert len(set(names)) == len(names)
+        assert {f"{PREFIX}REDIS_URL", f"{PREFIX}ENCRYPTION_KEYS", f"{PREFIX}LEASE_TTL"} <= set(
+            names
+        )
+
+    def test_every_row_has_a_meaning(self) -> None:
+        """Each variable is documented with a non-empty sentence."""
+        assert all(meaning.strip() for _, _, meaning in reference())
+
+    def test_defaults_are_shown(self) -> None:
+        """Defaults appear as text; empty defaults are shown as blank."""
+        rows = {name: default for name, default, _ in reference()}
+        assert rows[f"{PREFIX}REFRESH_MARGIN"] == "900.0"
+        assert rows[f"{PREFIX}BROKER_URL"] == ""
+        assert rows[f"{PREFIX}ENCRYPTION_KEYS"] == ""
