@@ -194,7 +194,7 @@ class TestConcurrency:
         run(scenario())
 
     def test_rotation_grant_survives_many_cycles(self, runtime_for: RuntimeFor, emu: Emu) -> None:
-        """With rotation on, 25 forced refreshes keep the grant alive and the newest token stored."""
+        """With rotation on, 25 refreshes keep the grant alive and the newest token stored."""
 
         async def scenario() -> None:
             rt = runtime_for()
