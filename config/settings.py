@@ -177,6 +177,24 @@ class Settings:
         "CONCURRENCY", _count, 200, "Connections checked at once inside one worker process."
     )
     sweep_limit: int = _setting("SWEEP_LIMIT", _count, 20000, "Most connections one sweep claims.")
+    escalate_after: int = _setting(
+        "ESCALATE_AFTER",
+        _count,
+        5,
+        "Consecutive transient failures of a connection before one connection.escalated.",
+    )
+    escalate_after_failing: float = _setting(
+        "ESCALATE_AFTER_FAILING",
+        _duration,
+        21600.0,
+        "Seconds a connection may stay failing before one connection.escalated.",
+    )
+    daily_attempt_cap: int = _setting(
+        "DAILY_ATTEMPT_CAP",
+        _count,
+        100,
+        "Failed attempts per connection per UTC day before it waits for the next day.",
+    )
     require_persistence: bool = _setting(
         "REQUIRE_PERSISTENCE",
         _flag,

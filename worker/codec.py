@@ -26,6 +26,7 @@ _FLOATS = (
     "last_check_at",
     "last_refresh_at",
     "failing_since",
+    "escalated_at",
 )
 
 
@@ -48,6 +49,14 @@ def _error(raw: Raw) -> LastError | None:
     return LastError.from_dict(json.loads(value)) if value else None
 
 
+def _attempts(raw: Raw) -> dict[str, Any]:
+    value = raw.get(b"attempts")
+    if not value:
+        return {}
+    day, _, count = value.decode().partition(":")
+    return {"attempts_day": int(day), "attempts_today": int(count)}
+
+
 def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
     """Every field of the hash; an empty string means 'delete this field'."""
     fields: Fields = {
@@ -59,6 +68,7 @@ def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
         "expiry_source": conn.expiry_source.value if conn.expiry_source else "",
         "status": conn.status.value,
         "failures": str(conn.failures),
+        "attempts": f"{conn.attempts_day}:{conn.attempts_today}" if conn.attempts_today else "",
         "last_error": json.dumps(conn.last_error.as_dict()) if conn.last_error else "",
     }
     for name in _FLOATS:
@@ -81,6 +91,7 @@ def connection_from_raw(connection_id: str, raw: Raw, cipher: Cipher) -> Connect
         status=ConnectionStatus(_text(raw, "status") or "active"),
         version=int(raw.get(b"version", b"0")),
         failures=int(raw.get(b"failures", b"0")),
+        **_attempts(raw),
         last_error=_error(raw),
         **floats,
     )

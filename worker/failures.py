@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from worker import events, policy
 from worker.errors import ConflictError, RateLimitedError, ResponseIntegrityError, SalesforceError
@@ -36,14 +37,12 @@ class Recorder:
         timing: policy.Timing,
         clock: Callable[[], float],
         rng: random.Random,
-        escalate_after: int = 5,
     ) -> None:
         self.store = store
         self.sink = sink
         self.timing = timing
         self.clock = clock
         self.rng = rng
-        self.escalate_after = escalate_after
 
     async def _save(
         self, conn: Connection, change: Callable[[Connection], Connection], at: float | None
@@ -66,54 +65,63 @@ class Recorder:
     async def transient(
         self, conn: Connection, integration: Integration, error: SalesforceError, stage: str
     ) -> CheckResult:
-        now = self.clock()
-        attempt = conn.failures + 1
-        delay = policy.backoff(attempt, self.timing, self.rng, error.retry_after)
-        if isinstance(error, RateLimitedError):
-            delay = max(delay, policy.RATE_LIMIT_BACKOFF)
-        at = now + delay
-        saved = await self._save(conn, lambda c: _failing(c, error.as_fields(), now), at)
-        if saved is None:
-            return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
-        await self.sink.emit(
-            events.TOKEN_REFRESH_FAILED,
-            saved,
+        return await self._failed(
+            conn,
             integration,
-            **error.as_fields(),
-            stage=stage,
-            attempt=attempt,
-            next_attempt_at=round(at, 3),
+            error.as_fields(),
+            events.TOKEN_REFRESH_FAILED,
+            stage,
+            retry_after=error.retry_after,
+            rate_limited=isinstance(error, RateLimitedError),
         )
-        if attempt == self.escalate_after:
-            await self.sink.emit(
-                events.ESCALATED,
-                saved,
-                integration,
-                **error.as_fields(),
-                attempt=attempt,
-                failing_since=saved.failing_since,
-            )
-        return CheckResult(conn.id, Outcome.FAILED, stage, error.as_fields(), at)
 
     async def integrity(
         self, conn: Connection, integration: Integration, problem: ResponseIntegrityError
     ) -> CheckResult:
-        now = self.clock()
-        attempt = conn.failures + 1
-        at = now + policy.backoff(attempt, self.timing, self.rng)
         fields = {"error": problem.error, "error_description": problem.error_description}
-        saved = await self._save(conn, lambda c: _failing(c, fields, now), at)
+        return await self._failed(conn, integration, fields, events.SIGNATURE_INVALID, "refresh")
+
+    async def _failed(
+        self,
+        conn: Connection,
+        integration: Integration,
+        fields: dict[str, Any],
+        event: str,
+        stage: str,
+        *,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+    ) -> CheckResult:
+        """One failure: `failing`, the next attempt scheduled, exactly one event (plus the
+        single escalation event when this failure crosses the line)."""
+        now = self.clock()
+        failure = policy.after_failure(
+            conn, now, self.timing, self.rng, retry_after=retry_after, rate_limited=rate_limited
+        )
+        at = failure.next_attempt_at
+        saved = await self._save(conn, lambda c: _failing(c, fields, now, failure), at)
         if saved is None:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
         await self.sink.emit(
-            events.SIGNATURE_INVALID,
+            event,
             saved,
             integration,
             **fields,
-            attempt=attempt,
+            stage=stage,
+            attempt=failure.attempt,
             next_attempt_at=round(at, 3),
         )
-        return CheckResult(conn.id, Outcome.FAILED, "signature", fields, at)
+        if failure.escalate:
+            await self.sink.emit(
+                events.ESCALATED,
+                saved,
+                integration,
+                **fields,
+                attempt=failure.attempt,
+                failing_since=saved.failing_since,
+                next_attempt_at=round(at, 3),
+            )
+        return CheckResult(conn.id, Outcome.FAILED, stage, fields, at)
 
     async def reauth_required(
         self, conn: Connection, integration: Integration, error: SalesforceError
@@ -200,12 +208,17 @@ class Recorder:
         )
 
 
-def _failing(conn: Connection, error: Mapping[str, object], now: float) -> Connection:
+def _failing(
+    conn: Connection, error: Mapping[str, object], now: float, failure: policy.Failure
+) -> Connection:
     status = error.get("http_status")
     return conn.evolve(
         status=ConnectionStatus.FAILING,
-        failures=conn.failures + 1,
+        failures=failure.attempt,
         failing_since=conn.failing_since or now,
+        escalated_at=now if failure.escalate else conn.escalated_at,
+        attempts_day=failure.attempts_day,
+        attempts_today=failure.attempts_today,
         last_check_at=now,
         last_error=LastError(
             str(error["error"]),

@@ -14,6 +14,11 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -25,6 +30,7 @@ class Leases:
         self.redis = redis
         self.ttl_ms = int(ttl * 1000)
         self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
 
     async def acquire(self, key: str, wait: float = 0.0) -> str | None:
         """The owner token, or None if another holder kept it for `wait` seconds."""
@@ -38,6 +44,10 @@ class Leases:
                 return None
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.5)
+
+    async def renew(self, key: str, token: str) -> bool:
+        """Reset the TTL if we still own the lease; False means it was lost (expired)."""
+        return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
 
     async def release(self, key: str, token: str) -> bool:
         return bool(await self._release(keys=[key], args=[token]))

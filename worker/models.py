@@ -104,6 +104,9 @@ class Connection:
     last_refresh_at: float | None = None
     failures: int = 0
     failing_since: float | None = None
+    escalated_at: float | None = None
+    attempts_day: int | None = None  # UTC day number the attempt count below belongs to
+    attempts_today: int = 0
     last_error: LastError | None = None
 
     def evolve(self, **changes: Any) -> Connection:
@@ -126,6 +129,8 @@ class Connection:
             "last_refresh_at": self.last_refresh_at,
             "failures": self.failures,
             "failing_since": self.failing_since,
+            "escalated_at": self.escalated_at,
+            "attempts_today": self.attempts_today,
             "last_error": self.last_error.as_dict() if self.last_error else None,
             "has_access_token": self.access_token is not None,
         }

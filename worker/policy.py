@@ -26,6 +26,9 @@ class Timing:
     keepalive: float
     retry_base: float
     retry_max: float
+    escalate_after: int = 5
+    escalate_after_failing: float = 21600.0
+    daily_attempt_cap: int = 100
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Timing:
@@ -35,6 +38,9 @@ class Timing:
             keepalive=settings.keepalive_interval,
             retry_base=settings.retry_base,
             retry_max=settings.retry_max,
+            escalate_after=settings.escalate_after,
+            escalate_after_failing=settings.escalate_after_failing,
+            daily_attempt_cap=settings.daily_attempt_cap,
         )
 
 
@@ -160,3 +166,44 @@ def backoff(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return max(delay, MIN_DELAY)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How one more failure changes a connection's retry bookkeeping."""
+
+    attempt: int  # consecutive failures, this one included
+    attempts_day: int
+    attempts_today: int
+    next_attempt_at: float
+    escalate: bool  # emit the one escalation event now
+
+
+def after_failure(
+    conn: Connection,
+    now: float,
+    timing: Timing,
+    rng: random.Random,
+    *,
+    retry_after: float | None = None,
+    rate_limited: bool = False,
+) -> Failure:
+    """Backoff, the daily attempt cap, and whether this failure crosses an escalation line.
+
+    Rate limiting waits at least an hour (Salesforce blocks the user's logins for the hour).
+    Past the daily cap a connection waits for the next UTC day, so a long outage cannot burn
+    through attempts (and login-failure budgets) forever.
+    """
+    attempt = conn.failures + 1
+    day = int(now // 86400)
+    today = conn.attempts_today + 1 if conn.attempts_day == day else 1
+    delay = backoff(attempt, timing, rng, retry_after)
+    if rate_limited:
+        delay = max(delay, RATE_LIMIT_BACKOFF)
+    if today >= timing.daily_attempt_cap:
+        delay = max(delay, (day + 1) * 86400 - now + rng.uniform(0.0, 600.0))
+    failing_since = conn.failing_since if conn.failing_since is not None else now
+    crossed = (
+        attempt >= timing.escalate_after or now - failing_since >= timing.escalate_after_failing
+    )
+    return Failure(attempt, day, today, now + delay, crossed and conn.escalated_at is None)

@@ -67,6 +67,7 @@ class Refresher:
         self.clock = clock
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
+        self._lease: dict[str, str] = {}  # connection id -> our lease token, while held
         self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
 
     async def check_many(self, ids: Iterable[str], *, force: bool = False) -> list[CheckResult]:
@@ -111,7 +112,11 @@ class Refresher:
             current = await self.store.get_connection(connection_id)
             if current is None:
                 return CheckResult(connection_id, Outcome.NOT_FOUND)
-            return await self._cycle(current, integration, force)
+            self._lease[connection_id] = token
+            try:
+                return await self._cycle(current, integration, force)
+            finally:
+                self._lease.pop(connection_id, None)
 
     def timing_wait(self, explicit: bool) -> float:
         return self.lease_wait if explicit else 0.0
@@ -171,6 +176,9 @@ class Refresher:
             status=ConnectionStatus.ACTIVE,
             failures=0,
             failing_since=None,
+            escalated_at=None,
+            attempts_day=None,
+            attempts_today=0,
         )
         at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
         try:
@@ -182,21 +190,38 @@ class Refresher:
         return CheckResult(conn.id, Outcome.FRESH, reason="fresh", next_check_at=at)
 
     async def _refresh(
-        self, conn: Connection, integration: Integration, reason: str
+        self, conn: Connection, integration: Integration, reason: str, *, retried: bool = False
     ) -> CheckResult:
+        token = self._lease.get(conn.id)
+        if token is None or not await self.leases.renew(self.store.keys.lease(conn.id), token):
+            # The lease ran out (a stall): another worker may be refreshing this very token.
+            return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
         try:
             response = await self.client.refresh(integration, conn.refresh_token)
         except (PermanentError, ConfigurationError) as error:
             newer = await self._newer_integration(integration)
             if newer is not None:
                 # Credentials changed since we cached them: the verdict was about old ones.
-                return await self._refresh(conn, newer, reason)
+                return await self._refresh(conn, newer, reason, retried=retried)
             if isinstance(error, PermanentError):
                 return await self.recorder.reauth_required(conn, integration, error)
             return await self.recorder.misconfigured(conn, integration, error, stage="refresh")
         except TransientError as error:
+            if error.error == "invalid_grant" and not retried:
+                return await self._lost_race(conn, integration, reason)
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
+
+    async def _lost_race(
+        self, conn: Connection, integration: Integration, reason: str
+    ) -> CheckResult:
+        """Salesforce saw a concurrent refresh of this token ("expired authorization code"):
+        if someone else stored a newer token, we are done; otherwise try once more."""
+        await asyncio.sleep(0.5 + self.rng.random())
+        latest = await self.store.get_connection(conn.id)
+        if latest is None or latest.refresh_token != conn.refresh_token:
+            return CheckResult(conn.id, Outcome.SUPERSEDED, reason="refreshed concurrently")
+        return await self._refresh(latest, integration, reason, retried=True)
 
     async def _newer_integration(self, used: Integration) -> Integration | None:
         """The stored integration when it is newer than the copy we used, else None."""
@@ -231,7 +256,10 @@ class Refresher:
                 previous=conn.instance_url,
                 instance_url=saved.instance_url,
             )
-        saved = await self._learn_expiry(saved, integration, applied.expiry is None, now)
+        # After an "inactive" verdict, look at the new token once: if it reads inactive too,
+        # this app cannot introspect (no "Introspect All Tokens").
+        unknown = applied.expiry is None or reason == "inactive"
+        saved = await self._learn_expiry(saved, integration, unknown, now)
         await self.sink.emit(
             events.TOKEN_REFRESHED,
             saved,

@@ -76,6 +76,9 @@ def apply_refresh(
         status=ConnectionStatus.ACTIVE,
         failures=0,
         failing_since=None,
+        escalated_at=None,
+        attempts_day=None,
+        attempts_today=0,
         last_error=None,
     )
     return Applied(
