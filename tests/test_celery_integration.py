@@ -3,15 +3,17 @@ broker and store, the emulator as Salesforce, and the `tokenworker` CLI as ops u
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -23,6 +25,7 @@ from worker.embedded import EmbeddedRedis
 from worker.runtime import Runtime
 
 pytestmark = pytest.mark.integration
+WEBHOOK_SECRET = "whsec-test"
 
 
 def _env(redis_server: EmbeddedRedis, prefix: str, broker_db: int) -> dict[str, str]:
@@ -87,10 +90,36 @@ def _wait_ready(env: dict[str, str], timeout: float = 45.0) -> None:
     raise RuntimeError("the Celery worker did not answer a ping")
 
 
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that keeps what it was sent."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        Receiver.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def pool(redis_server: EmbeddedRedis) -> Iterator[Pool]:
+def receiver() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(redis_server: EmbeddedRedis, receiver: str) -> Iterator[Pool]:
     prefix = f"c{uuid.uuid4().hex[:8]}:"
     env = _env(redis_server, prefix, broker_db=1)
+    env["TOKENWORKER_WEBHOOK_URL"] = receiver
+    env["TOKENWORKER_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     redis.Redis.from_url(env["TOKENWORKER_BROKER_URL"]).flushdb()
     with tempfile.NamedTemporaryFile(prefix="celery-", suffix=".log", delete=False) as log:
         path = log.name
@@ -237,3 +266,25 @@ def test_duplicate_deliveries_of_one_batch_make_one_token_call_each(pool: Pool, 
     for _, grant in pairs:
         assert emu.token_calls(grant["grant_id"]) == 1
         assert emu.grant(grant["grant_id"])["revoked"] is False
+
+
+def test_failures_reach_the_webhook_signed(pool: Pool, emu: Emu) -> None:
+    """A reauth_required verdict is POSTed once to the webhook, signed and verifiable."""
+    from worker.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify  # noqa: PLC0415
+
+    [(cid, grant)] = _seed(pool.env, emu)
+    emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
+    done = _cli(pool.env, "check", cid, "--wait", "--json")
+    assert json.loads(done.stdout)["outcome"] == "reauth_required"
+    deadline = time.monotonic() + 20
+    mine: list[tuple[dict[str, str], bytes]] = []
+    while time.monotonic() < deadline and not mine:
+        mine = [(h, b) for h, b in Receiver.received if json.loads(b).get("connection_id") == cid]
+        time.sleep(0.2)
+    assert len(mine) == 1, pool.log()[-3000:]
+    headers, body = mine[0]
+    event = json.loads(body)
+    assert event["event"] == "connection.reauth_required"
+    assert event["error"] == "invalid_grant"
+    assert verify(WEBHOOK_SECRET, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+    assert grant["refresh_token"].encode() not in body

@@ -102,6 +102,10 @@ class Refresher:
         if integration is None:
             return await self.recorder.orphan(conn)
         if not explicit:
+            if integration.status is IntegrationStatus.MISCONFIGURED:
+                # Never skip on a cached verdict: the operator may have fixed it just now.
+                self.forget_integration(integration.name)
+                integration = await self.integration(conn.integration) or integration
             paused = await self.recorder.paused(conn, integration)
             if paused is not None:
                 return paused
@@ -159,6 +163,7 @@ class Refresher:
             newer = await self._newer_integration(integration)
             if newer is not None:
                 return await self._cycle(conn, newer, force=False)
+            self.forget_integration(integration.name)
             return await self.recorder.misconfigured(conn, integration, error, stage="introspect")
         expiry = policy.assumed_expiry(conn, now, self.timing)
         if expiry.expires_at - now > self.timing.margin:
@@ -205,6 +210,7 @@ class Refresher:
                 return await self._refresh(conn, newer, reason, retried=retried)
             if isinstance(error, PermanentError):
                 return await self.recorder.reauth_required(conn, integration, error)
+            self.forget_integration(integration.name)
             return await self.recorder.misconfigured(conn, integration, error, stage="refresh")
         except TransientError as error:
             if error.error == "invalid_grant" and not retried:

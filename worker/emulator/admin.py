@@ -231,6 +231,7 @@ class AdminApi:
             content_type=_str(body, "content_type") or "application/json;charset=UTF-8",
             delay_s=_number(body, "delay_s") or 0.0,
             mutate=mutate,
+            retry_after=_int(body, "retry_after", 0, 86400),
         )
         self.state.faults.add(fault)
         return _reply({"queued": len(self.state.faults.pending())})

@@ -38,6 +38,7 @@ class Fault:
     content_type: str = "application/json;charset=UTF-8"
     delay_s: float = 0.0
     mutate: str | None = None
+    retry_after: int | None = None  # sent as a Retry-After header on an `error` answer
 
     def matches(self, endpoint: str, client_id: str | None) -> bool:
         if self.endpoint not in ("any", endpoint):
@@ -54,6 +55,7 @@ class Fault:
             "content_type": self.content_type,
             "delay_s": self.delay_s,
             "mutate": self.mutate,
+            "retry_after": self.retry_after,
         }
 
 

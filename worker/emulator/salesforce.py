@@ -134,7 +134,10 @@ class SalesforceApi:
         if mutate == "drop_access_token":
             return json_response(200, self._tokenless_body(refresh_token))
         if mutate == "error":
-            return Response(fault.status or 500, fault.body.encode("utf-8"), fault.content_type)
+            headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after else []
+            return Response(
+                fault.status or 500, fault.body.encode("utf-8"), fault.content_type, headers
+            )
         if mutate == "huge_body":
             return Response(200, _huge_body(), JSON)
         canned = _CANNED[mutate or ""]

@@ -117,10 +117,13 @@ class SalesforceClient:
             raise TransientError(
                 "timeout", f"no complete answer within {self._timeout:g}s"
             ) from None
-        except httpx.TimeoutException:
-            raise TransientError("timeout", "Salesforce did not answer in time") from None
         except httpx.TransportError as error:
-            raise TransientError("network_error", type(error).__name__) from None
+            # The aiohttp transport maps every connection error to ConnectTimeout; the cause
+            # tells a timeout from a reset.
+            cause = error.__cause__ or error
+            timed_out = isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
+            code = "timeout" if timed_out else "network_error"
+            raise TransientError(code, type(cause).__name__) from None
 
     async def _exchange(self, url: str, payload: dict[str, str]) -> _Answer:
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
