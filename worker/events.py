@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from worker.keys import Keys
 from worker.models import Connection, Integration
+from worker.pipelining import AutoPipeline
 from worker.redaction import SECRET_NAMES
 
 TOKEN_REFRESHED = "token.refreshed"
@@ -93,8 +94,10 @@ class EventSink:
         keys: Keys,
         forward: Forward | None = None,
         clock: Callable[[], float] = time.time,
+        auto: AutoPipeline | None = None,
     ) -> None:
         self.redis = redis
+        self.auto = auto or AutoPipeline(redis)
         self.keys = keys
         self.forward = forward
         self.clock = clock
@@ -109,11 +112,9 @@ class EventSink:
         event = build(name, conn, integration, self.clock(), **fields)
         level = "warning" if name in ALERTS else "info"
         log.log(_LEVELS[level], name, **{k: v for k, v in event.items() if k != "event"})
-        await self.redis.xadd(
-            self.keys.events,
-            {"data": json.dumps(event, separators=(",", ":"))},
-            maxlen=STREAM_MAXLEN,
-            approximate=True,
+        data: dict[Any, Any] = {"data": json.dumps(event, separators=(",", ":"))}
+        await self.auto.run(
+            lambda pipe: pipe.xadd(self.keys.events, data, maxlen=STREAM_MAXLEN, approximate=True)
         )
         if self.forward is not None and name in WEBHOOK_EVENTS:
             await self.forward(event)

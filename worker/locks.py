@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
+from worker.pipelining import AutoPipeline, eval_script
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -26,8 +28,9 @@ return 0
 
 
 class Leases:
-    def __init__(self, redis: Redis, ttl: float) -> None:
+    def __init__(self, redis: Redis, ttl: float, auto: AutoPipeline | None = None) -> None:
         self.redis = redis
+        self.auto = auto or AutoPipeline(redis)
         self.ttl_ms = int(ttl * 1000)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
@@ -38,7 +41,7 @@ class Leases:
         deadline = time.monotonic() + wait
         delay = 0.05
         while True:
-            if await self.redis.set(key, token, nx=True, px=self.ttl_ms):
+            if await self.auto.run(lambda p: p.set(key, token, nx=True, px=self.ttl_ms)):
                 return token
             if time.monotonic() >= deadline:
                 return None
@@ -47,10 +50,10 @@ class Leases:
 
     async def renew(self, key: str, token: str) -> bool:
         """Reset the TTL if we still own the lease; False means it was lost (expired)."""
-        return bool(await self._renew(keys=[key], args=[token, self.ttl_ms]))
+        return bool(await eval_script(self.auto, self._renew, [key], [token, self.ttl_ms]))
 
     async def release(self, key: str, token: str) -> bool:
-        return bool(await self._release(keys=[key], args=[token]))
+        return bool(await eval_script(self.auto, self._release, [key], [token]))
 
     @asynccontextmanager
     async def hold(self, key: str, wait: float = 0.0) -> AsyncIterator[str | None]:

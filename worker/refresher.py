@@ -94,36 +94,30 @@ class Refresher:
                 return CheckResult(connection_id, Outcome.ERROR, reason=str(error))
 
     async def _check(self, connection_id: str, force: bool, explicit: bool) -> CheckResult:
-        conn = await self.store.get_connection(connection_id)
-        if conn is None:
-            await self.store.redis.zrem(self.store.keys.due, connection_id)
-            return CheckResult(connection_id, Outcome.NOT_FOUND)
-        integration = await self.integration(conn.integration)
-        if integration is None:
-            return await self.recorder.orphan(conn)
-        if not explicit:
-            if integration.status is IntegrationStatus.MISCONFIGURED:
-                # Never skip on a cached verdict: the operator may have fixed it just now.
-                self.forget_integration(integration.name)
-                integration = await self.integration(conn.integration) or integration
-            paused = await self.recorder.paused(conn, integration)
-            if paused is not None:
-                return paused
-        wait = self.timing_wait(explicit)
+        wait = self.lease_wait if explicit else 0.0
         async with self.leases.hold(self.store.keys.lease(connection_id), wait) as token:
             if token is None:
                 return CheckResult(connection_id, Outcome.CONTENDED, reason="lease held")
-            current = await self.store.get_connection(connection_id)
-            if current is None:
+            conn = await self.store.get_connection(connection_id)
+            if conn is None:
+                await self.store.redis.zrem(self.store.keys.due, connection_id)
                 return CheckResult(connection_id, Outcome.NOT_FOUND)
+            integration = await self.integration(conn.integration)
+            if integration is None:
+                return await self.recorder.orphan(conn)
+            if not explicit:
+                if integration.status is IntegrationStatus.MISCONFIGURED:
+                    # Never skip on a cached verdict: the operator may have fixed it just now.
+                    self.forget_integration(integration.name)
+                    integration = await self.integration(conn.integration) or integration
+                paused = await self.recorder.paused(conn, integration)
+                if paused is not None:
+                    return paused
             self._lease[connection_id] = token
             try:
-                return await self._cycle(current, integration, force)
+                return await self._cycle(conn, integration, force)
             finally:
                 self._lease.pop(connection_id, None)
-
-    def timing_wait(self, explicit: bool) -> float:
-        return self.lease_wait if explicit else 0.0
 
     async def integration(self, name: str) -> Integration | None:
         cached = self._integrations.get(name)

@@ -20,6 +20,7 @@ from worker.crypto import Cipher
 from worker.events import EventSink, Forward
 from worker.keys import Keys
 from worker.locks import Leases
+from worker.pipelining import AutoPipeline
 from worker.refresher import Refresher
 from worker.salesforce.client import SalesforceClient, make_http_client
 from worker.store import Store
@@ -59,9 +60,10 @@ class Runtime:
     ) -> Runtime:
         redis = redis if redis is not None else redis_client(settings.redis_url)
         keys = Keys(settings.key_prefix)
-        store = Store(redis, Cipher(settings.encryption_keys), keys)
-        leases = Leases(redis, settings.lease_ttl)
-        sink = EventSink(redis, keys, forward=forward, clock=clock)
+        auto = AutoPipeline(redis)
+        store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
+        leases = Leases(redis, settings.lease_ttl, auto)
+        sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
         http = http if http is not None else make_http_client(settings.http_timeout)
         client = SalesforceClient(http, settings.http_timeout)
         refresher = Refresher(

@@ -18,6 +18,7 @@ from worker.crypto import Cipher
 from worker.errors import ConflictError
 from worker.keys import Keys
 from worker.models import Connection, ConnectionStatus, Integration, IntegrationStatus, LastError
+from worker.pipelining import AutoPipeline, eval_script
 
 # KEYS: conn hash, due zset. ARGV: expected version, id, next check ("" = unschedule, "-" =
 # leave as is), then field/value pairs ("" deletes the field). Returns the new version or -1.
@@ -55,8 +56,11 @@ class Credentials:
 
 
 class Store:
-    def __init__(self, redis: Redis, cipher: Cipher, keys: Keys) -> None:
+    def __init__(
+        self, redis: Redis, cipher: Cipher, keys: Keys, auto: AutoPipeline | None = None
+    ) -> None:
         self.redis = redis
+        self.auto = auto or AutoPipeline(redis)
         self.cipher = cipher
         self.keys = keys
         self._save = redis.register_script(_SAVE)
@@ -112,7 +116,8 @@ class Store:
     # -- connections --------------------------------------------------------------------
 
     async def get_connection(self, connection_id: str) -> Connection | None:
-        raw: codec.Raw = await self.redis.hgetall(self.keys.conn(connection_id))  # type: ignore[assignment]
+        key = self.keys.conn(connection_id)
+        raw: codec.Raw = await self.auto.run(lambda pipe: pipe.hgetall(key))
         return codec.connection_from_raw(connection_id, raw, self.cipher) if raw else None
 
     async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:
@@ -139,7 +144,8 @@ class Store:
         args: list[bytes | str | float] = [str(conn.version), conn.id, schedule]
         for name, value in fields.items():
             args.extend((name, value))
-        version = await self._save(keys=[self.keys.conn(conn.id), self.keys.due], args=args)
+        keys = [self.keys.conn(conn.id), self.keys.due]
+        version = await eval_script(self.auto, self._save, keys, args)
         if int(version) < 0:
             raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
         return conn.evolve(version=int(version))
@@ -173,10 +179,10 @@ class Store:
         return [item.decode() for item in ids]
 
     async def schedule(self, connection_id: str, at: float) -> None:
-        await self.redis.zadd(self.keys.due, {connection_id: at})
+        await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, {connection_id: at}))
 
     async def next_check_at(self, connection_id: str) -> float | None:
-        score = await self.redis.zscore(self.keys.due, connection_id)
+        score = await self.auto.run(lambda pipe: pipe.zscore(self.keys.due, connection_id))
         return float(score) if score is not None else None
 
     async def due_count(self, now: float) -> int:
