@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from config.settings import Settings
 from tests.conftest import Emu, run
 from tests.helpers import connect, events_of, names_of
 from worker.models import ConnectionStatus, ExpirySource
@@ -17,22 +18,41 @@ RuntimeFor = Callable[..., Runtime]
 
 
 class TestDecisions:
-    def test_near_expiry_is_refreshed_exactly_once(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    def test_near_expiry_is_refreshed_exactly_once(
+        self, settings_for: Callable[..., Settings], emu: Emu
+    ) -> None:
         """A token with less than the margin left is refreshed once; the next check leaves it."""
+        offset = [3400.0]  # the first check happens "3400 s later": 200 s of 3600 left
 
         async def scenario() -> None:
-            rt = runtime_for(refresh_margin="300")
-            emu.post("/_admin/config", {"lifetime": 200})
-            try:
-                [(cid, grant)] = await connect(rt, emu)  # its first token lives 200 s
-            finally:
-                emu.post("/_admin/config", {"lifetime": 3600})  # refreshed ones live an hour
+            rt = Runtime.open(
+                settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
+            )
+            [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             first = await rt.refresher.check(cid)
+            offset[0] = 0.0
             second = await rt.refresher.check(cid)
             assert first.outcome is Outcome.REFRESHED, first
             assert first.reason == "near_expiry"
             assert second.outcome is Outcome.FRESH, second
             assert emu.token_calls(grant["grant_id"]) == 1
+            await rt.close()
+
+        run(scenario())
+
+    def test_margin_never_exceeds_half_the_session_lifetime(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """15-minute sessions with a 15-minute margin are not refreshed at every check."""
+
+        async def scenario() -> None:
+            rt = runtime_for(refresh_margin="900")
+            [(cid, grant)] = await connect(rt, emu, lifetime=900)
+            result = await rt.refresher.check(cid)
+            assert result.outcome is Outcome.FRESH
+            assert result.next_check_at is not None
+            assert result.next_check_at >= time.time() + 400
+            assert emu.token_calls(grant["grant_id"]) == 0
             await rt.close()
 
         run(scenario())
@@ -178,7 +198,8 @@ class TestConcurrency:
             emu.post("/_admin/config", {"latency_ms": 200})
             try:
                 first, second = runtime_for(), runtime_for()
-                [(cid, grant)] = await connect(first, emu, rotation=True, lifetime=100)
+                [(cid, grant)] = await connect(first, emu, rotation=True)
+                emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
                 results = await asyncio.gather(
                     first.refresher.check(cid), second.refresher.check(cid)
                 )

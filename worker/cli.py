@@ -8,6 +8,7 @@ broker is unreachable; 4 no such connection or integration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config import logging as tw_logging
 from config.settings import SettingsError
 from worker import commands, commands_admin
 from worker.errors import InputError, TokenworkerError
@@ -181,8 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging() -> None:
+    """Logs go to stderr (stdout is for results and --json): readable on a terminal."""
+    chosen = os.environ.get("TOKENWORKER_LOG_FORMAT")
+    tw_logging.configure(
+        chosen if chosen in ("json", "console") else ("console" if sys.stderr.isatty() else "json")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging()
     action = getattr(args, "action", None)
     handler = HANDLERS[f"{args.command} {action}" if action else args.command]
     try:

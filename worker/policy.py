@@ -62,6 +62,16 @@ class Decision:
     expiry: Expiry | None = None
 
 
+def margin_for(lifetime: float | None, timing: Timing) -> float:
+    """The refresh margin, never more than half the session lifetime.
+
+    Salesforce sessions can be as short as 15 minutes, the default margin; without this cap a
+    fresh token would already count as near expiry and be refreshed at every check.
+    """
+    known = lifetime if lifetime is not None and lifetime > 0 else timing.default_lifetime
+    return min(timing.margin, known / 2.0)
+
+
 def keepalive_deadline(conn: Connection, timing: Timing) -> float | None:
     """When the refresh token must next be used, or None when we never saw it used."""
     baseline = conn.last_refresh_at or conn.issued_at
@@ -105,7 +115,7 @@ def decide(
         return early
     if facts is None:
         expiry = assumed_expiry(conn, now, timing)
-        if expiry.expires_at - now <= timing.margin:
+        if expiry.expires_at - now <= margin_for(expiry.lifetime, timing):
             return Decision(True, "near_expiry", expiry)
         return Decision(False, "fresh", expiry)
     if not facts.active:
@@ -114,7 +124,7 @@ def decide(
         return Decision(True, "no_expiry")
     lifetime = facts.exp - facts.iat if facts.iat is not None and facts.exp > facts.iat else None
     expiry = Expiry(facts.exp, ExpirySource.INTROSPECTION, lifetime or conn.lifetime)
-    if facts.exp - now <= timing.margin:
+    if facts.exp - now <= margin_for(expiry.lifetime, timing):
         return Decision(True, "near_expiry", expiry)
     return Decision(False, "fresh", expiry)
 
@@ -142,7 +152,7 @@ def next_check_at(
     A little jitter (at most 5% of the wait, at most a minute) spreads connections that were
     imported together, and only ever makes the check earlier.
     """
-    target = expiry.expires_at - timing.margin
+    target = expiry.expires_at - margin_for(expiry.lifetime, timing)
     deadline = keepalive_deadline(conn, timing)
     if deadline is not None:
         target = min(target, deadline)

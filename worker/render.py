@@ -68,6 +68,8 @@ class Progress:
         self._draw(final=False)
 
     def finish(self) -> None:
+        if not self.tty and self.total and self._last_decile >= 10:
+            return  # the 100% line is already out
         self._draw(final=True)
 
     def _draw(self, final: bool) -> None:
