@@ -14,11 +14,13 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.settings import Settings, SettingsError
+from worker.beat import redbeat_config
+from worker.opsconfig import OpsSettings
 
 VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[str, Any]:
     soft_limit = max(120.0, 8 * settings.http_timeout + 2 * settings.lease_ttl)
     return {
         "broker_url": settings.broker_url,
@@ -51,6 +53,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Each worker also consumes its own queue, where it sends itself liveness pings.
+        "worker_direct": True,
+        **redbeat_config(settings, ops or OpsSettings.from_env()),
         "beat_schedule": {
             "sweep": {
                 "task": "tokenworker.sweep",
@@ -76,6 +81,7 @@ def _setup_logging(**_: Any) -> None:
 
 def _settings() -> Settings:
     try:
+        OpsSettings.from_env()  # fail here, with the variable named, rather than mid-start
         return Settings.from_env()
     except SettingsError as error:
         raise SystemExit(f"tokenworker: {error}") from None
