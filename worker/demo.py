@@ -160,42 +160,13 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
     python = sys.executable
     beat_dir = tempfile.mkdtemp(prefix="tokenworker-beat-")
     try:
-        children.start(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "config.celery",
-                "worker",
-                "-Q",
-                "sweep,refresh,ops",
-                "-c",
-                "2",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "-n",
-                "demo@%h",
-            ],
-            env,
+        celery = [python, "-m", "celery", "-A", "config.celery"]
+        worker = (
+            "worker -Q sweep,refresh,ops -c 2 --loglevel INFO --without-mingle --without-gossip"
         )
-        children.start(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "config.celery",
-                "beat",
-                "--loglevel",
-                "WARNING",
-                "-s",
-                os.path.join(beat_dir, "schedule"),
-            ],
-            env,
-        )
+        children.start([*celery, *worker.split(), "-n", "demo@%h"], env)
+        beat = ["beat", "--loglevel", "WARNING", "-s", os.path.join(beat_dir, "schedule")]
+        children.start([*celery, *beat], env)
         started = time.monotonic()
         revoked = False
         while duration <= 0 or time.monotonic() - started < duration:

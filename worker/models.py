@@ -112,6 +112,21 @@ class Connection:
     def evolve(self, **changes: Any) -> Connection:
         return replace(self, **changes)
 
+    def healthy(self, now: float, **changes: Any) -> Connection:
+        """This record after a success: active, failure bookkeeping cleared (last_error stays
+        as history, with its time)."""
+        return replace(
+            self,
+            status=ConnectionStatus.ACTIVE,
+            failures=0,
+            failing_since=None,
+            escalated_at=None,
+            attempts_day=None,
+            attempts_today=0,
+            last_check_at=now,
+            **changes,
+        )
+
     def public(self) -> dict[str, Any]:
         """Every field but the tokens, for `show`, `list` and events."""
         return {

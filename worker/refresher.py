@@ -167,17 +167,8 @@ class Refresher:
     async def _still_fresh(
         self, conn: Connection, integration: Integration, expiry: policy.Expiry, now: float
     ) -> CheckResult:
-        updated = conn.evolve(
-            expires_at=expiry.expires_at,
-            expiry_source=expiry.source,
-            lifetime=expiry.lifetime,
-            last_check_at=now,
-            status=ConnectionStatus.ACTIVE,
-            failures=0,
-            failing_since=None,
-            escalated_at=None,
-            attempts_day=None,
-            attempts_today=0,
+        updated = conn.healthy(
+            now, expires_at=expiry.expires_at, expiry_source=expiry.source, lifetime=expiry.lifetime
         )
         at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from worker import policy
 from worker.errors import ConflictError, ResponseIntegrityError
-from worker.models import Connection, ConnectionStatus, ExpirySource, Integration
+from worker.models import Connection, ExpirySource, Integration
 from worker.salesforce import hosts, signature
 from worker.salesforce.responses import TokenResponse
 from worker.store import Store
@@ -62,7 +62,8 @@ def apply_refresh(
     expiry = learned or policy.Expiry(
         issued + (conn.lifetime or timing.default_lifetime), ExpirySource.ASSUMED, conn.lifetime
     )
-    updated = conn.evolve(
+    updated = conn.healthy(
+        now,
         refresh_token=refresh_token,
         access_token=response.access_token,
         instance_url=instance_url,
@@ -72,14 +73,6 @@ def apply_refresh(
         expiry_source=expiry.source,
         lifetime=expiry.lifetime,
         last_refresh_at=now,
-        last_check_at=now,
-        status=ConnectionStatus.ACTIVE,
-        failures=0,
-        failing_since=None,
-        escalated_at=None,
-        attempts_day=None,
-        attempts_today=0,
-        last_error=None,
     )
     return Applied(
         connection=updated,
