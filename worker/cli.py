@@ -18,7 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import logging as tw_logging
 from config.settings import SettingsError
-from worker import commands, commands_admin
+from worker import commands, commands_admin, commands_ops
+from worker.bench import command as bench_command
 from worker.errors import InputError, TokenworkerError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 1, 2, 3, 4
@@ -28,18 +29,22 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "integrations list": commands.integrations_list,
     "connections import": commands.connections_import,
     "connections export": commands.connections_export,
-    "connections list": commands.connections_list,
+    "connections list": commands_ops.connections_list,
     "connections show": commands.connections_show,
     "connections remove": commands.connections_remove,
     "check": commands.check_or_refresh,
-    "refresh": commands.check_or_refresh,
+    "refresh": commands_ops.refresh,
     "sweep": commands.sweep,
     "status": commands_admin.status,
     "events": commands_admin.events,
     "keys generate": commands_admin.keys_generate,
     "keys rotate": commands_admin.keys_rotate,
+    "health": commands_ops.health,
+    "metrics": commands_ops.metrics,
+    "config-reference": commands_ops.config_reference,
     "emulator": commands_admin.emulator,
     "demo": commands_admin.demo,
+    "bench": bench_command.run,
 }
 
 
@@ -120,11 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl = conns.add_parser(
         "list",
         help="list connections",
-        **_examples("tokenworker connections list --status reauth_required"),
+        **_examples("tokenworker connections list --status reauth_required --limit 50 --offset 50"),
     )
     cl.add_argument("--status", help="active, failing or reauth_required")
     cl.add_argument("--integration")
     cl.add_argument("--limit", type=int, help="show at most N (sorted by id)")
+    cl.add_argument("--offset", type=int, default=0, help="skip the first N (for paging)")
     cl.add_argument("--json", action="store_true")
     show = conns.add_parser(
         "show", help="one connection", **_examples("tokenworker connections show c-42 --json")
@@ -136,13 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("id")
 
-    for name, text in (
-        ("check", "introspect now; refresh if needed"),
-        ("refresh", "refresh now, whatever the status"),
-    ):
-        cmd = sub.add_parser(name, help=text, **_examples(f"tokenworker {name} c-42 --wait"))
-        cmd.add_argument("id")
-        _queue_flags(cmd)
+    chk = sub.add_parser(
+        "check",
+        help="introspect now; refresh if needed",
+        **_examples("tokenworker check c-42 --wait"),
+    )
+    chk.add_argument("id")
+    _queue_flags(chk)
+    ref = sub.add_parser(
+        "refresh",
+        help="refresh now, whatever the status: one connection or a whole integration",
+        **_examples(
+            "tokenworker refresh c-42 --wait\n"
+            "  tokenworker refresh --integration acme --status failing --wait --timeout 600"
+        ),
+    )
+    ref.add_argument("id", nargs="?", help="a connection id (or use --integration)")
+    ref.add_argument("--integration", metavar="NAME", help="every connection of NAME")
+    ref.add_argument("--status", help="with --integration: only connections in this status")
+    _queue_flags(ref)
     sw = sub.add_parser(
         "sweep", help="check everything due now", **_examples("tokenworker sweep --inline")
     )
@@ -158,6 +176,51 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
     ev.add_argument("--limit", type=int, default=50, help="the newest N (50)")
+
+    hl = sub.add_parser(
+        "health",
+        help="liveness and readiness probes (exit 0 ok, 1 unhealthy, 3 unreachable)",
+        **_examples(
+            "tokenworker health --liveness --worker tokenworker@%h --max-age 300\n"
+            "  tokenworker health --readiness"
+        ),
+    )
+    probe = hl.add_mutually_exclusive_group()
+    probe.add_argument(
+        "--liveness", action="store_true", help="a worker consumed a task within --max-age"
+    )
+    probe.add_argument(
+        "--readiness", action="store_true", help="store and broker answer; the store persists"
+    )
+    hl.add_argument(
+        "--worker",
+        metavar="NODE",
+        help="the worker's Celery node name (its -n; %%h is this host's name); default: any",
+    )
+    hl.add_argument(
+        "--max-age", type=float, default=300.0, help="seconds since the last task (300)"
+    )
+    hl.add_argument("--json", action="store_true")
+    met = sub.add_parser(
+        "metrics",
+        help="serve Prometheus metrics for the whole fleet",
+        **_examples("tokenworker metrics --port 9464"),
+    )
+    met.add_argument("--port", type=int, default=9464)
+    met.add_argument("--addr", default="0.0.0.0", help="listen address (0.0.0.0)")  # noqa: S104
+    met.add_argument(
+        "--scan-interval",
+        type=float,
+        default=60.0,
+        help="recount connections by status at most this often (60 s)",
+    )
+    met.add_argument("--once", action="store_true", help="print the metrics once and exit")
+    cref = sub.add_parser(
+        "config-reference",
+        help="print the configuration reference (deploy/CONFIGURATION.md)",
+        **_examples("tokenworker config-reference --check deploy/CONFIGURATION.md"),
+    )
+    cref.add_argument("--check", metavar="FILE", help="exit 1 when FILE differs from it")
 
     keys = sub.add_parser("keys", help="encryption keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -180,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--latency-ms", type=float, default=0.0)
     emu.add_argument("--rotation", action="store_true", help="rotate refresh tokens")
     sub.add_parser("demo", help="everything at once on embedded defaults", **_examples("make demo"))
+    bench_command.add_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from worker import ops, render
 from worker.commands import dump, with_runtime
 from worker.crypto import generate_key
 from worker.events import read_events
+from worker.models import ConnectionStatus
 from worker.rotation import rotate
 from worker.runtime import Runtime
 
@@ -18,36 +19,52 @@ def status(args: argparse.Namespace) -> int:
         data = await ops.status(rt)
         if args.json:
             dump(data)
-            return 0
-        print(
-            f"connections  {data['connections']}  ("
-            + ", ".join(f"{k} {v}" for k, v in data["by_status"].items())
-            + ")"
-        )
-        print(
-            f"due now      {data['due_now']}"
-            + (
-                f"  (oldest overdue {render.relative(-data['overdue_seconds'])})"
-                if data["due_now"]
-                else ""
-            )
-        )
-        print(f"next due     {render.when(data['next_due_at'])}")
-        print()
-        render.table(
-            ["integration", "provider", "status", "introspection"],
-            [
-                [i["name"], i["provider"], i["status"], i["introspection"]]
-                for i in data["integrations"]
-            ],
-        )
-        if data["recent_failures"]:
-            print("\nrecent failures")
-            for event in data["recent_failures"]:
-                print("  " + event_line(event))
+        else:
+            print_status(data)
         return 0
 
     return with_runtime(work)
+
+
+def print_status(data: dict[str, Any]) -> None:
+    statuses = [s.value for s in ConnectionStatus]
+    counts = ", ".join(f"{k} {v}" for k, v in data["by_status"].items())
+    oldest = f" (oldest due {render.relative(-data['overdue_seconds'])})" if data["due_now"] else ""
+    render.fields(
+        [
+            ("connections", f"{data['connections']}: {counts}"),
+            ("due now", f"{data['due_now']}{oldest}; overdue {data['overdue']}"),
+            ("next due", render.when(data["next_due_at"])),
+            ("workers", _workers(data["workers"])),
+            ("beat", _beat(data)),
+        ]
+    )
+    print()
+    render.table(
+        ["integration", "provider", "status", "introspection", *statuses],
+        [
+            [i["name"], i["provider"], i["status"], i["introspection"]]
+            + [i["connections"].get(s, 0) for s in statuses]
+            for i in data["integrations"]
+        ],
+    )
+    if data["recent_failures"]:
+        print("\nrecent failures")
+        for event in data["recent_failures"]:
+            print("  " + event_line(event))
+
+
+def _workers(workers: list[dict[str, Any]]) -> str:
+    if not workers:
+        return "none has consumed a task yet"
+    shown = [f"{w['worker']} {render.relative(-w['age_seconds'])}" for w in workers[:5]]
+    more = f" (+{len(workers) - 5} more)" if len(workers) > 5 else ""
+    return "last consumed: " + ", ".join(shown) + more
+
+
+def _beat(data: dict[str, Any]) -> str:
+    leader = "a beat holds the lock" if data["beat"]["leader"] else "NO beat holds the lock"
+    return f"{leader}; last sweep {render.when(data['last_sweep_at'])}"
 
 
 def event_line(event: dict[str, Any]) -> str:

@@ -25,7 +25,9 @@ from worker.keys import Keys
 from worker.opsconfig import OpsSettings
 
 PING_TASK = "tokenworker.ping"
-FORGET_AFTER = 86400.0  # heartbeats of workers silent this long are pruned at worker start
+# Workers silent this long are gone (crashed, or their pod was replaced): the exporter and
+# `status` leave them out and each worker start prunes them. A clean stop removes its own.
+FORGET_AFTER = 3600.0
 log = structlog.get_logger("tokenworker.health")
 
 
@@ -75,8 +77,13 @@ def node_name(pattern: str, hostname: str | None = None) -> str:
 
 def heartbeats(client: redis.Redis, keys: Keys) -> dict[str, float]:
     """Worker node name -> when it last finished a task (epoch seconds)."""
-    raw: Mapping[Any, Any] = client.hgetall(keys.heartbeat)  # type: ignore[assignment]
+    raw: Any = client.hgetall(keys.heartbeat)
     return {_text(node): float(at) for node, at in raw.items()}
+
+
+def current(beats: Mapping[str, float], now: float) -> dict[str, float]:
+    """The heartbeats of workers that are not gone (silent for less than FORGET_AFTER)."""
+    return {node: at for node, at in beats.items() if now - at < FORGET_AFTER}
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class Pinger:
         while not self._stop.is_set():
             try:
                 self.send()
-            except Exception as error:  # noqa: BLE001  (the broker is down: the probe will say so)
+            except Exception as error:  # the broker is down, say; the probe will tell
                 log.warning("ping.unsent", problem=f"{type(error).__name__}: {error}")
             self._stop.wait(self.interval)
 
@@ -163,17 +170,36 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
     queue = f"{node}.dq2"  # Celery's worker_direct queue of this node
 
     def send() -> object:
-        return app.send_task(
-            PING_TASK, queue=queue, expires=max(2 * interval, 10.0), retry=False
-        )
+        # Its own short-lived connection: the worker's pooled ones belong to the consumer's
+        # event loop thread. No result (the backend would subscribe for it from here).
+        with app.connection_for_write() as connection:
+            return app.send_task(
+                PING_TASK,
+                queue=queue,
+                expires=max(2 * interval, 10.0),
+                connection=connection,
+                retry=False,
+                ignore_result=True,
+            )
 
     _PINGERS.append(Pinger(send, interval).start())
 
 
-def on_worker_shutdown(**_: Any) -> None:
-    """Celery `worker_shutdown`: stop pinging (in-flight tasks still record heartbeats)."""
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """Celery `worker_shutdown`, sent once the warm shutdown has finished every task: stop
+    pinging and remove this node's heartbeat, so a replaced worker leaves no stale entry."""
     while _PINGERS:
         _PINGERS.pop().stop()
+    if sender is None:
+        return
+    settings = sender.app.conf.tokenworker_settings
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.hdel(Keys(settings.key_prefix).heartbeat, sender.hostname)
+    except redis.RedisError as error:
+        log.warning("heartbeat.unremoved", problem=f"{type(error).__name__}: {error}")
+    finally:
+        client.close()
 
 
 def _forget_silent_workers(url: str, keys: Keys, now: float) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 from worker import events
 from worker.errors import InputError
+from worker.health import current
 from worker.keys import check_id
+from worker.metrics import metrics_key
 from worker.models import ConnectionStatus, Integration, IntegrationStatus, Provider
 from worker.render import Progress
 from worker.runtime import Runtime
@@ -118,8 +120,10 @@ async def list_connections(
 async def status(rt: Runtime) -> dict[str, Any]:
     now = time.time()
     counts: Counter[str] = Counter()
+    by_integration: dict[str, Counter[str]] = {}
     async for conn in iter_connections(rt.store):
         counts[conn.status.value] += 1
+        by_integration.setdefault(conn.integration, Counter())[conn.status.value] += 1
     oldest = await rt.store.oldest_due()
     due_now = await rt.store.due_count(now)
     recent = await events.read_events(rt.redis, rt.store.keys, limit=200)
@@ -132,7 +136,29 @@ async def status(rt: Runtime) -> dict[str, Any]:
         "oldest_due_at": oldest if due_now else None,
         "overdue_seconds": round(now - oldest, 1) if due_now and oldest else 0.0,
         "next_due_at": oldest,
-        "integrations": [i.public() for i in await rt.store.list_integrations()],
+        "overdue": await rt.store.due_count(now - rt.settings.sweep_interval),
+        "integrations": [
+            {**i.public(), "connections": dict(by_integration.get(i.name, {}))}
+            for i in await rt.store.list_integrations()
+        ],
         "recent_failures": failures,
+        **await _processes(rt, now),
         "at": now,
+    }
+
+
+async def _processes(rt: Runtime, now: float) -> dict[str, Any]:
+    """Workers by last consumption, whether a beat holds the lock, when a sweep last ran."""
+    raw: dict[Any, Any] = await rt.redis.hgetall(rt.store.keys.heartbeat)
+    beats = current({k.decode(): float(v) for k, v in raw.items()}, now)
+    workers = [
+        {"worker": node, "last_consumed_at": at, "age_seconds": round(now - at, 1)}
+        for node, at in sorted(beats.items(), key=lambda item: -item[1])
+    ]
+    ttl_ms = await rt.redis.pttl(rt.store.keys.beat)
+    last_sweep = await rt.redis.hget(metrics_key(rt.store.keys), "last_sweep_timestamp_seconds")
+    return {
+        "workers": workers,
+        "beat": {"leader": ttl_ms > 0, "lock_expires_in": ttl_ms / 1000 if ttl_ms > 0 else None},
+        "last_sweep_at": float(last_sweep) if last_sweep is not None else None,
     }

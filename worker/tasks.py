@@ -20,12 +20,21 @@ from typing import Any, TypeVar
 
 import structlog
 from celery import Task
-from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.celery import app
 from config.settings import Settings
+from worker import health, metrics
 from worker.runtime import Runtime
 from worker.sweep import sweep
 
@@ -91,6 +100,16 @@ def _check_store(**_: Any) -> None:
         raise SystemExit("tokenworker: refusing to start: " + "; ".join(problems))
 
 
+@worker_process_init.connect
+def _instrument(**_: Any) -> None:
+    metrics.instrument(runtime().http, metrics.RECORDER.tally)
+
+
+task_postrun.connect(metrics.on_task_postrun)
+worker_ready.connect(health.on_worker_ready)
+worker_shutdown.connect(health.on_worker_shutdown)
+
+
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     current: Runtime | None = _state.pop("runtime", None)
@@ -151,6 +170,11 @@ def check_connection(self: Task, connection_id: str) -> dict[str, object]:
 def refresh_connection(self: Task, connection_id: str) -> dict[str, object]:
     """Refresh one connection now, whatever its status (an operator's explicit action)."""
     return run(runtime().refresher.check(connection_id, force=True)).as_dict()
+
+
+@app.task(name=health.PING_TASK, ignore_result=True)
+def ping() -> None:
+    """A no-op a worker sends itself: finishing it records the worker's heartbeat."""
 
 
 @app.task(

@@ -1,0 +1,502 @@
+"""The faults suite's harness: real processes in their own process groups, CLI runs, polling
+with deadlines, Redis snapshots, and a ledger of every secret and every captured output that
+the final secrecy scan (tests/faults/test_secrets_scan.py) reads.
+
+Timing used across the suite (small on purpose, so recovery bounds are seconds):
+sweep every 2 s, lease 5 s, HTTP timeout 2 s, hence a claim window of max(2 x 5, 2 x 2) = 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import redis
+
+from tests.conftest import FAST, TEST_KEYS
+from tests.helpers import connect
+from worker.embedded import EmbeddedRedis
+from worker.runtime import Runtime
+
+T = TypeVar("T")
+
+SWEEP_INTERVAL = 2.0
+LEASE_TTL = 5.0
+HTTP_TIMEOUT = 2.0
+CLAIM_WINDOW = max(2 * LEASE_TTL, 2 * SWEEP_INTERVAL)  # worker.sweep.claim_window
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Ledger:
+    """Everything secret the suite produced, and everywhere it might have leaked to."""
+
+    directory: Path
+    secrets: set[str] = field(default_factory=set)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (label, captured output)
+    files: list[Path] = field(default_factory=list)  # logs, read at scan time
+    servers: list[EmbeddedRedis] = field(default_factory=list)  # scanned at scan time
+    snapshots: list[tuple[str, list[bytes]]] = field(default_factory=list)  # stopped servers
+    prefixes: set[str] = field(default_factory=set)  # store prefixes whose events to read
+
+    def secret(self, *values: str | None) -> None:
+        self.secrets.update(v for v in values if v)
+
+    def text(self, label: str, value: str) -> None:
+        self.texts.append((label, value))
+
+    def log_path(self, name: str) -> Path:
+        path = self.directory / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        path.touch()
+        self.files.append(path)
+        return path
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(interval)
+
+
+# -- environments and runtimes ----------------------------------------------------------
+
+
+def process_env(store_url: str, broker_url: str, prefix: str, **overrides: str) -> dict[str, str]:
+    """The environment of a worker, beat or CLI process of this suite."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
+    env.update(FAST)
+    env.update(
+        {
+            "TOKENWORKER_REDIS_URL": store_url,
+            "TOKENWORKER_BROKER_URL": broker_url,
+            "TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS,
+            "TOKENWORKER_KEY_PREFIX": prefix,
+            "TOKENWORKER_LOG_FORMAT": "json",
+            "TOKENWORKER_SWEEP_INTERVAL": f"{SWEEP_INTERVAL:g}",
+            "TOKENWORKER_LEASE_TTL": f"{LEASE_TTL:g}",
+            "TOKENWORKER_HTTP_TIMEOUT": f"{HTTP_TIMEOUT:g}",
+            # HA beat and liveness (read by worker.opsconfig where present): fast takeover.
+            "TOKENWORKER_BEAT_LOCK_TIMEOUT": "4",
+            "TOKENWORKER_PING_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+            # A SIGABRT then prints every thread's stack even when the process is wedged.
+            "PYTHONFAULTHANDLER": "1",
+        }
+    )
+    env.update({f"TOKENWORKER_{k.upper()}": v for k, v in overrides.items()})
+    return env
+
+
+def open_runtime(env: dict[str, str]) -> Runtime:
+    from config.settings import Settings  # noqa: PLC0415
+
+    return Runtime.open(Settings.from_env(env))
+
+
+def with_runtime(env: dict[str, str], work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run `work` with a fresh Runtime in its own event loop, closing it after."""
+
+    async def go() -> T:
+        rt = open_runtime(env)
+        try:
+            return await work(rt)
+        finally:
+            await rt.close()
+
+    return asyncio.run(go())
+
+
+def seed(env: dict[str, str], emu: Any, **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A fresh integration (unique name: workers cache integrations) and imported connections."""
+    kwargs.setdefault("name", f"acme-{uuid.uuid4().hex[:6]}")
+    return with_runtime(env, lambda rt: connect(rt, emu, **kwargs))
+
+
+def stored(env: dict[str, str], ids: list[str]) -> dict[str, Any]:
+    """Connection id -> its stored Connection (None when missing), read in one round trip."""
+
+    async def read(rt: Runtime) -> dict[str, Any]:
+        return dict(zip(ids, await rt.store.get_connections(ids), strict=True))
+
+    return with_runtime(env, read)
+
+
+def events_for(env: dict[str, str], connection_id: str | None = None) -> list[dict[str, Any]]:
+    from worker.events import read_events  # noqa: PLC0415
+
+    async def read(rt: Runtime) -> list[dict[str, Any]]:
+        rows = await read_events(rt.redis, rt.store.keys, limit=10_000)
+        return [
+            e for _, e in rows if connection_id is None or e.get("connection_id") == connection_id
+        ]
+
+    return with_runtime(env, read)
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+class Proc:
+    """A child process that leads its own process group (a Celery worker and its prefork
+    children share it), logging to a file the ledger scans."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        with open(log, "ab") as handle:
+            self.popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: parent and children get no chance to clean up."""
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            self.signal_group(signal.SIGCONT)
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        # Whatever is left in the group (orphaned prefork children too) goes now.
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, size: int = 4000) -> str:
+        return self.log()[-size:]
+
+
+class Fleet:
+    """The worker and beat processes of one test; every group is stopped at teardown."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(argv, env, self.ledger.log_path(name))
+        self.procs.append(proc)
+        return proc
+
+    def worker(
+        self, env: dict[str, str], concurrency: int = 2, queues: str = "sweep,refresh,ops"
+    ) -> Worker:
+        node = f"f{uuid.uuid4().hex[:8]}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "config.celery", "worker",
+            "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip", "-n", f"{node}@%h",
+        ]  # fmt: skip
+        proc = self.start("worker", argv, env)
+        return Worker(proc, f"{node}@{socket.gethostname()}", env)
+
+    def beat(self, env: dict[str, str]) -> Proc:
+        schedule = self.ledger.directory / f"beat-{uuid.uuid4().hex[:8]}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "config.celery", "beat",
+            "-s", str(schedule), "--loglevel", "INFO",
+        ]  # fmt: skip
+        return self.start("beat", argv, env)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.signal_group(signal.SIGCONT)
+            proc.signal_group(signal.SIGTERM)
+        for proc in self.procs:
+            proc.stop(grace=10.0)
+
+
+@dataclass
+class Worker:
+    proc: Proc
+    node: str
+    env: dict[str, str]
+
+    def wait_ready(self, timeout: float = 45.0) -> float:
+        """Block until this node answers a ping; returns when it did (epoch seconds)."""
+        app = celery_client(self.env)
+        try:
+
+            def answered() -> bool:
+                if self.proc.popen.poll() is not None:
+                    raise AssertionError(f"worker exited early:\n{self.proc.tail()}")
+                return bool(app.control.ping(destination=[self.node], timeout=0.5))
+
+            wait_until(answered, timeout, f"worker {self.node} answers a ping", interval=0.05)
+            return time.time()
+        finally:
+            app.close()
+
+    def stacks(self) -> str:
+        """Abort the main process (faulthandler prints every thread's stack, even when it is
+        wedged) and return the log tail: the diagnosis of a worker that stopped consuming."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.popen.wait(5)
+        return self.proc.tail(12000)
+
+
+def celery_client(env: dict[str, str], results: bool = True) -> Any:
+    """A bare Celery app on the worker's broker, for sending tasks (and reading results)."""
+    from celery import Celery  # noqa: PLC0415
+
+    url = env["TOKENWORKER_BROKER_URL"]
+    app = Celery("faults-client", broker=url, backend=url if results else None)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+def cli(
+    ledger: Ledger,
+    env: dict[str, str],
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 90.0,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m worker.cli ARGS` as an operator runs it; its output goes to the ledger."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    ledger.text(f"cli {' '.join(args)} (stdout)", done.stdout)
+    ledger.text(f"cli {' '.join(args)} (stderr)", done.stderr)
+    return done
+
+
+# -- Redis ------------------------------------------------------------------------------
+
+
+def redis_values(client: redis.Redis, match: str = "*") -> dict[bytes, Any]:
+    """Every key matching `match` -> its logical value (comparable across a restart)."""
+    values: dict[bytes, Any] = {}
+    for key in client.scan_iter(match=match, count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        value: Any
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "stream":
+            value = client.xrange(key)
+        else:
+            continue  # expired between SCAN and TYPE
+        values[key] = (kind, value)
+    return values
+
+
+def databases(client: redis.Redis) -> list[int]:
+    info: dict[str, Any] = client.info("keyspace")
+    return sorted(int(name[2:]) for name in info if name.startswith("db"))
+
+
+def flat_bytes(value: Any) -> Iterator[bytes]:
+    """Every bytes/str leaf inside a value from `redis_values`."""
+    if isinstance(value, bytes):
+        yield value
+    elif isinstance(value, str):
+        yield value.encode()
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from flat_bytes(k)
+            yield from flat_bytes(v)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from flat_bytes(item)
+
+
+def dump_server(port: int) -> list[bytes]:
+    """Every key and value of every database of the Redis server on `port`, as bytes."""
+    client = redis.Redis(port=port)
+    try:
+        out: list[bytes] = []
+        for db in databases(client):
+            scoped = redis.Redis(port=port, db=db)
+            try:
+                for key, (_, value) in redis_values(scoped).items():
+                    out.append(key)
+                    out.extend(flat_bytes(value))
+            finally:
+                scoped.close()
+        return out
+    finally:
+        client.close()
+
+
+def start_redis_with(directory: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server with the given arguments instead of deploy/redis.conf."""
+    from worker.embedded import free_port, redis_server_binary  # noqa: PLC0415
+
+    port = free_port()
+    argv = [
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+        "--daemonize", "no", "--logfile", os.path.join(directory, "redis.log"), *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    try:
+        wait_until(lambda: _pings(client), 10, f"redis-server {extra} answers", interval=0.05)
+    finally:
+        client.close()
+    return proc, port
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+# -- a listener that must hear nothing ---------------------------------------------------
+
+
+class Tripwire:
+    """A TCP listener recording every connection and byte it receives."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.received: list[bytes] = []
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="tripwire", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(1.0)
+            with conn, contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    self.received.append(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(5)
+
+
+# -- the secrecy scan --------------------------------------------------------------------
+
+_WINDOW = 16
+_RUNS = re.compile(rb"[A-Za-z0-9!._\-=+/%]{16,}")
+
+
+def needles(values: set[str]) -> dict[bytes, str]:
+    """Every secret as it may appear (plain, form-encoded) -> a printable hint of it."""
+    found: dict[bytes, str] = {}
+    for value in values:
+        hint = f"{value[:10]}...({len(value)} chars)"
+        for form in {value, quote(value, safe="")}:
+            if len(form) >= _WINDOW:
+                found[form.encode()] = hint
+    return found
+
+
+def find_secrets(
+    haystacks: list[tuple[str, bytes]], secrets_: dict[bytes, str]
+) -> list[tuple[str, str]]:
+    """(where, which secret) for every secret found in a haystack. Secrets are indexed by
+    their first 16 bytes and only runs of token characters are walked, so megabytes of
+    haystack against thousands of secrets take about a second."""
+    by_prefix: dict[bytes, list[bytes]] = {}
+    for secret in secrets_:
+        by_prefix.setdefault(secret[:_WINDOW], []).append(secret)
+    hits: set[tuple[str, str]] = set()
+    for where, data in haystacks:
+        for match in _RUNS.finditer(data):
+            run = match.group()
+            for start in range(len(run) - _WINDOW + 1):
+                for secret in by_prefix.get(run[start : start + _WINDOW], ()):
+                    if run.startswith(secret, start):
+                        hits.add((where, secrets_[secret]))
+    return sorted(hits)
+
+
+def kombu_bodies(value: bytes) -> list[bytes]:
+    """Celery messages keep their body base64-encoded in the broker: decode them, so an
+    argument carrying a secret would be seen."""
+    try:
+        data = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    out: list[bytes] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            encoding = (item.get("properties") or {}).get("body_encoding")
+            if encoding == "base64" and isinstance(item.get("body"), str):
+                with contextlib.suppress(ValueError):
+                    out.append(base64.b64decode(item["body"]))
+            stack.extend(item.values())
+    return out

@@ -1,0 +1,49 @@
+"""The benchmark harness end to end in its smallest configuration: a smoke test of the
+harness (every figure present, sane, everything cleaned up), not a timed assertion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from worker.bench.command import REQUIRED
+
+
+def _leftovers() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("tokenworker-bench-*")}
+
+
+def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None:
+    """`tokenworker bench --smoke` runs all three scenarios and writes every key of issue 6."""
+    before = _leftovers()
+    output = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for key in REQUIRED:
+        assert isinstance(results[key], int | float), key
+        assert not isinstance(results[key], bool), key
+        assert results[key] >= 0, key
+    for key in ("checks_per_s", "ceiling_per_s", "calls_lower_bound", "redis_bytes_per_conn"):
+        assert results[key] > 0, key
+    assert isinstance(results["stale_max"], int)
+    assert results["naive_calls_per_conn_day"] > results["calls_per_conn_day"]
+    assert set(results["machine"]) >= {
+        "cpu_count",
+        "cpu_model",
+        "python",
+        "redis_version",
+        "platform",
+    }
+    assert results["params"]["mode"] == "smoke"
+    assert "METRIC" in done.stdout and "idle_sweep_ms_1m" in done.stdout
+    assert _leftovers() <= before
