@@ -27,6 +27,7 @@ _FLOATS = (
     "last_refresh_at",
     "failing_since",
     "escalated_at",
+    "refresh_started_at",
 )
 
 

@@ -99,7 +99,9 @@ class Recorder:
             conn, now, self.timing, self.rng, retry_after=retry_after, rate_limited=rate_limited
         )
         at = failure.next_attempt_at
-        saved = await self._save(conn, lambda c: _failing(c, fields, now, failure), at)
+        # An error answer from the token endpoint means the token was not consumed.
+        answered = stage == "refresh" and isinstance(fields.get("http_status"), int)
+        saved = await self._save(conn, lambda c: _failing(c, fields, now, failure, answered), at)
         if saved is None:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
         await self.sink.emit(
@@ -131,6 +133,7 @@ class Recorder:
 
         def dead(c: Connection) -> Connection:
             return c.evolve(
+                refresh_started_at=None,
                 status=ConnectionStatus.REAUTH_REQUIRED,
                 last_error=last,
                 last_check_at=now,
@@ -209,10 +212,15 @@ class Recorder:
 
 
 def _failing(
-    conn: Connection, error: Mapping[str, object], now: float, failure: policy.Failure
+    conn: Connection,
+    error: Mapping[str, object],
+    now: float,
+    failure: policy.Failure,
+    answered: bool,
 ) -> Connection:
     status = error.get("http_status")
     return conn.evolve(
+        refresh_started_at=None if answered else conn.refresh_started_at,
         status=ConnectionStatus.FAILING,
         failures=failure.attempt,
         failing_since=conn.failing_since or now,

@@ -105,6 +105,9 @@ class Connection:
     failures: int = 0
     failing_since: float | None = None
     escalated_at: float | None = None
+    # Set just before a refresh token is sent, cleared by any saved answer: when a later check
+    # finds it set, the earlier attempt's answer was lost and the token may be consumed.
+    refresh_started_at: float | None = None
     attempts_day: int | None = None  # UTC day number the attempt count below belongs to
     attempts_today: int = 0
     last_error: LastError | None = None

@@ -30,28 +30,40 @@ class AutoPipeline:
         self._pending: list[tuple[Queue, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
+        # One pipeline at a time: a bounded number of Redis connections (redis-py's async pool
+        # raises instead of waiting when it runs out), and bigger pipelines under load.
+        self._inflight = False
 
     async def run(self, queue: Queue) -> Any:
         """Queue exactly one command on the next pipeline; return its reply."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((queue, future))
-        if len(self._pending) >= self.max_batch:
-            self._start_flush()
-        elif not self._scheduled:
+        if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._start_flush)
         return await future
 
     def _start_flush(self) -> None:
         self._scheduled = False
+        if self._inflight or not self._pending:
+            return  # the flush in flight starts the next one when it is done
         batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._flush(batch))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+        self._inflight = True
+        task = asyncio.ensure_future(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._inflight = False
+        self._start_flush()
 
     async def _flush(self, batch: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
+        for start in range(0, len(batch), self.max_batch):
+            await self._flush_one(batch[start : start + self.max_batch])
+
+    async def _flush_one(self, batch: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, _ in batch:

@@ -122,8 +122,9 @@ def decide(
         return Decision(True, "inactive")
     if facts.exp is None:
         return Decision(True, "no_expiry")
-    lifetime = facts.exp - facts.iat if facts.iat is not None and facts.exp > facts.iat else None
-    expiry = Expiry(facts.exp, ExpirySource.INTROSPECTION, lifetime or conn.lifetime)
+    # exp - iat is not the lifetime once activity extended the session: lifetimes are learned
+    # only from a just-issued token (see Refresher._learn_expiry).
+    expiry = Expiry(facts.exp, ExpirySource.INTROSPECTION, conn.lifetime)
     if facts.exp - now <= margin_for(expiry.lifetime, timing):
         return Decision(True, "near_expiry", expiry)
     return Decision(False, "fresh", expiry)

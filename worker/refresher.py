@@ -68,6 +68,7 @@ class Refresher:
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
         self._lease: dict[str, str] = {}  # connection id -> our lease token, while held
+        self._marked: dict[str, float] = {}  # connection id -> when we marked a refresh sent
         self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
 
     async def check_many(self, ids: Iterable[str], *, force: bool = False) -> list[CheckResult]:
@@ -118,6 +119,7 @@ class Refresher:
                 return await self._cycle(conn, integration, force)
             finally:
                 self._lease.pop(connection_id, None)
+                self._marked.pop(connection_id, None)
 
     async def integration(self, name: str) -> Integration | None:
         cached = self._integrations.get(name)
@@ -186,6 +188,15 @@ class Refresher:
         if token is None or not await self.leases.renew(self.store.keys.lease(conn.id), token):
             # The lease ran out (a stall): another worker may be refreshing this very token.
             return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
+        if conn.refresh_started_at is not None and self._marked.get(conn.id) is None:
+            lost = await self._earlier_answer_lost(conn, integration)
+            if lost is not None:
+                return lost
+        if self._marked.get(conn.id) is None:
+            started = self.clock()
+            await self.store.mark_refreshing(conn.id, started)
+            self._marked[conn.id] = started
+            conn = conn.evolve(refresh_started_at=started)
         try:
             response = await self.client.refresh(integration, conn.refresh_token)
         except (PermanentError, ConfigurationError) as error:
@@ -202,6 +213,27 @@ class Refresher:
                 return await self._lost_race(conn, integration, reason)
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
+
+    async def _earlier_answer_lost(
+        self, conn: Connection, integration: Integration
+    ) -> CheckResult | None:
+        """An earlier refresh was sent and its answer never saved (a crash, a timeout). With
+        rotation that answer consumed the token, and sending it again makes Salesforce revoke
+        the grant: ask Salesforce about the refresh token first. None means: safe to send."""
+        if not integration.introspection_available:
+            return None  # nothing to ask; the earlier call most likely never arrived
+        try:
+            facts = await self.client.introspect(integration, conn.refresh_token, "refresh_token")
+        except SalesforceError as error:
+            return await self.recorder.transient(conn, integration, error, stage="introspect")
+        if facts.active:
+            return None
+        dead = PermanentError(
+            "refresh_token_inactive",
+            "an earlier refresh got no answer and Salesforce now reports the refresh token "
+            "inactive (consumed by that lost answer, or revoked); it was not sent again",
+        )
+        return await self.recorder.reauth_required(conn, integration, dead)
 
     async def _lost_race(
         self, conn: Connection, integration: Integration, reason: str

@@ -150,6 +150,11 @@ class Store:
             raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
         return conn.evolve(version=int(version))
 
+    async def mark_refreshing(self, connection_id: str, now: float) -> None:
+        """Record that a refresh token is about to be sent (outside the version: a flag)."""
+        key = self.keys.conn(connection_id)
+        await self.auto.run(lambda pipe: pipe.hset(key, "refresh_started_at", repr(now)))
+
     async def remove_connection(self, connection_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.conn(connection_id))

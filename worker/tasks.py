@@ -32,6 +32,7 @@ from celery.signals import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config import logging as tw_logging
 from config.celery import app
 from config.settings import Settings
 from worker import health, metrics
@@ -83,6 +84,9 @@ async def _open_runtime() -> Runtime:
 @worker_init.connect
 def _check_store(**_: Any) -> None:
     """Refuse to start, or warn loudly, when the store can lose or evict tokens."""
+    # worker_init comes before Celery's setup_logging: configure ours now, so this warning
+    # is JSON (and redacted) like every other line.
+    tw_logging.configure(settings().log_format)
     import redis as sync_redis  # noqa: PLC0415
 
     from worker.health import persistence_problems  # noqa: PLC0415

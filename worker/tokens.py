@@ -7,8 +7,12 @@ is rejected, and `save_refresh` never gives up on storing it because of a lost r
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import policy
 from worker.errors import ConflictError, ResponseIntegrityError
@@ -17,7 +21,7 @@ from worker.salesforce import hosts, signature
 from worker.salesforce.responses import TokenResponse
 from worker.store import Store
 
-SAVE_ATTEMPTS = 8
+SAVE_ATTEMPTS = 12  # with the backoff below, about 30 s of store outage
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,9 @@ def apply_refresh(
         response.signature,
     ):
         # Keep only the rotated refresh token; the access token of this answer is not used.
-        kept = conn.evolve(refresh_token=refresh_token, last_refresh_at=now)
+        kept = conn.evolve(
+            refresh_token=refresh_token, last_refresh_at=now, refresh_started_at=None
+        )
         problem = ResponseIntegrityError(
             "signature_invalid",
             "signature does not match HMAC-SHA256(client secret, id + issued_at)",
@@ -73,6 +79,7 @@ def apply_refresh(
         expiry_source=expiry.source,
         lifetime=expiry.lifetime,
         last_refresh_at=now,
+        refresh_started_at=None,
     )
     return Applied(
         connection=updated,
@@ -101,9 +108,16 @@ async def save_refresh(store: Store, conn: Connection, next_check_at: float) -> 
 
     Token fields win when their issued_at is newer; otherwise the newer record stands.
     """
+    delay = 0.1
     for _ in range(SAVE_ATTEMPTS):
         try:
             return await store.save_connection(conn, next_check_at)
+        except (RedisConnectionError, RedisTimeoutError):
+            # The store is briefly away (a restart): this answer is the only copy of a rotated
+            # token, so wait for the store rather than give it up.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
         except ConflictError:
             latest = await store.get_connection(conn.id)
             if latest is None:

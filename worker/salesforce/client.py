@@ -17,6 +17,7 @@ import httpx
 
 from worker.errors import ConfigurationError, TransientError
 from worker.models import Integration
+from worker.redaction import REDACTED
 from worker.salesforce import hosts
 from worker.salesforce.responses import (
     MAX_BODY_BYTES,
@@ -43,6 +44,13 @@ def make_http_client(timeout: float, max_connections: int = 400) -> httpx.AsyncC
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT},
     )
+
+
+def _scrub(body: bytes, secrets: tuple[str | None, ...]) -> bytes:
+    for secret in secrets:
+        if secret:
+            body = body.replace(secret.encode(), REDACTED.encode())
+    return body
 
 
 class _Answer:
@@ -112,7 +120,7 @@ class SalesforceClient:
         url = hosts.endpoint(integration.login_url, path)
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._exchange(url, payload)
+                answer = await self._exchange(url, payload)
         except TimeoutError:
             raise TransientError(
                 "timeout", f"no complete answer within {self._timeout:g}s"
@@ -124,6 +132,11 @@ class SalesforceClient:
             timed_out = isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
             code = "timeout" if timed_out else "network_error"
             raise TransientError(code, type(cause).__name__) from None
+        if answer.status != 200:
+            # An error answer may quote what we sent; none of it may reach events or logs.
+            sent = (payload.get("token"), payload.get("refresh_token"), payload["client_secret"])
+            answer.body = _scrub(answer.body, sent)
+        return answer
 
     async def _exchange(self, url: str, payload: dict[str, str]) -> _Answer:
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}

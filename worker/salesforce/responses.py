@@ -19,6 +19,7 @@ from worker.errors import (
     SalesforceError,
     TransientError,
 )
+from worker.redaction import redact_text
 
 MAX_BODY_BYTES = 64 * 1024
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{8,4096}$")
@@ -161,7 +162,8 @@ def _error_fields(body: bytes, content_type: str) -> tuple[str, str]:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         description = data.get("error_description")
-        return data["error"][:200], (description if isinstance(description, str) else "")[:500]
+        text = description if isinstance(description, str) else ""
+        return redact_text(data["error"][:200]), redact_text(text[:500])
     kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
     return "unexpected_response", f"error answer without an OAuth error body ({kind})"
 
