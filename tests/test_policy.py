@@ -140,11 +140,13 @@ class TestDecideWithIntrospection:
         assert decision.expiry.expires_at == now + TIMING.margin + 1
         assert decision.expiry.source is ExpirySource.INTROSPECTION
 
-    def test_iat_and_exp_teach_the_lifetime(self) -> None:
-        """exp - iat from introspection becomes the learned lifetime."""
-        decision = decide(connection(), active(now + 6600, iat=now - 600), now, TIMING)
+    def test_exp_minus_iat_teaches_nothing(self) -> None:
+        """exp - iat of a session extended by activity overstates the lifetime: the stored one
+        (learned from a just-issued token) is kept."""
+        conn = connection(lifetime=900.0)
+        decision = decide(conn, active(now + 6600, iat=now - 600), now, TIMING)
         assert decision.expiry is not None
-        assert decision.expiry.lifetime == 7200
+        assert decision.expiry.lifetime == 900.0
 
     def test_exp_not_after_iat_keeps_the_stored_lifetime(self) -> None:
         """An exp at or before iat teaches nothing; the stored lifetime is kept."""

@@ -122,9 +122,11 @@ def decide(
         return Decision(True, "inactive")
     if facts.exp is None:
         return Decision(True, "no_expiry")
-    # exp - iat is not the lifetime once activity extended the session: lifetimes are learned
-    # only from a just-issued token (see Refresher._learn_expiry).
-    expiry = Expiry(facts.exp, ExpirySource.INTROSPECTION, conn.lifetime)
+    # exp - iat overstates the lifetime once activity extended the session, so it is never
+    # stored (lifetimes are learned from just-issued tokens, Refresher._learn_expiry); with
+    # no learned lifetime it only caps the margin, where overstating errs on the early side.
+    span = facts.exp - facts.iat if facts.iat is not None and facts.exp > facts.iat else None
+    expiry = Expiry(facts.exp, ExpirySource.INTROSPECTION, conn.lifetime or span)
     if facts.exp - now <= margin_for(expiry.lifetime, timing):
         return Decision(True, "near_expiry", expiry)
     return Decision(False, "fresh", expiry)

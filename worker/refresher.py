@@ -169,9 +169,7 @@ class Refresher:
     async def _still_fresh(
         self, conn: Connection, integration: Integration, expiry: policy.Expiry, now: float
     ) -> CheckResult:
-        updated = conn.healthy(
-            now, expires_at=expiry.expires_at, expiry_source=expiry.source, lifetime=expiry.lifetime
-        )
+        updated = conn.healthy(now, expires_at=expiry.expires_at, expiry_source=expiry.source)
         at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
         try:
             await self.store.save_connection(updated, at)

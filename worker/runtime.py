@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from config.settings import Settings
 from worker import policy
@@ -27,13 +27,17 @@ from worker.store import Store
 
 
 def redis_client(url: str) -> Redis:
-    return Redis.from_url(
+    # A blocking pool: hundreds of concurrent checks wait for a connection instead of failing
+    # with MaxConnectionsError (redis-py's default async pool raises when it runs out).
+    pool = BlockingConnectionPool.from_url(
         url,
-        decode_responses=False,
+        max_connections=64,
+        timeout=20,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+    return Redis(connection_pool=pool, decode_responses=False)
 
 
 @dataclass
