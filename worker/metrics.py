@@ -18,12 +18,12 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import redis
 import structlog
 
 from worker.keys import Keys
 from worker.salesforce import hosts
+from worker.salesforce.client import SalesforceClient
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 CALL_SECONDS = "salesforce_request_duration_seconds"
@@ -32,7 +32,6 @@ _CALLS = (
     (hosts.TOKEN_PATH, "refresh"),
     (hosts.REVOKE_PATH, "revoke"),
 )
-_STARTED = "tokenworker.started"  # request extension holding perf_counter() at send
 _CHECK_TASKS = ("tokenworker.check_connection", "tokenworker.refresh_connection")
 log = structlog.get_logger("tokenworker.metrics")
 
@@ -111,29 +110,21 @@ def record_task(tally: Tally, task: str, state: str | None, retval: Any, now: fl
             tally.set("last_sweep_timestamp_seconds", now)
 
 
-def instrument(http: httpx.AsyncClient, tally: Tally) -> None:
-    """Time every call to Salesforce's OAuth endpoints (until the answer's headers) and
+def instrument(client: SalesforceClient, tally: Tally) -> None:
+    """Time every call to Salesforce's OAuth endpoints (until the whole answer is read) and
     count answers by HTTP status; once per worker process. Calls that never get an answer
     (timeouts, resets) show up as `token.refresh_failed` events, error `timeout` or
     `network_error`."""
+    names = dict(_CALLS)
 
-    async def started(request: httpx.Request) -> None:
-        request.extensions[_STARTED] = time.perf_counter()
-
-    async def answered(response: httpx.Response) -> None:
-        path = response.request.url.path
-        call = next((name for suffix, name in _CALLS if path.endswith(suffix)), None)
-        begun = response.request.extensions.get(_STARTED)
-        if call is None or begun is None:
+    def answered(path: str, seconds: float, status: int) -> None:
+        call = names.get(path)
+        if call is None:
             return
-        tally.observe(CALL_SECONDS, time.perf_counter() - begun, call=call)
-        tally.count("salesforce_responses_total", call=call, code=response.status_code)
+        tally.observe(CALL_SECONDS, seconds, call=call)
+        tally.count("salesforce_responses_total", call=call, code=status)
 
-    hooks = http.event_hooks
-    http.event_hooks = {
-        "request": [*hooks["request"], started],
-        "response": [*hooks["response"], answered],
-    }
+    client.observers.append(answered)
 
 
 class Recorder:

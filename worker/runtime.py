@@ -22,7 +22,7 @@ from worker.keys import Keys
 from worker.locks import Leases
 from worker.pipelining import AutoPipeline
 from worker.refresher import Refresher
-from worker.salesforce.client import SalesforceClient, make_http_client
+from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store import Store
 
 
@@ -47,7 +47,6 @@ class Runtime:
     store: Store
     leases: Leases
     sink: EventSink
-    http: httpx.AsyncClient
     client: SalesforceClient
     refresher: Refresher
 
@@ -68,8 +67,8 @@ class Runtime:
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
         leases = Leases(redis, settings.lease_ttl, auto)
         sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
-        http = http if http is not None else make_http_client(settings.http_timeout)
-        client = SalesforceClient(http, settings.http_timeout)
+        exchange = http if http is not None else AiohttpExchange(settings.http_timeout)
+        client = SalesforceClient(exchange, settings.http_timeout)
         refresher = Refresher(
             store,
             leases,
@@ -81,8 +80,8 @@ class Runtime:
             clock=clock,
             rng=rng,
         )
-        return cls(settings, redis, store, leases, sink, http, client, refresher)
+        return cls(settings, redis, store, leases, sink, client, refresher)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.client.aclose()
         await self.redis.aclose()

@@ -106,7 +106,7 @@ def _check_store(**_: Any) -> None:
 
 @worker_process_init.connect
 def _instrument(**_: Any) -> None:
-    metrics.instrument(runtime().http, metrics.RECORDER.tally)
+    metrics.instrument(runtime().client, metrics.RECORDER.tally)
 
 
 task_postrun.connect(metrics.on_task_postrun)

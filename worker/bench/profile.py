@@ -59,8 +59,7 @@ def _name(frame: str) -> str:
 
 
 AREAS = {  # top-level package of the frame on top of a sample -> where the CPU went
-    "httpx_aiohttp": "httpx-aiohttp transport",
-    "httpx": "httpx (request/response objects over aiohttp)",
+    "httpx": "httpx",
     "aiohttp": "aiohttp",
     "yarl": "aiohttp",
     "multidict": "aiohttp",

@@ -1,8 +1,10 @@
 """The three calls tokenworker makes to Salesforce: introspect, refresh, revoke.
 
-Takes any `httpx.AsyncClient`, so tests pass `httpx.MockTransport` or the emulator and
-production passes the aiohttp-backed transport from `make_http_client` (plain httpx async
-collapses at hundreds of requests in flight; see the README's benchmark section).
+All I/O goes through one seam, `Exchange.post`: production uses `AiohttpExchange` (plain
+httpx async collapses at hundreds of requests in flight, and even over aiohttp httpx's own
+objects doubled the CPU of a call; see the README's benchmark section); tests may pass any
+`httpx.AsyncClient`, `httpx.MockTransport` included, which is wrapped in `HttpxExchange`.
+Both are held to the same rules by the same tests.
 
 Credentials go only to the integration's login URL, redirects are never followed, each call
 has one overall deadline (a slow drip cannot hold it open), and bodies are capped.
@@ -11,7 +13,10 @@ has one overall deadline (a slow drip cannot hold it open), and bodies are cappe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlencode
 
 import httpx
 
@@ -30,20 +35,16 @@ from worker.salesforce.responses import (
     parse_token_response,
 )
 
+if TYPE_CHECKING:
+    import aiohttp
+
 USER_AGENT = "tokenworker/0.1"
-
-
-def make_http_client(timeout: float, max_connections: int = 400) -> httpx.AsyncClient:
-    """The production client: httpx's API over aiohttp's I/O, keep-alive pools per host."""
-    from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415  (aiohttp is heavy to import)
-
-    limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=30)
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits),
-        timeout=timeout,
-        follow_redirects=False,
-        headers={"User-Agent": USER_AGENT},
-    )
+_HEADERS = {
+    "Accept": "application/json",
+    "Accept-Encoding": "identity",
+    "Content-Type": "application/x-www-form-urlencoded",
+    "User-Agent": USER_AGENT,
+}
 
 
 def _scrub(body: bytes, secrets: tuple[str | None, ...]) -> bytes:
@@ -63,12 +64,139 @@ class _Answer:
         self.retry_after = retry_after
 
 
+def _redirect(status: int) -> TransientError:
+    return TransientError(
+        "unexpected_redirect", f"HTTP {status} redirect was not followed", http_status=status
+    )
+
+
+def _oversized(status: int) -> TransientError:
+    return TransientError(
+        "oversized_response", f"answer exceeded {MAX_BODY_BYTES} bytes", http_status=status
+    )
+
+
+def _network_error(cause: BaseException) -> TransientError:
+    timed_out = isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
+    return TransientError("timeout" if timed_out else "network_error", type(cause).__name__)
+
+
+class Exchange(Protocol):
+    """One form POST and its whole answer: the only I/O the client does."""
+
+    async def post(self, url: str, body: bytes) -> _Answer: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxExchange:
+    """Over any `httpx.AsyncClient`: tests pass `httpx.MockTransport`."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def post(self, url: str, body: bytes) -> _Answer:
+        try:
+            async with self.http.stream("POST", url, content=body, headers=_HEADERS) as response:
+                status = response.status_code
+                if 300 <= status < 400:
+                    raise _redirect(status)
+                received = bytearray()
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) > MAX_BODY_BYTES:
+                        raise _oversized(status)
+                headers = response.headers
+                return _Answer(
+                    status,
+                    bytes(received),
+                    headers.get("content-type", ""),
+                    parse_retry_after(headers.get("retry-after")),
+                )
+        except httpx.TransportError as error:
+            raise _network_error(error.__cause__ or error) from None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class AiohttpExchange:
+    """Production: aiohttp directly, one keep-alive pool per host.
+
+    httpx's own request and header objects cost about as much CPU as the whole aiohttp call
+    (profile in the README's benchmark section), and this loop makes every call to
+    Salesforce. Redirects are never followed; aiohttp never resends a POST by itself.
+    The session is made on first use, inside the event loop that will use it."""
+
+    def __init__(self, timeout: float, max_connections: int = 1_000) -> None:
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp  # noqa: PLC0415  (heavy to import; only worker processes need it)
+
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=30,
+            ssl=httpx.create_ssl_context(),  # certifi, or SSL_CERT_FILE: same trust as httpx
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            auto_decompress=False,
+            trust_env=False,  # no proxy or ~/.netrc credentials picked up behind our back
+            skip_auto_headers=("User-Agent",),
+        )
+        return self._session
+
+    async def post(self, url: str, body: bytes) -> _Answer:
+        import aiohttp  # noqa: PLC0415
+
+        session = self._session or self._open()
+        try:
+            async with session.post(
+                url, data=body, headers=_HEADERS, allow_redirects=False
+            ) as response:
+                status = response.status
+                if 300 <= status < 400:
+                    raise _redirect(status)
+                received = bytearray()
+                async for chunk in response.content.iter_any():
+                    received += chunk
+                    if len(received) > MAX_BODY_BYTES:
+                        raise _oversized(status)
+                headers = response.headers
+                return _Answer(
+                    status,
+                    bytes(received),
+                    headers.get("Content-Type", ""),
+                    parse_retry_after(headers.get("Retry-After")),
+                )
+        except aiohttp.ClientError as error:
+            raise _network_error(error) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+Observer = Callable[[str, float, int], None]  # (call, seconds, HTTP status)
+
+
 class SalesforceClient:
     """Salesforce's OAuth endpoints for one process; share it across connections."""
 
-    def __init__(self, http: httpx.AsyncClient, timeout: float) -> None:
-        self._http = http
+    def __init__(self, http: httpx.AsyncClient | Exchange, timeout: float) -> None:
+        self.exchange: Exchange = (
+            HttpxExchange(http) if isinstance(http, httpx.AsyncClient) else http
+        )
         self._timeout = timeout
+        self.observers: list[Observer] = []
+
+    async def aclose(self) -> None:
+        await self.exchange.aclose()
 
     async def introspect(
         self, integration: Integration, token: str, hint: str = "access_token"
@@ -118,47 +246,18 @@ class SalesforceClient:
         payload["client_id"] = integration.client_id
         payload["client_secret"] = integration.client_secret
         url = hosts.endpoint(integration.login_url, path)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                answer = await self._exchange(url, payload)
+                answer = await self.exchange.post(url, urlencode(payload).encode())
         except TimeoutError:
             raise TransientError(
                 "timeout", f"no complete answer within {self._timeout:g}s"
             ) from None
-        except httpx.TransportError as error:
-            # The aiohttp transport maps every connection error to ConnectTimeout; the cause
-            # tells a timeout from a reset.
-            cause = error.__cause__ or error
-            timed_out = isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
-            code = "timeout" if timed_out else "network_error"
-            raise TransientError(code, type(cause).__name__) from None
+        for observe in self.observers:
+            observe(path, time.perf_counter() - started, answer.status)
         if answer.status != 200:
             # An error answer may quote what we sent; none of it may reach events or logs.
             sent = (payload.get("token"), payload.get("refresh_token"), payload["client_secret"])
             answer.body = _scrub(answer.body, sent)
         return answer
-
-    async def _exchange(self, url: str, payload: dict[str, str]) -> _Answer:
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        async with self._http.stream("POST", url, data=payload, headers=headers) as response:
-            if 300 <= response.status_code < 400:
-                raise TransientError(
-                    "unexpected_redirect",
-                    f"HTTP {response.status_code} redirect was not followed",
-                    http_status=response.status_code,
-                )
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise TransientError(
-                        "oversized_response",
-                        f"answer exceeded {MAX_BODY_BYTES} bytes",
-                        http_status=response.status_code,
-                    )
-            return _Answer(
-                response.status_code,
-                bytes(body),
-                response.headers.get("content-type", ""),
-                parse_retry_after(response.headers.get("retry-after")),
-            )
