@@ -18,10 +18,25 @@ from worker.beat import redbeat_config
 from worker.opsconfig import OpsSettings
 
 VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
+# Seconds after which a check_batch starts no new check and gives the rest back, due at once.
+# A healthy batch of 2,000 ids takes about a second; this bounds a batch against a slow
+# Salesforce, and with it the task time limits and how long a warm shutdown waits.
+BATCH_BUDGET = 60.0
+
+
+def soft_time_limit(settings: Settings) -> float:
+    """Seconds a task may run before Celery interrupts it.
+
+    A check_batch starts no check after BATCH_BUDGET seconds; a check already started makes at
+    most three Salesforce calls (introspect, refresh, one retry after losing a concurrent
+    refresh), each bounded by the HTTP timeout, and an explicit check may first wait for a
+    lease. 150 s with the defaults (10 s HTTP timeout, 30 s lease).
+    """
+    return max(120.0, BATCH_BUDGET + 3 * settings.http_timeout + 2 * settings.lease_ttl)
 
 
 def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[str, Any]:
-    soft_limit = max(120.0, 8 * settings.http_timeout + 2 * settings.lease_ttl)
+    soft_limit = soft_time_limit(settings)
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,

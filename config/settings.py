@@ -172,9 +172,9 @@ class Settings:
         "LEASE_TTL", _duration, 30.0, "Per-connection lease; longer than two HTTP timeouts."
     )
     key_prefix: str = _setting("KEY_PREFIX", _text, "tw:", "Prefix of every store key.")
-    batch_size: int = _setting("BATCH_SIZE", _count, 400, "Connections per check_batch task.")
+    batch_size: int = _setting("BATCH_SIZE", _count, 2000, "Connections per check_batch task.")
     concurrency: int = _setting(
-        "CONCURRENCY", _count, 200, "Connections checked at once inside one worker process."
+        "CONCURRENCY", _count, 100, "Connections checked at once inside one worker process."
     )
     sweep_limit: int = _setting("SWEEP_LIMIT", _count, 50000, "Most connections one sweep claims.")
     escalate_after: int = _setting(

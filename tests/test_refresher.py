@@ -232,6 +232,55 @@ class TestConcurrency:
 
         run(scenario())
 
+    def test_a_batch_past_its_budget_gives_the_rest_back_due_at_once(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A slow Salesforce: checks started within the budget finish; the others are not
+        sent, and go back to the due index due now instead of waiting out their claim."""
+
+        async def scenario() -> None:
+            rt = runtime_for(concurrency="2")
+            ids = [cid for cid, _ in await connect(rt, emu, count=6)]
+            claimed_until = time.time() + 3600  # what a sweep's claim does to the score
+            await rt.redis.zadd(rt.store.keys.due, dict.fromkeys(ids, claimed_until))
+            before = emu.http.get("/_admin/stats").json()["introspect_calls"]
+            emu.post("/_admin/config", {"latency_ms": 400})
+            try:
+                results = await rt.refresher.check_many(ids, budget=0.2)
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            after = emu.http.get("/_admin/stats").json()["introspect_calls"]
+            by_id = {r.connection_id: r.outcome for r in results}
+            checked = [cid for cid in ids if by_id[cid] is Outcome.FRESH]
+            deferred = [cid for cid in ids if by_id[cid] is Outcome.DEFERRED]
+            assert (len(checked), len(deferred)) == (2, 4), by_id
+            assert after - before == 2  # nothing was sent for the deferred ones
+            now = time.time()
+            for cid in deferred:
+                due = await rt.store.next_check_at(cid)
+                assert due is not None and due <= now
+            for cid in checked:
+                due = await rt.store.next_check_at(cid)
+                assert due is not None and now < due < claimed_until
+            await rt.close()
+
+        run(scenario())
+
+    def test_a_deleted_connection_is_not_given_back(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """Giving back only touches ids still in the due index: a deleted one stays deleted."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, _)] = await connect(rt, emu)
+            assert await rt.store.remove_connection(cid)
+            await rt.store.give_back([cid], time.time())
+            assert await rt.store.next_check_at(cid) is None
+            await rt.close()
+
+        run(scenario())
+
 
 class TestSecrecy:
     def test_raw_redis_values_hold_no_plaintext_secret(

@@ -40,7 +40,7 @@ class TestDefaults:
         assert settings.lease_ttl == 30.0
         assert settings.key_prefix == "tw:"
         assert (settings.batch_size, settings.concurrency, settings.sweep_limit) == (
-            400, 200, 50_000,
+            2000, 100, 50_000,
         )
         assert settings.require_persistence is False
 

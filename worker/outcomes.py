@@ -16,6 +16,7 @@ class Outcome(str, Enum):
     CONTENDED = "contended"  #: another worker holds the lease; not a failure
     SKIPPED = "skipped"  #: paused (reauth_required or integration misconfigured)
     SUPERSEDED = "superseded"  #: a newer write won; nothing of ours was needed
+    DEFERRED = "deferred"  #: its batch ran out of time before starting it; due again at once
     NOT_FOUND = "not_found"  #: no such connection
     ERROR = "error"  #: the record could not be processed (e.g. no key decrypts it)
 

@@ -71,15 +71,30 @@ class Refresher:
         self._marked: dict[str, float] = {}  # connection id -> when we marked a refresh sent
         self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
 
-    async def check_many(self, ids: Iterable[str], *, force: bool = False) -> list[CheckResult]:
-        """Check connections concurrently, at most `concurrency` at a time."""
+    async def check_many(
+        self, ids: Iterable[str], *, force: bool = False, budget: float | None = None
+    ) -> list[CheckResult]:
+        """Check connections concurrently, at most `concurrency` at a time.
+
+        With a `budget` (seconds), no check starts after it is spent: the ids not started are
+        given back to the due index, due at once, and come back with the next sweep. A slow
+        Salesforce therefore bounds how long a batch runs (and a warm shutdown waits)."""
         gate = asyncio.Semaphore(self.concurrency)
+        stop_at = None if budget is None else time.monotonic() + budget
+        deferred: list[str] = []
 
         async def one(connection_id: str) -> CheckResult:
             async with gate:
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    deferred.append(connection_id)
+                    return CheckResult(connection_id, Outcome.DEFERRED, reason="batch out of time")
                 return await self.check(connection_id, force=force)
 
-        return list(await asyncio.gather(*(one(cid) for cid in ids)))
+        results = list(await asyncio.gather(*(one(cid) for cid in ids)))
+        if deferred:
+            await self.store.give_back(deferred, self.clock())
+            log.warning("batch.deferred", count=len(deferred), budget_s=budget)
+        return results
 
     async def check(
         self, connection_id: str, *, force: bool = False, explicit: bool = False

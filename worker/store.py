@@ -186,6 +186,12 @@ class Store:
     async def schedule(self, connection_id: str, at: float) -> None:
         await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, {connection_id: at}))
 
+    async def give_back(self, connection_ids: list[str], at: float) -> None:
+        """Make claimed ids due at `at`; ids no longer in the due index (deleted) stay out."""
+        if connection_ids:
+            mapping = dict.fromkeys(connection_ids, at)
+            await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, mapping, xx=True))
+
     async def next_check_at(self, connection_id: str) -> float | None:
         score = await self.auto.run(lambda pipe: pipe.zscore(self.keys.due, connection_id))
         return float(score) if score is not None else None

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config import logging as tw_logging
-from config.celery import app
+from config.celery import BATCH_BUDGET, app
 from config.settings import Settings
 from worker import health, metrics
 from worker.runtime import Runtime
@@ -158,7 +158,7 @@ def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
 @app.task(name="tokenworker.check_batch", ignore_result=True, **_RETRYING)
 def check_batch(self: Task, connection_ids: list[str]) -> dict[str, int]:
     """Check a chunk of connections with bounded concurrency inside this process."""
-    results = run(runtime().refresher.check_many(connection_ids))
+    results = run(runtime().refresher.check_many(connection_ids, budget=BATCH_BUDGET))
     counts = Counter(result.outcome.value for result in results)
     log.info("batch.done", size=len(connection_ids), **counts)
     return dict(counts)

@@ -25,7 +25,7 @@ class BenchParams:
     worker_processes: int
     latency_ms: float  # the emulator's answer delay on every Salesforce call
     ceiling_processes: tuple[int, ...]  # bare aiohttp loops tried; the best is the ceiling
-    ceiling_in_flight: int
+    # (each keeps TOKENWORKER_CONCURRENCY requests in flight, as each worker process does)
     # cost and freshness (simulated time)
     cost_connections: int
     naive_connections: int
@@ -55,7 +55,6 @@ FULL = BenchParams(
     worker_processes=2,
     latency_ms=50.0,
     ceiling_processes=(1, 2),
-    ceiling_in_flight=200,
     cost_connections=1_600,
     naive_connections=80,
     days=2.0,

@@ -81,7 +81,7 @@ class Run:
         """Checks/s the bare loop would reach making the worker's calls per check."""
         calls = max(1000, round(result.calls))
         runs = [
-            ceiling.measure(self.ws, admin, calls, n, self.params.ceiling_in_flight, 300.0)
+            ceiling.measure(self.ws, admin, calls, n, self.settings.concurrency, 300.0)
             for n in self.params.ceiling_processes
         ]
         self.details["ceiling"] = [
