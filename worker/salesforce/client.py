@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode
 
@@ -98,26 +98,30 @@ class HttpxExchange:
     async def post(self, url: str, body: bytes) -> _Answer:
         try:
             async with self.http.stream("POST", url, content=body, headers=_HEADERS) as response:
-                status = response.status_code
-                if 300 <= status < 400:
-                    raise _redirect(status)
-                received = bytearray()
-                async for chunk in response.aiter_bytes():
-                    received += chunk
-                    if len(received) > MAX_BODY_BYTES:
-                        raise _oversized(status)
-                headers = response.headers
-                return _Answer(
-                    status,
-                    bytes(received),
-                    headers.get("content-type", ""),
-                    parse_retry_after(headers.get("retry-after")),
-                )
+                return await _read(response.status_code, response.aiter_bytes(), response.headers)
         except httpx.TransportError as error:
             raise _network_error(error.__cause__ or error) from None
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+async def _read(status: int, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> _Answer:
+    """What both exchanges return: a redirect refused, the body capped while it streams in.
+    `headers` is case-insensitive (httpx.Headers, aiohttp's CIMultiDictProxy)."""
+    if 300 <= status < 400:
+        raise _redirect(status)
+    received = bytearray()
+    async for chunk in chunks:
+        received += chunk
+        if len(received) > MAX_BODY_BYTES:
+            raise _oversized(status)
+    return _Answer(
+        status,
+        bytes(received),
+        headers.get("content-type", ""),
+        parse_retry_after(headers.get("retry-after")),
+    )
 
 
 class AiohttpExchange:
@@ -158,21 +162,7 @@ class AiohttpExchange:
             async with session.post(
                 url, data=body, headers=_HEADERS, allow_redirects=False
             ) as response:
-                status = response.status
-                if 300 <= status < 400:
-                    raise _redirect(status)
-                received = bytearray()
-                async for chunk in response.content.iter_any():
-                    received += chunk
-                    if len(received) > MAX_BODY_BYTES:
-                        raise _oversized(status)
-                headers = response.headers
-                return _Answer(
-                    status,
-                    bytes(received),
-                    headers.get("Content-Type", ""),
-                    parse_retry_after(headers.get("Retry-After")),
-                )
+                return await _read(response.status, response.content.iter_any(), response.headers)
         except aiohttp.ClientError as error:
             raise _network_error(error) from None
 
