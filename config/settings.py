@@ -43,6 +43,16 @@ def _count(name: str, raw: str) -> int:
     return value
 
 
+def _rate(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected calls per second, e.g. 1000") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name}={raw!r}: expected calls per second, 0 (no limit) or more")
+    return value
+
+
 def _redis_url(name: str, raw: str) -> str:
     scheme = urlsplit(raw).scheme
     if scheme not in ("redis", "rediss", "unix"):
@@ -177,6 +187,12 @@ class Settings:
         "CONCURRENCY", _count, 100, "Connections checked at once inside one worker process."
     )
     sweep_limit: int = _setting("SWEEP_LIMIT", _count, 50000, "Most connections one sweep claims.")
+    rate_limit: float = _setting(
+        "RATE_LIMIT",
+        _rate,
+        1000.0,
+        "Salesforce calls per second per integration, shared by every worker (0: no limit).",
+    )
     escalate_after: int = _setting(
         "ESCALATE_AFTER",
         _count,

@@ -136,31 +136,6 @@ def connections_export(args: argparse.Namespace) -> int:
     return with_runtime(work)
 
 
-def connections_list(args: argparse.Namespace) -> int:
-    async def work(rt: Runtime) -> int:
-        rows = await ops.list_connections(rt, args.status, args.integration, args.limit)
-        if args.json:
-            dump(rows)
-            return 0
-        render.table(
-            ["id", "integration", "status", "expires", "next check", "last error"],
-            [
-                [
-                    r["id"],
-                    r["integration"],
-                    r["status"],
-                    render.when(r["expires_at"]),
-                    render.when(r["next_check_at"]),
-                    (r["last_error"] or {}).get("error"),
-                ]
-                for r in rows
-            ],
-        )
-        return 0
-
-    return with_runtime(work)
-
-
 def connections_show(args: argparse.Namespace) -> int:
     async def work(rt: Runtime) -> int:
         data = await ops.show_connection(rt, args.id)

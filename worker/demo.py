@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -158,7 +156,6 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
     settings = Settings.from_env(env)
     grants = asyncio.run(_seed(settings, emulator_url))
     python = sys.executable
-    beat_dir = tempfile.mkdtemp(prefix="tokenworker-beat-")
     try:
         celery = [python, "-m", "celery", "-A", "config.celery"]
         worker = (
@@ -181,7 +178,6 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
             _say(asyncio.run(_status_line(settings)))
     finally:
         children.stop()
-        shutil.rmtree(beat_dir, ignore_errors=True)
 
 
 def run_demo() -> int:

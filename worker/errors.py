@@ -8,6 +8,7 @@
     │   ├── PermanentError              the grant is dead: the customer must re-authorize
     │   └── ConfigurationError          the integration is wrong: client id/secret, IP policy
     ├── ResponseIntegrityError          a 200 we must not trust (bad signature, foreign host)
+    ├── Throttled                       our own per-integration rate limit: nothing was sent
     ├── StoreError                      the store is unreadable or inconsistent
     │   ├── DecryptionError             no configured key opens a stored secret
     │   └── ConflictError               a compare-and-set lost to a newer version
@@ -74,6 +75,15 @@ class ResponseIntegrityError(TokenworkerError):
         self.error = error
         self.error_description = error_description
         super().__init__(f"{error}: {error_description}")
+
+
+class Throttled(TokenworkerError):
+    """TOKENWORKER_RATE_LIMIT had no permit for this integration in time; nothing was sent."""
+
+    def __init__(self, integration: str, retry_in: float) -> None:
+        self.integration = integration
+        self.retry_in = retry_in
+        super().__init__(f"integration {integration!r} is at TOKENWORKER_RATE_LIMIT")
 
 
 class StoreError(TokenworkerError):

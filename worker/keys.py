@@ -39,6 +39,9 @@ class Keys:
     def integration(self, name: str) -> str:
         return f"{self.prefix}int:{name}"
 
+    def rate(self, integration: str) -> str:
+        return f"{self.prefix}rate:{integration}"  # hash: token bucket of Salesforce calls
+
     def lease(self, connection_id: str) -> str:
         return f"{self.prefix}lease:{connection_id}"
 

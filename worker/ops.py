@@ -97,26 +97,6 @@ async def show_connection(rt: Runtime, connection_id: str) -> dict[str, Any] | N
     return data
 
 
-async def list_connections(
-    rt: Runtime, status: str | None, integration: str | None, limit: int | None
-) -> list[dict[str, Any]]:
-    if status is not None and status not in {s.value for s in ConnectionStatus}:
-        raise InputError(
-            f"--status {status!r}: expected one of {', '.join(s.value for s in ConnectionStatus)}"
-        )
-    rows: list[dict[str, Any]] = []
-    async for conn in iter_connections(rt.store):
-        if status and conn.status.value != status:
-            continue
-        if integration and conn.integration != integration:
-            continue
-        row = conn.public()
-        row["next_check_at"] = await rt.store.next_check_at(conn.id)
-        rows.append(row)
-    rows.sort(key=lambda row: row["id"])
-    return rows[:limit] if limit else rows
-
-
 async def status(rt: Runtime) -> dict[str, Any]:
     now = time.time()
     counts: Counter[str] = Counter()

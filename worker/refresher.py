@@ -22,6 +22,7 @@ from worker.errors import (
     PermanentError,
     SalesforceError,
     StoreError,
+    Throttled,
     TransientError,
 )
 from worker.events import EventSink
@@ -104,6 +105,15 @@ class Refresher:
         with structlog.contextvars.bound_contextvars(connection_id=connection_id):
             try:
                 return await self._check(connection_id, force, explicit or force)
+            except Throttled as throttled:
+                at = self.clock() + throttled.retry_in
+                await self.store.schedule(connection_id, at)
+                return CheckResult(
+                    connection_id,
+                    Outcome.DEFERRED,
+                    reason="TOKENWORKER_RATE_LIMIT reached for the integration",
+                    next_check_at=at,
+                )
             except StoreError as error:
                 log.error("connection.unreadable", problem=str(error))
                 await self.store.schedule(connection_id, self.clock() + self.timing.retry_max)
@@ -205,13 +215,16 @@ class Refresher:
             lost = await self._earlier_answer_lost(conn, integration)
             if lost is not None:
                 return lost
+        # The permit comes before the mark: a throttled refresh was never sent, and must not
+        # look like one whose answer was lost.
+        await self.client.admit(integration)
         if self._marked.get(conn.id) is None:
             started = self.clock()
             await self.store.mark_refreshing(conn.id, started)
             self._marked[conn.id] = started
             conn = conn.evolve(refresh_started_at=started)
         try:
-            response = await self.client.refresh(integration, conn.refresh_token)
+            response = await self.client.refresh(integration, conn.refresh_token, admitted=True)
         except (PermanentError, ConfigurationError) as error:
             newer = await self._newer_integration(integration)
             if newer is not None:
@@ -326,7 +339,7 @@ class Refresher:
         assert conn.access_token is not None
         try:
             facts = await self.client.introspect(integration, conn.access_token)
-        except SalesforceError:
+        except (SalesforceError, Throttled):
             return conn  # the assumed expiry already saved stands; the next check retries
         if not facts.active:
             # A token issued a moment ago cannot be inactive: this app may not introspect.

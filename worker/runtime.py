@@ -21,6 +21,7 @@ from worker.events import EventSink, Forward
 from worker.keys import Keys
 from worker.locks import Leases
 from worker.pipelining import AutoPipeline
+from worker.ratelimit import RateLimiter
 from worker.refresher import Refresher
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store import Store
@@ -69,6 +70,7 @@ class Runtime:
         sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
         exchange = http if http is not None else AiohttpExchange(settings.http_timeout)
         client = SalesforceClient(exchange, settings.http_timeout)
+        client.admission = RateLimiter(redis, keys, settings.rate_limit, auto, rng=rng)
         refresher = Refresher(
             store,
             leases,

@@ -37,10 +37,18 @@ class Population:
     secret: str
 
 
+BENCH_RATE_LIMIT = "20000"
+
+
 def store_env(redis_url: str, broker_url: str, key: str | None = None) -> dict[str, str]:
     """TOKENWORKER_* for every process of the run (worker, in-process runtimes): the
-    caller's own settings (so a configuration can be benchmarked), then the run's store."""
+    caller's own settings (so a configuration can be benchmarked), then the run's store.
+
+    The per-integration rate limit (default 1,000 calls/s) would cap the one benchmark
+    integration below what is measured: unless the caller sets one, it is 20,000/s, so the
+    limiter runs (and costs what it costs) without binding."""
     return {
+        "TOKENWORKER_RATE_LIMIT": BENCH_RATE_LIMIT,
         **{name: value for name, value in os.environ.items() if name.startswith("TOKENWORKER_")},
         "TOKENWORKER_REDIS_URL": redis_url,
         "TOKENWORKER_BROKER_URL": broker_url,

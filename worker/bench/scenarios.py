@@ -67,6 +67,9 @@ class Run:
         self.figures["efficiency"] = round(result.checks_per_s / best, 3) if best else 0.0
         self.details["throughput"] = {
             **asdict(result),
+            "batch_size": self.settings.batch_size,
+            "concurrency": self.settings.concurrency,
+            "rate_limit_per_integration": self.settings.rate_limit,
             "calls_per_check": round(result.calls_per_check, 3),
             "expired": pop.expired,
         }

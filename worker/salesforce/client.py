@@ -175,6 +175,12 @@ class AiohttpExchange:
 Observer = Callable[[str, float, int], None]  # (call, seconds, HTTP status)
 
 
+class Admission(Protocol):
+    """Permits to call Salesforce for an integration (worker.ratelimit.RateLimiter)."""
+
+    async def take(self, integration: str) -> None: ...
+
+
 class SalesforceClient:
     """Salesforce's OAuth endpoints for one process; share it across connections."""
 
@@ -184,6 +190,13 @@ class SalesforceClient:
         )
         self._timeout = timeout
         self.observers: list[Observer] = []
+        self.admission: Admission | None = None  # every call takes a permit first
+
+    async def admit(self, integration: Integration) -> None:
+        """Take the permit for a call now (Throttled when none comes); pass `admitted=True`
+        to that call. For callers that must know before they commit to sending."""
+        if self.admission is not None:
+            await self.admission.take(integration.name)
 
     async def aclose(self) -> None:
         await self.exchange.aclose()
@@ -211,11 +224,14 @@ class SalesforceClient:
             raise error
         raise TransientError(error.error, error.error_description, http_status=answer.status)
 
-    async def refresh(self, integration: Integration, refresh_token: str) -> TokenResponse:
+    async def refresh(
+        self, integration: Integration, refresh_token: str, *, admitted: bool = False
+    ) -> TokenResponse:
         answer = await self._post(
             integration,
             hosts.TOKEN_PATH,
             {"grant_type": "refresh_token", "refresh_token": refresh_token, "format": "json"},
+            admitted=admitted,
         )
         if answer.status != 200:
             raise error_from_response(
@@ -231,7 +247,16 @@ class SalesforceClient:
                 answer.status, answer.body, answer.content_type, answer.retry_after
             )
 
-    async def _post(self, integration: Integration, path: str, form: Mapping[str, str]) -> _Answer:
+    async def _post(
+        self,
+        integration: Integration,
+        path: str,
+        form: Mapping[str, str],
+        *,
+        admitted: bool = False,
+    ) -> _Answer:
+        if not admitted:
+            await self.admit(integration)
         payload = dict(form)
         payload["client_id"] = integration.client_id
         payload["client_secret"] = integration.client_secret
