@@ -11,10 +11,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.pipelining import AutoPipeline, eval_script
+from worker.pipelining import AutoPipeline, Queue, eval_script
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -35,19 +36,6 @@ class Leases:
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
 
-    async def acquire(self, key: str, wait: float = 0.0) -> str | None:
-        """The owner token, or None if another holder kept it for `wait` seconds."""
-        token = secrets.token_hex(16)
-        deadline = time.monotonic() + wait
-        delay = 0.05
-        while True:
-            if await self.auto.run(lambda p: p.set(key, token, nx=True, px=self.ttl_ms)):
-                return token
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.5)
-
     async def renew(self, key: str, token: str) -> bool:
         """Reset the TTL if we still own the lease; False means it was lost (expired)."""
         return bool(await eval_script(self.auto, self._renew, [key], [token, self.ttl_ms]))
@@ -55,12 +43,41 @@ class Leases:
     async def release(self, key: str, token: str) -> bool:
         return bool(await eval_script(self.auto, self._release, [key], [token]))
 
+    async def acquire_reading(
+        self, key: str, read: Queue, wait: float = 0.0
+    ) -> tuple[str | None, Any]:
+        """(owner token, reply of `read`), or (None, None) if another holder kept the lease
+        for `wait` seconds. `read` runs right behind the SET NX on the same pipeline: one round
+        trip instead of two, and its reply comes after the lease was taken (Redis runs one
+        connection's commands in order)."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            taken, reply = await self.auto.run_all(
+                lambda p: p.set(key, token, nx=True, px=self.ttl_ms), read
+            )
+            if isinstance(taken, Exception):
+                raise taken
+            if taken:
+                if isinstance(reply, Exception):
+                    await self.release(key, token)  # not held for the TTL by a failed read
+                    raise reply
+                return token, reply
+            if time.monotonic() >= deadline:
+                return None, None
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
     @asynccontextmanager
-    async def hold(self, key: str, wait: float = 0.0) -> AsyncIterator[str | None]:
-        """`async with leases.hold(key) as token:` token is None when not acquired."""
-        token = await self.acquire(key, wait)
+    async def hold(
+        self, key: str, read: Queue, wait: float = 0.0
+    ) -> AsyncIterator[tuple[str | None, Any]]:
+        """`async with leases.hold(key, read) as (token, reply):` token is None when not
+        acquired; `reply` is what `read` returned once the lease was ours."""
+        token, reply = await self.acquire_reading(key, read, wait)
         try:
-            yield token
+            yield token, reply
         finally:
             if token is not None:
                 await self.release(key, token)

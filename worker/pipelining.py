@@ -44,6 +44,20 @@ class AutoPipeline:
             loop.call_soon(self._start_flush)
         return await future
 
+    async def run_all(self, *queues: Queue) -> list[Any]:
+        """Several commands on the same pipeline, run in this order; their replies, an error
+        in its command's place (the caller decides what one failure means for the rest)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for queue in queues:
+            future: asyncio.Future[Any] = loop.create_future()
+            self._pending.append((queue, future))
+            futures.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start_flush)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
     def _start_flush(self) -> None:
         self._scheduled = False
         if self._inflight or not self._pending:

@@ -121,10 +121,12 @@ class Refresher:
 
     async def _check(self, connection_id: str, force: bool, explicit: bool) -> CheckResult:
         wait = self.lease_wait if explicit else 0.0
-        async with self.leases.hold(self.store.keys.lease(connection_id), wait) as token:
+        lease = self.store.keys.lease(connection_id)
+        read = self.store.connection_read(connection_id)
+        async with self.leases.hold(lease, read, wait) as (token, raw):
             if token is None:
                 return CheckResult(connection_id, Outcome.CONTENDED, reason="lease held")
-            conn = await self.store.get_connection(connection_id)
+            conn = self.store.decode_connection(connection_id, raw)
             if conn is None:
                 await self.store.redis.zrem(self.store.keys.due, connection_id)
                 return CheckResult(connection_id, Outcome.NOT_FOUND)

@@ -18,7 +18,7 @@ from worker.crypto import Cipher
 from worker.errors import ConflictError
 from worker.keys import Keys
 from worker.models import Connection, ConnectionStatus, Integration, IntegrationStatus, LastError
-from worker.pipelining import AutoPipeline, eval_script
+from worker.pipelining import AutoPipeline, Queue, eval_script
 
 # KEYS: conn hash, due zset. ARGV: expected version, id, next check ("" = unschedule, "-" =
 # leave as is), then field/value pairs ("" deletes the field). Returns the new version or -1.
@@ -116,8 +116,16 @@ class Store:
     # -- connections --------------------------------------------------------------------
 
     async def get_connection(self, connection_id: str) -> Connection | None:
+        return self.decode_connection(
+            connection_id, await self.auto.run(self.connection_read(connection_id))
+        )
+
+    def connection_read(self, connection_id: str) -> Queue:
+        """The command that reads a connection, to queue on a shared pipeline."""
         key = self.keys.conn(connection_id)
-        raw: codec.Raw = await self.auto.run(lambda pipe: pipe.hgetall(key))
+        return lambda pipe: pipe.hgetall(key)
+
+    def decode_connection(self, connection_id: str, raw: codec.Raw) -> Connection | None:
         return codec.connection_from_raw(connection_id, raw, self.cipher) if raw else None
 
     async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:

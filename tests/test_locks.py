@@ -1,0 +1,47 @@
+"""Leases on a real Redis server: the SET NX and the read behind it share one round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from redis.exceptions import ResponseError
+
+from tests.conftest import run
+from worker.runtime import Runtime
+
+RuntimeFor = Callable[..., Runtime]
+
+
+def test_the_read_comes_back_only_with_the_lease(runtime_for: RuntimeFor) -> None:
+    async def scenario() -> None:
+        rt = runtime_for()
+        lease, record = rt.store.keys.lease("c-1"), rt.store.keys.conn("c-1")
+        await rt.redis.hset(record, mapping={"status": "active"})
+        async with rt.leases.hold(lease, lambda p: p.hgetall(record)) as (token, reply):
+            assert token is not None
+            assert reply == {b"status": b"active"}
+            assert await rt.redis.get(lease) == token.encode()
+            async with rt.leases.hold(lease, lambda p: p.hgetall(record)) as (other, seen):
+                assert (other, seen) == (None, None)  # held: no token, and no data either
+        assert await rt.redis.exists(lease) == 0  # released on the way out
+        await rt.close()
+
+    run(scenario())
+
+
+def test_a_failed_read_releases_the_lease_at_once(runtime_for: RuntimeFor) -> None:
+    """A read that errors (here: HGETALL on a string) does not leave the lease held for its
+    TTL; the next holder gets it straight away."""
+
+    async def scenario() -> None:
+        rt = runtime_for()
+        lease, record = rt.store.keys.lease("c-2"), rt.store.keys.conn("c-2")
+        await rt.redis.set(record, "not a hash")
+        with pytest.raises(ResponseError):
+            async with rt.leases.hold(lease, lambda p: p.hgetall(record)):
+                pytest.fail("the body must not run without the read")
+        assert await rt.redis.exists(lease) == 0
+        await rt.close()
+
+    run(scenario())
