@@ -107,7 +107,7 @@ class Refresher:
                 return await self._check(connection_id, force, explicit or force)
             except Throttled as throttled:
                 at = self.clock() + throttled.retry_in
-                await self.store.schedule(connection_id, at)
+                await self.store.give_back([connection_id], at)  # not if deleted meanwhile
                 return CheckResult(
                     connection_id,
                     Outcome.DEFERRED,
