@@ -16,6 +16,7 @@ from config import logging as tw_logging
 from config.settings import Settings, SettingsError
 from worker.beat import redbeat_config
 from worker.opsconfig import OpsSettings
+from worker.ratelimit import PERMIT_WAIT
 
 VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
 # Seconds after which a check_batch starts no new check and gives the rest back, due at once.
@@ -24,15 +25,25 @@ VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RET
 BATCH_BUDGET = 60.0
 
 
-def soft_time_limit(settings: Settings) -> float:
-    """Seconds a task may run before Celery interrupts it.
+# The most Salesforce calls one check makes: introspect, the lost-answer introspection of the
+# refresh token, the refresh, one retry after losing a concurrent refresh, and introspecting
+# the new token to learn its lifetime.
+CALLS_PER_CHECK = 5
 
-    A check_batch starts no check after BATCH_BUDGET seconds; a check already started makes at
-    most three Salesforce calls (introspect, refresh, one retry after losing a concurrent
-    refresh), each bounded by the HTTP timeout, and an explicit check may first wait for a
-    lease. 150 s with the defaults (10 s HTTP timeout, 30 s lease).
+
+def soft_time_limit(settings: Settings) -> float:
+    """Seconds a task may run before Celery interrupts it (a soft limit between a send and its
+    save would lose a rotated token, so this is a worst case, not a typical one).
+
+    A check starts at most max(BATCH_BUDGET, LEASE_TTL) seconds in (a batch starts none after
+    its budget; an explicit check waits at most LEASE_TTL for the lease). Once started, each
+    of its calls may wait PERMIT_WAIT for a permit and HTTP_TIMEOUT for the answer, plus the
+    ~1.5 s pause before the retry; LEASE_TTL more covers a stalled store at save time.
+    167 s with the defaults (60 s budget, 10 s HTTP timeout, 5 s permit wait, 30 s lease).
     """
-    return max(120.0, BATCH_BUDGET + 3 * settings.http_timeout + 2 * settings.lease_ttl)
+    start = max(BATCH_BUDGET, settings.lease_ttl)
+    per_check = CALLS_PER_CHECK * (settings.http_timeout + PERMIT_WAIT) + 2.0
+    return max(120.0, start + per_check + settings.lease_ttl)
 
 
 def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[str, Any]:

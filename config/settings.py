@@ -48,8 +48,10 @@ def _rate(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected calls per second, e.g. 1000") from None
-    if not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{name}={raw!r}: expected calls per second, 0 (no limit) or more")
+    if not math.isfinite(value) or value < 0 or 0 < value < 0.01:
+        raise SettingsError(
+            f"{name}={raw!r}: expected calls per second: 0 (no limit) or at least 0.01"
+        )
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -113,6 +114,35 @@ def test_a_throttled_refresh_is_deferred_unsent_and_unmarked(
         # skipped, not reported as a deferral of a refresh that happened.
         assert third.outcome is Outcome.REFRESHED, third
         assert emu.token_calls(grant["grant_id"]) == 1
+        await rt.close()
+
+    run(scenario())
+
+
+def test_a_throttled_retry_clears_the_mark_of_the_answered_send(
+    runtime_for: RuntimeFor, emu: Emu
+) -> None:
+    """The concurrent-refresh loser ('expired authorization code') retries; when the retry
+    gets no permit, the first send was answered, so nothing is in flight: the mark goes, and
+    the next check refreshes instead of asking whether an answer was lost."""
+
+    async def scenario() -> None:
+        rt = runtime_for(rate_limit="0.1")  # one permit, the next in 10 s
+        assert isinstance(rt.client.admission, RateLimiter)
+        rt.client.admission.max_wait = 0.0
+        [(cid, grant)] = await connect(rt, emu)
+        body = json.dumps(
+            {"error": "invalid_grant", "error_description": "expired authorization code"}
+        )
+        emu.fault(endpoint="token", mutate="error", status=400, body=body)
+        result = await rt.refresher.check(cid, force=True)
+        stored = await rt.store.get_connection(cid)
+        assert result.outcome is Outcome.DEFERRED, result
+        assert stored is not None and stored.refresh_started_at is None
+        assert emu.token_calls(grant["grant_id"]) <= 1
+        await rt.redis.delete(rt.store.keys.rate("acme"))  # a fresh second: permits again
+        again = await rt.refresher.check(cid, force=True)
+        assert again.outcome is Outcome.REFRESHED, again
         await rt.close()
 
     run(scenario())

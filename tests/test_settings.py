@@ -80,6 +80,7 @@ class TestMalformedValues:
             ("RATE_LIMIT", "-1"),
             ("RATE_LIMIT", "100/s"),
             ("RATE_LIMIT", "inf"),
+            ("RATE_LIMIT", "1e-20"),
             ("LOG_FORMAT", "xml"),
             ("REQUIRE_PERSISTENCE", "maybe"),
             ("WEBHOOK_URL", "ftp://hooks.example.com"),

@@ -38,6 +38,7 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {granted, tostring((1 - tokens) / rate)}
 """
 
+PERMIT_WAIT = 5.0  # seconds a call waits for a permit before the check is deferred
 PERMIT_LIFETIME = 1.0  # seconds a process may keep permits it took but has not used
 MAX_CHUNK = 50
 
@@ -52,7 +53,7 @@ class RateLimiter:
         rate: float,
         auto: AutoPipeline | None = None,
         *,
-        max_wait: float = 5.0,
+        max_wait: float = PERMIT_WAIT,
         rng: random.Random | None = None,
     ) -> None:
         self.keys = keys

@@ -209,17 +209,18 @@ class Refresher:
     async def _refresh(
         self, conn: Connection, integration: Integration, reason: str, *, retried: bool = False
     ) -> CheckResult:
-        token = self._lease.get(conn.id)
-        if token is None or not await self.leases.renew(self.store.keys.lease(conn.id), token):
+        if not await self._still_ours(conn):
             # The lease ran out (a stall): another worker may be refreshing this very token.
             return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
         if conn.refresh_started_at is not None and self._marked.get(conn.id) is None:
             lost = await self._earlier_answer_lost(conn, integration)
             if lost is not None:
                 return lost
-        # The permit comes before the mark: a throttled refresh was never sent, and must not
-        # look like one whose answer was lost.
-        await self.client.admit(integration)
+        await self._admit(conn, integration)
+        # Renewed again right before sending when anything was awaited since (the lost-answer
+        # introspection, a permit wait): those waits must not eat the lease the send relies on.
+        if not await self._still_ours(conn):
+            return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
         if self._marked.get(conn.id) is None:
             started = self.clock()
             await self.store.mark_refreshing(conn.id, started)
@@ -241,6 +242,22 @@ class Refresher:
                 return await self._lost_race(conn, integration, reason)
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
+
+    async def _still_ours(self, conn: Connection) -> bool:
+        """Renew our lease on the connection; False when it ran out and may be another's."""
+        token = self._lease.get(conn.id)
+        return token is not None and await self.leases.renew(self.store.keys.lease(conn.id), token)
+
+    async def _admit(self, conn: Connection, integration: Integration) -> None:
+        """The rate-limit permit for a refresh, taken before it is marked as sent, so a
+        throttled refresh never looks like a lost answer. On a retry (the earlier send of this
+        check was answered) a throttle also clears that mark: nothing is in flight."""
+        try:
+            await self.client.admit(integration)
+        except Throttled:
+            if self._marked.pop(conn.id, None) is not None:
+                await self.store.clear_refreshing(conn.id)
+            raise
 
     async def _earlier_answer_lost(
         self, conn: Connection, integration: Integration

@@ -163,6 +163,11 @@ class Store:
         key = self.keys.conn(connection_id)
         await self.auto.run(lambda pipe: pipe.hset(key, "refresh_started_at", repr(now)))
 
+    async def clear_refreshing(self, connection_id: str) -> None:
+        """Undo mark_refreshing once the refresh it marked was answered (lease held)."""
+        key = self.keys.conn(connection_id)
+        await self.auto.run(lambda pipe: pipe.hdel(key, "refresh_started_at"))
+
     async def remove_connection(self, connection_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.conn(connection_id))

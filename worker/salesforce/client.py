@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
+import structlog
 
 from worker.errors import ConfigurationError, TransientError
 from worker.models import Integration
@@ -45,6 +47,8 @@ _HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "User-Agent": USER_AGENT,
 }
+
+log = structlog.get_logger("tokenworker.salesforce")
 
 
 def _scrub(body: bytes, secrets: tuple[str | None, ...]) -> bytes:
@@ -136,6 +140,9 @@ class AiohttpExchange:
         self._timeout = timeout
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # HTTPS_PROXY / NO_PROXY as httpx honours them (read once; no ~/.netrc credentials).
+        self._proxy = urllib.request.getproxies().get("https")
+        self._proxy_for: dict[str, str | None] = {}  # host -> proxy URL or None
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp  # noqa: PLC0415  (heavy to import; only worker processes need it)
@@ -160,11 +167,20 @@ class AiohttpExchange:
         session = self._session or self._open()
         try:
             async with session.post(
-                url, data=body, headers=_HEADERS, allow_redirects=False
+                url, data=body, headers=_HEADERS, allow_redirects=False, proxy=self._proxy_of(url)
             ) as response:
                 return await _read(response.status, response.content.iter_any(), response.headers)
         except aiohttp.ClientError as error:
             raise _network_error(error) from None
+
+    def _proxy_of(self, url: str) -> str | None:
+        if self._proxy is None:
+            return None
+        host = urlsplit(url).hostname or ""
+        if host not in self._proxy_for:
+            bypass = urllib.request.proxy_bypass(host)
+            self._proxy_for[host] = None if bypass else self._proxy
+        return self._proxy_for[host]
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -270,7 +286,10 @@ class SalesforceClient:
                 "timeout", f"no complete answer within {self._timeout:g}s"
             ) from None
         for observe in self.observers:
-            observe(path, time.perf_counter() - started, answer.status)
+            try:
+                observe(path, time.perf_counter() - started, answer.status)
+            except Exception:
+                log.exception("observer.failed", call=path)
         if answer.status != 200:
             # An error answer may quote what we sent; none of it may reach events or logs.
             sent = (payload.get("token"), payload.get("refresh_token"), payload["client_secret"])

@@ -1,0 +1,58 @@
+"""The Salesforce client's I/O seam: proxies for the aiohttp exchange, observers that fail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from worker.models import Integration, Provider
+from worker.salesforce.client import AiohttpExchange, SalesforceClient
+
+INTEGRATION = Integration(
+    name="acme",
+    provider=Provider.SANDBOX,
+    client_id="3MVG9-acme",
+    client_secret="acme-secret",
+    login_url="https://test.salesforce.com",
+)
+
+
+def test_https_proxy_is_used_and_no_proxy_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "acme.my.salesforce.com")
+    exchange = AiohttpExchange(10.0)
+    via = exchange._proxy_of("https://test.salesforce.com/services/oauth2/token")
+    assert via == "http://proxy.internal:3128"
+    assert exchange._proxy_of("https://acme.my.salesforce.com/services/oauth2/token") is None
+
+
+def test_no_proxy_configured_means_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert AiohttpExchange(10.0)._proxy_of("https://test.salesforce.com/x") is None
+
+
+def test_a_failing_observer_never_costs_the_answer() -> None:
+    """Observers (metrics) run before the caller saves the answer: one that raises is logged
+    and the token response still reaches the caller."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"active": True, "exp": 1_900_000_000, "iat": 1_899_990_000}
+        return httpx.Response(200, content=json.dumps(body).encode(), headers={
+            "content-type": "application/json;charset=UTF-8"
+        })
+
+    def broken(call: str, seconds: float, status: int) -> None:
+        raise RuntimeError("metrics bug")
+
+    async def scenario() -> None:
+        client = SalesforceClient(httpx.AsyncClient(transport=httpx.MockTransport(answer)), 5.0)
+        client.observers.append(broken)
+        facts = await client.introspect(INTEGRATION, "00Dxx!access")
+        assert facts.active is True and facts.exp == 1_900_000_000
+        await client.aclose()
+
+    asyncio.run(scenario())
