@@ -7,7 +7,17 @@ import uuid
 from typing import Any
 
 from worker import ops
+from worker.models import Integration, Provider
 from worker.runtime import Runtime
+
+# A sandbox integration for tests that need one without a store or an emulator.
+SANDBOX_INTEGRATION = Integration(
+    name="acme",
+    provider=Provider.SANDBOX,
+    client_id="3MVG9-acme",
+    client_secret="acme-secret",
+    login_url="https://test.salesforce.com",
+)
 
 
 async def connect(

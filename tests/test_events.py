@@ -10,20 +10,15 @@ import pytest
 import structlog
 
 from config.logging import SECRET_KEYS
+from tests.helpers import SANDBOX_INTEGRATION
 from worker import events
 from worker.events import SECRET_FIELDS, EventSink, build, read_events
 from worker.keys import Keys
-from worker.models import Connection, Integration, Provider
+from worker.models import Connection
 
 now = 1_800_000_000.0
 CONN = Connection(id="c-1", integration="acme", refresh_token="5Aep861-refresh")
-INTEGRATION = Integration(
-    name="acme",
-    provider=Provider.SANDBOX,
-    client_id="3MVG9-acme",
-    client_secret="acme-secret",
-    login_url="https://test.salesforce.com",
-)
+INTEGRATION = SANDBOX_INTEGRATION
 
 
 class TestBuild:

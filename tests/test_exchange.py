@@ -8,16 +8,10 @@ import json
 import httpx
 import pytest
 
-from worker.models import Integration, Provider
+from tests.helpers import SANDBOX_INTEGRATION
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 
-INTEGRATION = Integration(
-    name="acme",
-    provider=Provider.SANDBOX,
-    client_id="3MVG9-acme",
-    client_secret="acme-secret",
-    login_url="https://test.salesforce.com",
-)
+INTEGRATION = SANDBOX_INTEGRATION
 
 
 def test_https_proxy_is_used_and_no_proxy_respected(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,27 +36,23 @@ class AutoPipeline:
 
     async def run(self, queue: Queue) -> Any:
         """Queue exactly one command on the next pipeline; return its reply."""
+        return await self._enqueue(queue)
+
+    async def run_all(self, *queues: Queue) -> list[Any]:
+        """Several commands on the same pipeline, run in this order; their replies, an error
+        in its command's place (the caller decides what one failure means for the rest)."""
+        futures = [self._enqueue(queue) for queue in queues]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    def _enqueue(self, queue: Queue) -> asyncio.Future[Any]:
+        """Add one command to the pending batch, flushed on the next loop tick."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((queue, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._start_flush)
-        return await future
-
-    async def run_all(self, *queues: Queue) -> list[Any]:
-        """Several commands on the same pipeline, run in this order; their replies, an error
-        in its command's place (the caller decides what one failure means for the rest)."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        for queue in queues:
-            future: asyncio.Future[Any] = loop.create_future()
-            self._pending.append((queue, future))
-            futures.append(future)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._start_flush)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return future
 
     def _start_flush(self) -> None:
         self._scheduled = False

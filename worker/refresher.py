@@ -209,18 +209,19 @@ class Refresher:
     async def _refresh(
         self, conn: Connection, integration: Integration, reason: str, *, retried: bool = False
     ) -> CheckResult:
-        if not await self._still_ours(conn):
-            # The lease ran out (a stall): another worker may be refreshing this very token.
-            return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
+        lost_lease = CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
         if conn.refresh_started_at is not None and self._marked.get(conn.id) is None:
+            # The lost-answer verdict may end the connection: only while the lease is ours.
+            if not await self._still_ours(conn):
+                return lost_lease
             lost = await self._earlier_answer_lost(conn, integration)
             if lost is not None:
                 return lost
         await self._admit(conn, integration)
-        # Renewed again right before sending when anything was awaited since (the lost-answer
-        # introspection, a permit wait): those waits must not eat the lease the send relies on.
+        # Renewed right before sending, after every wait above (the lost-answer introspection,
+        # a permit): a lease that ran out means another worker may be refreshing this token.
         if not await self._still_ours(conn):
-            return CheckResult(conn.id, Outcome.CONTENDED, reason="lease lost before refresh")
+            return lost_lease
         if self._marked.get(conn.id) is None:
             started = self.clock()
             await self.store.mark_refreshing(conn.id, started)
