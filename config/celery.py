@@ -1,7 +1,8 @@
 """The Celery app: broker, queues, routes, beat schedule, time limits, logging signals.
 
 Start a worker with `celery -A config.celery worker -Q sweep,refresh,ops` and beat with
-`celery -A config.celery beat` (see the Procfile). Settings come from the environment.
+`celery -A config.celery beat -S worker.beat.LeaseScheduler` (see the Procfile). Settings come
+from the environment.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.settings import Settings, SettingsError
-from worker.beat import redbeat_config
+from worker.beat import beat_config
 from worker.opsconfig import OpsSettings
 from worker.ratelimit import PERMIT_WAIT
 
@@ -81,7 +82,7 @@ def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[st
         "task_send_sent_event": True,
         # Each worker also consumes its own queue, where it sends itself liveness pings.
         "worker_direct": True,
-        **redbeat_config(settings, ops or OpsSettings.from_env()),
+        **beat_config(ops or OpsSettings.from_env()),
         "beat_schedule": {
             "sweep": {
                 "task": "tokenworker.sweep",

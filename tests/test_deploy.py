@@ -91,16 +91,16 @@ def test_worker_probes_are_cli_commands_naming_the_workers_node() -> None:
     assert "--worker tokenworker@%%h" in check
 
 
-def test_beat_runs_redbeat_with_a_standby() -> None:
-    """Beat runs celery-redbeat everywhere, with two replicas on Kubernetes."""
+def test_beat_runs_the_lease_scheduler_with_a_standby() -> None:
+    """Beat runs worker.beat.LeaseScheduler everywhere, with two replicas on Kubernetes."""
     beat = _manifests()[("Deployment", "tokenworker-beat")]
     assert beat["spec"]["replicas"] >= 2
     args = beat["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("-S") + 1] == "redbeat.RedBeatScheduler"
+    assert args[args.index("-S") + 1] == "worker.beat.LeaseScheduler"
     unit = _unit("tokenworker-beat.service")["Service"]["ExecStart"]
-    assert "-S redbeat.RedBeatScheduler" in unit
+    assert "-S worker.beat.LeaseScheduler" in unit
     procfile = (DEPLOY.parent / "Procfile").read_text()
-    assert "beat -S redbeat.RedBeatScheduler" in procfile
+    assert "beat -S worker.beat.LeaseScheduler" in procfile
 
 
 def test_kustomization_applies_every_manifest_but_the_secret_example() -> None:

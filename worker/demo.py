@@ -162,7 +162,7 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
             "worker -Q sweep,refresh,ops -c 2 --loglevel INFO --without-mingle --without-gossip"
         )
         children.start([*celery, *worker.split(), "-n", "demo@%h"], env)
-        beat = ["beat", "--loglevel", "WARNING", "-S", "redbeat.RedBeatScheduler"]
+        beat = ["beat", "--loglevel", "WARNING", "-S", "worker.beat.LeaseScheduler"]
         children.start([*celery, *beat], env)
         started = time.monotonic()
         revoked = False

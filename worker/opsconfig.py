@@ -48,8 +48,9 @@ class OpsSettings:
 
     @property
     def beat_loop_interval(self) -> int:
-        """Beat wakes at least this often and extends its lock each time: a fifth of the
-        lock's lifetime, so a stalled tick never lets a healthy leader's lock expire."""
+        """The leading beat renews its lease at least this often (and a beat retries an
+        unreachable store this often at most): a fifth of the lease's lifetime, so a stalled
+        tick never lets a healthy leader's lease expire."""
         return max(1, min(5, self.beat_lock_timeout // 5))
 
 
@@ -57,7 +58,7 @@ _DOCS = {
     "beat_lock_timeout": (
         "BEAT_LOCK_TIMEOUT",
         "Seconds the active beat's Redis lock outlives its last renewal; a standby beat takes "
-        "over this long (plus up to 5 s) after the leader dies. Whole seconds, at least 2.",
+        "over this long (plus up to 1 s) after the leader dies. Whole seconds, at least 2.",
     ),
     "ping_interval": (
         "PING_INTERVAL",
