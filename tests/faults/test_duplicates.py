@@ -4,24 +4,32 @@ revoke the grant."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
 
+from config.settings import Settings
 from tests.conftest import Emu
 from tests.faults.harness import (
     ROOT,
     SWEEP_INTERVAL,
     Fleet,
     Ledger,
+    open_runtime,
     seed,
     stored,
     wait_until,
 )
+from worker.keys import Keys
+from worker.sweep import SweepResult, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -87,11 +95,12 @@ def test_twenty_concurrent_checks_of_a_due_connection_make_one_token_call(
     assert stored(proc_env, [cid])[cid].refresh_token == view["refresh_token"]
 
 
-def test_two_beats_firing_at_once_make_one_token_call_per_due_connection(
+def test_two_beat_processes_make_one_token_call_per_due_connection(
     emu: Emu, fleet: Fleet, proc_env: dict[str, str]
 ) -> None:
-    """Two beat processes started together over 20 due connections: each connection is
-    refreshed exactly once, and stays so over the following sweeps."""
+    """Two beat processes started together over 20 due connections: one holds the lease and
+    sends, the other waits; each connection is refreshed exactly once, and stays so over the
+    following sweeps. (Two sweeps really overlapping is tested below, without beat.)"""
     pairs = seed(proc_env, emu, count=20, rotation=True)
     grants = [grant["grant_id"] for _, grant in pairs]
     for grant_id in grants:
@@ -115,5 +124,72 @@ def test_two_beats_firing_at_once_make_one_token_call_per_due_connection(
         view = emu.grant(grant["grant_id"])
         assert view["revoked"] is False, cid
         assert final[cid].refresh_token == view["refresh_token"], cid
-    sent = [beat.log().count("Sending due task sweep") for beat in beats]
-    assert sum(sent) >= 2, sent
+    sent = sorted(beat.log().count("Sending due task sweep") for beat in beats)
+    assert sent[0] == 0 and sent[1] >= 2, sent
+
+
+# -- two sweeps at once (what two beats firing together would run) ------------------------
+
+DUE = 300
+
+
+def _due_ids(env: dict[str, str]) -> set[str]:
+    """DUE ids due a second ago in a fresh prefix's due index (the sweep reads nothing else)."""
+    client = redis.Redis.from_url(env["TOKENWORKER_REDIS_URL"])
+    ids = {f"c{n:04d}" for n in range(DUE)}
+    client.zadd(Keys(env["TOKENWORKER_KEY_PREFIX"]).due, dict.fromkeys(ids, time.time() - 1))
+    client.close()
+    return ids
+
+
+def _sweeps_at_once(env: dict[str, str], guard: bool) -> list[tuple[SweepResult, list[str]]]:
+    """Two sweeps started together from two threads, each with its own runtime and Redis
+    connections (as two worker processes would); each returns what it dispatched."""
+    settings = Settings.from_env(env)
+    start = threading.Barrier(2)
+
+    async def one() -> tuple[SweepResult, list[str]]:
+        rt = open_runtime(env)
+        dispatched: list[str] = []
+        try:
+            await rt.redis.ping()  # connected before the start line: both claim at once
+            start.wait(10)
+            result = await sweep(rt.store, settings, time.time(), dispatched.extend,
+                                 window_guard=guard)  # fmt: skip
+            return result, dispatched
+        finally:
+            await rt.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(asyncio.run, one()) for _ in range(2)]
+        return [f.result(timeout=60) for f in futures]
+
+
+def test_two_concurrent_sweeps_claim_disjoint_ids(proc_env: dict[str, str]) -> None:
+    """Without the window guard, two sweeps at once on one store (7 ids per claim, so their
+    claims interleave) hand out every due id exactly once between them."""
+    env = dict(proc_env, TOKENWORKER_BATCH_SIZE="7")
+    ids = _due_ids(env)
+    (first, a), (second, b) = _sweeps_at_once(env, guard=False)
+    assert set(a).isdisjoint(b), f"{len(set(a) & set(b))} ids handed out twice"
+    assert sorted(a + b) == sorted(ids)
+    assert first.claimed + second.claimed == DUE
+    assert first.claimed and second.claimed, "the sweeps did not overlap: nothing was tested"
+
+
+def test_the_window_guard_lets_one_of_two_scheduled_sweeps_run(proc_env: dict[str, str]) -> None:
+    """Two scheduled sweeps at once: one claims everything due, the other is skipped, and
+    the guard that skipped it lasts at most half a sweep interval."""
+    env = dict(proc_env, TOKENWORKER_BATCH_SIZE="7")
+    ids = _due_ids(env)
+    results = _sweeps_at_once(env, guard=True)
+    skipped = [r for r, _ in results if r.skipped]
+    ran = [(r, d) for r, d in results if not r.skipped]
+    assert len(ran) == 1, f"{len(ran)} of 2 scheduled sweeps ran"
+    assert len(skipped) == 1 and skipped[0].claimed == 0
+    [(ran_one, dispatched)] = ran
+    assert ran_one.claimed == DUE and sorted(dispatched) == sorted(ids)
+    client = redis.Redis.from_url(env["TOKENWORKER_REDIS_URL"])
+    guard_ms = client.pttl(Keys(env["TOKENWORKER_KEY_PREFIX"]).sweep_guard)
+    client.close()
+    assert 0 < guard_ms <= SWEEP_INTERVAL * 500
