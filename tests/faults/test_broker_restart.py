@@ -19,6 +19,7 @@ from tests.conftest import Emu
 from tests.faults.harness import (
     Fleet,
     Ledger,
+    Proc,
     celery_client,
     cli,
     process_env,
@@ -78,7 +79,7 @@ def test_workers_consume_again_within_30s_of_a_broker_restart(
     store = redis.Redis.from_url(redis_server.url)
     worker = fleet.worker(env)
     worker.wait_ready()
-    fleet.beat(env)
+    beat = fleet.beat(env)
     with flowing(env, flow) as sent:
         wait_until(lambda: sent[0] >= 10, 20, "checks flowing to the broker")
         before = cli(ledger, env, "check", flow[0], "--wait", "--json", "--timeout", "20")
@@ -94,6 +95,7 @@ def test_workers_consume_again_within_30s_of_a_broker_restart(
         wait_until(lambda: store.exists(lease), 10, "the slow check holds its lease", 0.02)
         broker.restart()
         restarted_at = time.monotonic()
+        sweeps_before = _sweeps_sent(beat)
         target, grant = pairs[0]
         emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
 
@@ -113,9 +115,21 @@ def test_workers_consume_again_within_30s_of_a_broker_restart(
                 f"{failure}\nthe liveness probe said (exit {probe.returncode}): "
                 f"{probe.stdout.strip()}\nworker log and stacks:\n{worker.stacks()}"
             ) from None
+        # Beat lives through the broker outage and sends again (its one bounded reconnect
+        # per tick; the sweep stays due while a send fails).
+        wait_until(
+            lambda: _sweeps_sent(beat) > sweeps_before,
+            max(0.0, RECONNECT_BOUND - (time.monotonic() - restarted_at)),
+            "beat sends a sweep after the broker restart",
+        )
     store.close()
     assert emu.token_calls(grant["grant_id"]) == 1, "the expired token was not refreshed once"
     assert worker.proc.popen.poll() is None, "the worker exited instead of reconnecting"
+    assert beat.popen.poll() is None, beat.tail()
+
+
+def _sweeps_sent(beat: Proc) -> int:
+    return beat.log().count("Sending due task sweep")
 
 
 MAX_AGE = 3.0  # seconds; workers ping themselves every TOKENWORKER_PING_INTERVAL=1 s
