@@ -120,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("file", nargs="?", default="-")
     exp.add_argument(
-        "--with-secrets", action="store_true", help="include tokens (handle with care)"
+        "--with-secrets",
+        action="store_true",
+        help="include tokens (handle with care): FILE is created new, mode 0600",
+    )
+    exp.add_argument(
+        "--force",
+        action="store_true",
+        help="with --with-secrets: replace FILE if it exists (by default that is refused)",
     )
     cl = conns.add_parser(
         "list",
@@ -268,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except commands.NotFound as error:
         print(f"tokenworker: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except commands.Unreachable as error:
+        print(f"tokenworker: cannot reach Redis: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (RedisConnectionError, RedisTimeoutError, ConnectionError) as error:
         print(f"tokenworker: cannot reach Redis: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
