@@ -15,8 +15,8 @@ from worker.runtime import Runtime
 
 
 def status(args: argparse.Namespace) -> int:
-    """Exit 0 even with unreadable records: they are counted in the report (`unreadable`) and
-    named on stderr; the rest of the fleet is reported as usual."""
+    """Unreadable records are counted in the report (`unreadable`) and named on stderr, the
+    rest of the fleet is reported as usual, and the exit code is 1 so scripts notice."""
 
     async def work(rt: Runtime) -> int:
         skipped = Skipped()
@@ -26,7 +26,7 @@ def status(args: argparse.Namespace) -> int:
             dump(data)
         else:
             print_status(data)
-        return 0
+        return 1 if skipped.count else 0
 
     return with_runtime(work)
 

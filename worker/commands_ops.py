@@ -143,7 +143,7 @@ def connections_list(args: argparse.Namespace) -> int:
         skipped.summary("list: left out")
         if args.json:
             dump(page.rows)
-            return 0
+            return 1 if skipped.count else 0
         render.table(
             ["id", "integration", "status", "expires", "next check", "last error"],
             [
@@ -162,7 +162,7 @@ def connections_list(args: argparse.Namespace) -> int:
         if page.rows and (page.offset or end < page.total):
             more = f"; next page: --offset {end}" if end < page.total else ""
             print(f"rows {page.offset + 1}-{end} of {page.total}{more}", file=sys.stderr)
-        return 0
+        return 1 if skipped.count else 0  # the rows shown are right; some were left out
 
     return with_runtime(work)
 

@@ -81,15 +81,21 @@ def _secret(data: dict[str, Any], name: str, line: int, required: bool) -> str |
     return value
 
 
-def _check_text(text: str, line: int) -> None:
-    if len(text) > MAX_LINE:
-        raise InputError(f"line {line}: longer than {MAX_LINE} characters")
+def _encodable(text: str) -> bool:
+    """False for text with lone surrogates (undecodable input bytes, or JSON escapes such as
+    \\udcff), which cannot be stored: sealing would fail after earlier lines were saved."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        # Lone surrogates (undecodable input bytes) cannot be stored: they would fail only
-        # when sealed, after the lines before them were saved.
-        raise InputError(f"line {line}: not valid UTF-8 (undecodable bytes)") from None
+        return False
+    return True
+
+
+def _check_text(text: str, line: int) -> None:
+    if len(text) > MAX_LINE:
+        raise InputError(f"line {line}: longer than {MAX_LINE} characters")
+    if not _encodable(text):
+        raise InputError(f"line {line}: not valid UTF-8 (undecodable bytes)")
 
 
 def _json_array(lines: list[str]) -> str | None:
@@ -105,10 +111,8 @@ def _json_array(lines: list[str]) -> str | None:
     return None
 
 
-def parse_line(text: str, line: int, integrations: dict[str, Integration]) -> Record | None:
-    """One validated record, None for a blank line, or InputError naming line and field."""
-    if not text.strip():
-        return None
+def _object(text: str, line: int) -> dict[str, Any]:
+    """The line's JSON object, or InputError naming the line (and field) that is wrong."""
     _check_text(text, line)
     try:
         data = json.loads(text)
@@ -120,6 +124,17 @@ def parse_line(text: str, line: int, integrations: dict[str, Integration]) -> Re
         raise InputError(f"line {line}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise InputError(f"line {line}: expected a JSON object")
+    for name, value in data.items():
+        if isinstance(value, str) and not _encodable(value):  # JSON's "\udcff" escapes
+            raise InputError(f"line {line}: field {name!r}: not valid Unicode (lone surrogate)")
+    return data
+
+
+def parse_line(text: str, line: int, integrations: dict[str, Integration]) -> Record | None:
+    """One validated record, None for a blank line, or InputError naming line and field."""
+    if not text.strip():
+        return None
+    data = _object(text, line)
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise InputError(f"line {line}: unknown field {unknown[0]!r}; expected {', '.join(FIELDS)}")
