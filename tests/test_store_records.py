@@ -58,11 +58,12 @@ def test_mark_never_recreates_a_removed_connection(runtime_for: Callable[..., Ru
         rt = runtime_for()
         try:
             await rt.store.save_connection(_conn(), time.time())
-            assert await rt.store.mark_refreshing("c-1", time.time()) is True
+            marked = await rt.store.mark_refreshing("c-1", time.time())
             assert await _mark_of(rt, "c-1") is not None
             assert await rt.store.remove_connection("c-1")
-            assert await rt.store.mark_refreshing("c-1", time.time()) is False
+            too_late = await rt.store.mark_refreshing("c-1", time.time())
             assert await rt.redis.exists(rt.store.keys.conn("c-1")) == 0
+            assert (marked, too_late) == (True, False)
             await rt.store.clear_refreshing("c-1")
             assert await rt.redis.exists(rt.store.keys.conn("c-1")) == 0
         finally:
@@ -112,19 +113,31 @@ def test_key_rotation_keeps_a_mark_set_after_it_read_the_record(
 def test_rotation_does_not_restore_a_mark_cleared_after_it_read(
     runtime_for: Callable[..., Runtime],
 ) -> None:
-    """The other half of 7d: a copy read while a refresh was marked, saved after the worker
-    cleared the mark, must not write the stale mark back (it would make the next check
-    introspect for a lost answer that was in fact saved)."""
+    """The other half of 7d: rotation reads the record while a refresh is marked, the worker
+    saves the answer and clears the mark, rotation saves its copy. The stale mark must not
+    come back (the next check would then introspect for a lost answer that was saved)."""
+    old_key = generate_key()
 
     async def go() -> None:
-        rt = runtime_for()
+        rt = runtime_for(encryption_keys=old_key)
         try:
             await rt.store.save_connection(_conn(), time.time())
             await rt.store.mark_refreshing("c-1", time.time())
-            stale = await rt.store.get_connection("c-1")
-            assert stale is not None and stale.refresh_started_at is not None
-            await rt.store.clear_refreshing("c-1")
-            await rt.store.save_connection(stale, mark=False)
+        finally:
+            await rt.close()
+        rt = runtime_for(encryption_keys=f"{generate_key()},{old_key}")
+        try:
+            read = rt.store.get_connection
+
+            async def read_then_clear(cid: str) -> Connection | None:
+                conn = await read(cid)
+                assert conn is not None and conn.refresh_started_at is not None
+                await rt.store.clear_refreshing(cid)  # the worker's answer was saved
+                return conn
+
+            setattr(rt.store, "get_connection", read_then_clear)  # noqa: B010
+            assert (await rotate(rt.store)).rotated == 1
+            setattr(rt.store, "get_connection", read)  # noqa: B010
             assert await _mark_of(rt, "c-1") is None
         finally:
             await rt.close()
