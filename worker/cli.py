@@ -1,8 +1,9 @@
 """`tokenworker`: the ops command line. See `tokenworker COMMAND --help`.
 
 Exit codes: 0 success; 1 the operation ran and reported a failure (a check that failed, an
-import with invalid lines, an unhealthy probe); 2 bad input or configuration; 3 the store or
-broker is unreachable; 4 no such connection or integration.
+import with invalid lines, an unhealthy probe, unreadable records skipped by status, list or
+export); 2 bad input or configuration; 3 the store or broker is unreachable; 4 no such
+connection or integration.
 """
 
 from __future__ import annotations
