@@ -3,6 +3,8 @@
 Every value is validated when the process starts; a missing or malformed value raises
 `SettingsError` naming the variable and what was expected, so a worker never runs
 half-configured. Durations are seconds (integers or decimals) so tests can use small ones.
+Every number has an allowed range, refused at start with the variable and the range named:
+the upper bounds catch values that parse but cannot work (milliseconds typed as seconds, 1e23).
 """
 
 from __future__ import annotations
@@ -23,36 +25,77 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _duration(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number of seconds, e.g. 900") from None
-    if not math.isfinite(value) or value <= 0:
-        raise SettingsError(f"{name}={raw!r}: expected a positive number of seconds")
-    return value
+@dataclass(frozen=True)
+class Seconds:
+    """A duration parser with an allowed range: more than 0 (or at least `low` when set), at
+    most `high`. Upper bounds catch values that parse but cannot work: milliseconds typed as
+    seconds (LEASE_TTL=30000 would block a dead worker's connections for 8 h) or 1e308."""
+
+    high: float
+    low: float = 0.0
+
+    @property
+    def allowed(self) -> str:
+        start = f"at least {self.low:.10g}" if self.low else "more than 0"
+        return f"{start} and at most {self.high:.10g} seconds"
+
+    def __call__(self, name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(
+                f"{name}={raw!r}: expected a number of seconds, e.g. 900"
+            ) from None
+        too_low = value < self.low if self.low else value <= 0
+        if not math.isfinite(value) or too_low or value > self.high:
+            raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
+        return value
 
 
-def _count(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number, e.g. 100") from None
-    if value < 1:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number of at least 1")
-    return value
+@dataclass(frozen=True)
+class Count:
+    """A whole number from 1 to `high`."""
+
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"a whole number from 1 to {self.high}"
+
+    def __call__(self, name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a whole number, e.g. 100") from None
+        if not 1 <= value <= self.high:
+            raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
+        return value
 
 
-def _rate(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected calls per second, e.g. 1000") from None
-    if not math.isfinite(value) or value < 0 or 0 < value < 0.01:
-        raise SettingsError(
-            f"{name}={raw!r}: expected calls per second: 0 (no limit) or at least 0.01"
-        )
-    return value
+@dataclass(frozen=True)
+class Rate:
+    """Calls per second: 0 (no limit), or from 0.01 to `high`."""
+
+    high: float
+
+    @property
+    def allowed(self) -> str:
+        return f"0 (no limit), or from 0.01 to {self.high:.10g} calls per second"
+
+    def __call__(self, name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(
+                f"{name}={raw!r}: expected calls per second, e.g. 1000"
+            ) from None
+        if not math.isfinite(value) or value < 0 or 0 < value < 0.01 or value > self.high:
+            raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
+        return value
+
+
+HOUR = 3600.0
+DAY = 24 * HOUR
 
 
 def _redis_url(name: str, raw: str) -> str:
@@ -142,25 +185,36 @@ class Settings:
         "Comma-separated keys (32 bytes, URL-safe base64). The first encrypts; all decrypt.",
     )
     refresh_margin: float = _setting(
-        "REFRESH_MARGIN", _duration, 900.0, "Refresh when fewer seconds than this remain."
+        "REFRESH_MARGIN",
+        Seconds(DAY),
+        900.0,
+        "Refresh when fewer seconds than this remain (a day at most: no Salesforce session "
+        "lasts longer).",
     )
     default_lifetime: float = _setting(
         "DEFAULT_LIFETIME",
-        _duration,
+        Seconds(DAY),
         7200.0,
-        "Assumed access-token lifetime when no expiry is known (the org's session timeout).",
+        "Assumed access-token lifetime when no expiry is known (the org's session timeout, "
+        "15 minutes to 24 hours in Salesforce).",
     )
     sweep_interval: float = _setting(
-        "SWEEP_INTERVAL", _duration, 60.0, "How often beat runs the sweep."
+        "SWEEP_INTERVAL",
+        Seconds(HOUR, low=1.0),
+        60.0,
+        "How often beat runs the sweep (an hour at most: a sweep also retries what failed).",
     )
     keepalive_interval: float = _setting(
         "KEEPALIVE_INTERVAL",
-        _duration,
+        Seconds(365 * DAY),
         604800.0,
-        "Refresh at least this often even when the access token is fresh.",
+        "Refresh at least this often even when the access token is fresh (a year at most).",
     )
     http_timeout: float = _setting(
-        "HTTP_TIMEOUT", _duration, 10.0, "Timeout of each call to Salesforce."
+        "HTTP_TIMEOUT",
+        Seconds(120.0),
+        10.0,
+        "Timeout of each call to Salesforce (two minutes at most; the lease must outlast two).",
     )
     webhook_url: str = _setting(
         "WEBHOOK_URL", _http_url, "", "POST failure, escalation and recovery events here."
@@ -175,41 +229,63 @@ class Settings:
         "json in production; console for people at a terminal.",
     )
     retry_base: float = _setting(
-        "RETRY_BASE", _duration, 30.0, "First backoff after a transient failure (doubles)."
+        "RETRY_BASE",
+        Seconds(1800.0),
+        30.0,
+        "First backoff after a transient failure (doubles; at most RETRY_MAX).",
     )
     retry_max: float = _setting(
-        "RETRY_MAX", _duration, 900.0, "Longest backoff; well under the broker visibility timeout."
+        "RETRY_MAX",
+        Seconds(1800.0),
+        900.0,
+        "Longest backoff; at most half the broker's one-hour visibility timeout, which a "
+        "longer task retry countdown would exceed (the task would then run twice).",
     )
     lease_ttl: float = _setting(
-        "LEASE_TTL", _duration, 30.0, "Per-connection lease; longer than two HTTP timeouts."
+        "LEASE_TTL",
+        Seconds(600.0),
+        30.0,
+        "Per-connection lease; longer than two HTTP timeouts. A killed worker's connections "
+        "wait this long, and the task time limits grow with it: ten minutes at most.",
     )
     key_prefix: str = _setting("KEY_PREFIX", _text, "tw:", "Prefix of every store key.")
-    batch_size: int = _setting("BATCH_SIZE", _count, 2000, "Connections per check_batch task.")
-    concurrency: int = _setting(
-        "CONCURRENCY", _count, 100, "Connections checked at once inside one worker process."
+    batch_size: int = _setting(
+        "BATCH_SIZE", Count(50_000), 2000, "Connections per check_batch task."
     )
-    sweep_limit: int = _setting("SWEEP_LIMIT", _count, 50000, "Most connections one sweep claims.")
+    concurrency: int = _setting(
+        "CONCURRENCY",
+        Count(10_000),
+        100,
+        "Connections checked at once inside one worker process (each may hold a socket).",
+    )
+    sweep_limit: int = _setting(
+        "SWEEP_LIMIT",
+        Count(1_000_000),
+        50000,
+        "Most connections one sweep claims (in one Redis call: a million at most).",
+    )
     rate_limit: float = _setting(
         "RATE_LIMIT",
-        _rate,
+        Rate(100_000.0),
         1000.0,
         "Salesforce calls per second per integration, shared by every worker (0: no limit).",
     )
     escalate_after: int = _setting(
         "ESCALATE_AFTER",
-        _count,
+        Count(1000),
         5,
         "Consecutive transient failures of a connection before one connection.escalated.",
     )
     escalate_after_failing: float = _setting(
         "ESCALATE_AFTER_FAILING",
-        _duration,
+        Seconds(30 * DAY),
         21600.0,
-        "Seconds a connection may stay failing before one connection.escalated.",
+        "Seconds a connection may stay failing before one connection.escalated (30 days at "
+        "most).",
     )
     daily_attempt_cap: int = _setting(
         "DAILY_ATTEMPT_CAP",
-        _count,
+        Count(10_000),
         100,
         "Failed attempts per connection per UTC day before it waits for the next day.",
     )
@@ -265,11 +341,18 @@ class Settings:
         return f"Settings({shown})"
 
 
+def described(doc: str, parse: object) -> str:
+    """The meaning, plus the allowed range of a bounded setting ("Allowed: ...")."""
+    allowed = getattr(parse, "allowed", None)
+    return f"{doc} Allowed: {allowed}." if allowed else doc
+
+
 def reference() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting, for docs that cannot drift."""
     rows = []
     for item in fields(Settings):
         default = item.default
         shown = "" if default in ("", ()) else str(default)
-        rows.append((PREFIX + item.metadata["env"], shown, item.metadata["doc"]))
+        meaning = described(item.metadata["doc"], item.metadata["parse"])
+        rows.append((PREFIX + item.metadata["env"], shown, meaning))
     return rows

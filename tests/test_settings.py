@@ -8,6 +8,7 @@ from dataclasses import fields
 import pytest
 
 from config.settings import PREFIX, Settings, SettingsError, reference
+from worker.opsconfig import OpsSettings
 
 KEY = bytes(range(32))
 OLD_KEY = bytes(range(100, 132))
@@ -201,3 +202,80 @@ class TestReference:
         assert rows[f"{PREFIX}REFRESH_MARGIN"] == "900.0"
         assert rows[f"{PREFIX}BROKER_URL"] == ""
         assert rows[f"{PREFIX}ENCRYPTION_KEYS"] == ""
+
+
+class TestRanges:
+    """Every number has an allowed range: values that parse but cannot work (milliseconds
+    typed as seconds, 1e23, 1e308) are refused at start, naming the variable and the range."""
+
+    @pytest.mark.parametrize(
+        ("name", "value", "allowed"),
+        [
+            ("LEASE_TTL", "30000", "more than 0 and at most 600 seconds"),
+            ("LEASE_TTL", "1e23", "at most 600 seconds"),
+            ("LEASE_TTL", "1e308", "at most 600 seconds"),
+            ("SWEEP_INTERVAL", "1e308", "at least 1 and at most 3600 seconds"),
+            ("SWEEP_INTERVAL", "0.5", "at least 1 and at most 3600 seconds"),
+            ("SWEEP_LIMIT", str(10**23), "a whole number from 1 to 1000000"),
+            ("BATCH_SIZE", "1000000", "a whole number from 1 to 50000"),
+            ("CONCURRENCY", "100000", "a whole number from 1 to 10000"),
+            ("REFRESH_MARGIN", "86401", "at most 86400 seconds"),
+            ("DEFAULT_LIFETIME", "7200000", "at most 86400 seconds"),
+            ("KEEPALIVE_INTERVAL", "1e10", "at most 31536000 seconds"),
+            ("HTTP_TIMEOUT", "10000", "at most 120 seconds"),
+            ("RETRY_BASE", "3600", "at most 1800 seconds"),
+            ("RETRY_MAX", "86400", "at most 1800 seconds"),
+            ("ESCALATE_AFTER", "1000000", "a whole number from 1 to 1000"),
+            ("ESCALATE_AFTER_FAILING", "1e9", "at most 2592000 seconds"),
+            ("DAILY_ATTEMPT_CAP", "1000000", "a whole number from 1 to 10000"),
+            ("RATE_LIMIT", "1e23", "from 0.01 to 100000 calls per second"),
+            ("LEASE_TTL", "nan", "at most 600 seconds"),
+            ("SWEEP_INTERVAL", "-inf", "at most 3600 seconds"),
+        ],
+    )
+    def test_out_of_range_names_variable_and_range(
+        self, name: str, value: str, allowed: str
+    ) -> None:
+        """The message names the variable, echoes the value and states the allowed range."""
+        with pytest.raises(SettingsError) as caught:
+            load(**{name: value})
+        message = str(caught.value)
+        assert message.startswith(f"{PREFIX}{name}={value!r}: expected "), message
+        assert message.endswith(allowed), message
+
+    def test_small_test_values_stay_valid(self) -> None:
+        """What tests and the demo use (2 s sweeps, 5 s margins, 2 s retry base) is accepted,
+        and so is each upper bound itself."""
+        small = load(
+            SWEEP_INTERVAL="1", REFRESH_MARGIN="5", RETRY_BASE="2", RETRY_MAX="60",
+            HTTP_TIMEOUT="2", LEASE_TTL="5", DEFAULT_LIFETIME="20",
+        )  # fmt: skip
+        assert (small.sweep_interval, small.refresh_margin, small.retry_base) == (1, 5, 2)
+        top = load(
+            LEASE_TTL="600", HTTP_TIMEOUT="120", SWEEP_INTERVAL="3600", SWEEP_LIMIT="1000000"
+        )
+        assert (top.lease_ttl, top.sweep_limit) == (600, 1_000_000)
+
+    def test_every_default_is_inside_its_range(self) -> None:
+        """Each default parses under its own rule (the ranges never refuse a default)."""
+        for item in fields(Settings):
+            if isinstance(item.default, (int, float)) and not isinstance(item.default, bool):
+                parsed = item.metadata["parse"](item.metadata["env"], str(item.default))
+                assert parsed == item.default, item.name
+
+    def test_the_reference_states_each_range(self) -> None:
+        """reference() (and so deploy/CONFIGURATION.md) says what each number may be."""
+        rows = {name: meaning for name, _, meaning in reference()}
+        assert "Allowed: more than 0 and at most 600 seconds." in rows[f"{PREFIX}LEASE_TTL"]
+        assert "Allowed: a whole number from 1 to 1000000." in rows[f"{PREFIX}SWEEP_LIMIT"]
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("BEAT_LOCK_TIMEOUT", "1e308"), ("BEAT_LOCK_TIMEOUT", "1"), ("PING_INTERVAL", "1e308"),
+         ("PING_INTERVAL", "nan"), ("PING_INTERVAL", "0.01")],
+    )  # fmt: skip
+    def test_ops_settings_have_ranges_too(self, name: str, value: str) -> None:
+        """HA beat and ping timing refuse values beat or liveness could not live with."""
+        with pytest.raises(SettingsError, match=rf"{PREFIX}{name}=.*and at most 3600 seconds"):
+            OpsSettings.from_env({PREFIX + name: value})
+        assert OpsSettings.from_env({f"{PREFIX}PING_INTERVAL": "0.3"}).ping_interval == 0.3

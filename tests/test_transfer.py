@@ -9,7 +9,7 @@ import pytest
 
 from worker.errors import InputError
 from worker.models import Connection, ConnectionStatus, Integration, Provider
-from worker.transfer import export_row, parse_line, parse_lines
+from worker.transfer import decode_input, export_row, parse_line, parse_lines
 
 now = 1_800_000_000.0
 INTEGRATIONS = {
@@ -213,3 +213,43 @@ class TestExportRow:
         assert export_row(conn, with_secrets=True) == {
             "id": "c-1", "integration": "acme", "refresh_token": REFRESH,
         }
+
+
+class TestInputShape:
+    def test_pretty_printed_array_is_one_problem_on_its_first_line(self) -> None:
+        """A JSON array (here pretty-printed, after a blank line) is named as such once."""
+        text = json.dumps([json.loads(line()), json.loads(line(id="c-2"))], indent=2)
+        records, problems = parse_lines(["", *text.splitlines()], INTEGRATIONS)
+        assert records == []
+        assert problems == [
+            "line 2: expected JSON Lines (one object per line), got a JSON array; "
+            "convert it with e.g. `jq -c '.[]' FILE`"
+        ]
+
+    def test_one_line_array_is_named_too(self) -> None:
+        """`[{...}]` on one line gets the same hint instead of 'expected a JSON object'."""
+        _, problems = parse_lines([f"[{line()}]"], INTEGRATIONS)
+        assert problems[0].startswith("line 1: expected JSON Lines")
+
+    def test_undecodable_bytes_are_a_line_problem_never_a_record(self) -> None:
+        """Text carrying surrogates (bytes decoded with surrogateescape) is refused by line
+        before anything is saved: it could not be sealed."""
+        raw = line(id="c-2").replace(REFRESH, "rt-\udcff")  # as surrogateescape leaves it
+        escaped = line(id="c-3", refresh_token="rt-\udcff")  # json.dumps writes "\\udcff"
+        records, problems = parse_lines([line(), raw, escaped], INTEGRATIONS)
+        assert [r.id for r in records] == ["c-1"]
+        assert problems == [
+            "line 2: not valid UTF-8 (undecodable bytes)",
+            "line 3: field 'refresh_token': not valid Unicode (lone surrogate)",
+        ]
+
+    def test_decode_input_names_the_line_of_the_first_bad_byte(self) -> None:
+        """Bytes that are not UTF-8 are reported with their line and byte position."""
+        data = b'{"a": 1}\n{"b": "\xc3\x28"}\n'
+        with pytest.raises(InputError) as caught:
+            decode_input(data, "in.jsonl")
+        assert str(caught.value) == (
+            "in.jsonl: line 2: not valid UTF-8 (byte 0xc3 at byte 8 of the line); "
+            "nothing imported"
+        )
+        assert decode_input("ok ✓\n".encode(), "x") == "ok ✓\n"

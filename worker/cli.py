@@ -1,8 +1,9 @@
 """`tokenworker`: the ops command line. See `tokenworker COMMAND --help`.
 
 Exit codes: 0 success; 1 the operation ran and reported a failure (a check that failed, an
-import with invalid lines, an unhealthy probe); 2 bad input or configuration; 3 the store or
-broker is unreachable; 4 no such connection or integration.
+import with invalid lines, an unhealthy probe, unreadable records skipped by status, list or
+export); 2 bad input or configuration; 3 the store or broker is unreachable; 4 no such
+connection or integration.
 """
 
 from __future__ import annotations
@@ -120,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("file", nargs="?", default="-")
     exp.add_argument(
-        "--with-secrets", action="store_true", help="include tokens (handle with care)"
+        "--with-secrets",
+        action="store_true",
+        help="include tokens (handle with care): FILE is created new, mode 0600",
+    )
+    exp.add_argument(
+        "--force",
+        action="store_true",
+        help="with --with-secrets: replace FILE if it exists (by default that is refused)",
     )
     cl = conns.add_parser(
         "list",
@@ -268,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except commands.NotFound as error:
         print(f"tokenworker: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except commands.Unreachable as error:
+        print(f"tokenworker: cannot reach Redis: {error}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except (RedisConnectionError, RedisTimeoutError, ConnectionError) as error:
         print(f"tokenworker: cannot reach Redis: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE

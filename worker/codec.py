@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from worker.crypto import Cipher
+from worker.errors import StoreError
 from worker.models import (
     Connection,
     ConnectionStatus,
@@ -78,13 +79,32 @@ def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
 
 
 def connection_from_raw(connection_id: str, raw: Raw, cipher: Cipher) -> Connection:
+    """The record, or StoreError naming the id and what is wrong with the stored hash (a
+    missing refresh token, a malformed field, a key nobody holds): callers report it and go
+    on, where a KeyError or ValueError would end a fleet-wide command or a whole batch."""
+    sealed_refresh = raw.get(b"rt")
+    if not sealed_refresh:
+        present = ", ".join(sorted(name.decode(errors="replace") for name in raw)) or "none"
+        raise StoreError(
+            f"{connection_id}: incomplete record: no refresh token (field 'rt'; fields present: "
+            f"{present}); remove it with `tokenworker connections remove {connection_id}`"
+        )
+    try:
+        return _connection(connection_id, raw, sealed_refresh, cipher)
+    except (ValueError, TypeError, KeyError) as error:  # only plain fields reach here
+        raise StoreError(
+            f"{connection_id}: malformed record ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Cipher) -> Connection:
     sealed_access = raw.get(b"at")
     source = _text(raw, "expiry_source")
     floats: dict[str, Any] = {name: _float(raw, name) for name in _FLOATS}
     return Connection(
         id=connection_id,
         integration=_text(raw, "integration") or "",
-        refresh_token=cipher.open(raw[b"rt"], f"{connection_id}:rt"),
+        refresh_token=cipher.open(sealed_refresh, f"{connection_id}:rt"),
         access_token=cipher.open(sealed_access, f"{connection_id}:at") if sealed_access else None,
         instance_url=_text(raw, "instance_url"),
         identity_url=_text(raw, "identity_url"),

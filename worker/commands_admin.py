@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from worker import ops, render
-from worker.commands import dump, with_runtime
+from worker.commands import Skipped, dump, with_runtime
 from worker.crypto import generate_key
 from worker.events import read_events
 from worker.models import ConnectionStatus
@@ -15,13 +15,18 @@ from worker.runtime import Runtime
 
 
 def status(args: argparse.Namespace) -> int:
+    """Unreadable records are counted in the report (`unreadable`) and named on stderr, the
+    rest of the fleet is reported as usual, and the exit code is 1 so scripts notice."""
+
     async def work(rt: Runtime) -> int:
-        data = await ops.status(rt)
+        skipped = Skipped()
+        data = await ops.status(rt, unreadable=skipped)
+        skipped.summary("status: skipped")
         if args.json:
             dump(data)
         else:
             print_status(data)
-        return 0
+        return 1 if skipped.count else 0
 
     return with_runtime(work)
 
@@ -32,7 +37,7 @@ def print_status(data: dict[str, Any]) -> None:
     oldest = f" (oldest due {render.relative(-data['overdue_seconds'])})" if data["due_now"] else ""
     render.fields(
         [
-            ("connections", f"{data['connections']}: {counts}"),
+            ("connections", f"{data['connections']}: {counts}" + _unreadable(data)),
             ("due now", f"{data['due_now']}{oldest}; overdue {data['overdue']}"),
             ("next due", render.when(data["next_due_at"])),
             ("workers", _workers(data["workers"])),
@@ -52,6 +57,11 @@ def print_status(data: dict[str, Any]) -> None:
         print("\nrecent failures")
         for event in data["recent_failures"]:
             print("  " + event_line(event))
+
+
+def _unreadable(data: dict[str, Any]) -> str:
+    count = data.get("unreadable", 0)
+    return f"; UNREADABLE {count} (see stderr)" if count else ""
 
 
 def _workers(workers: list[dict[str, Any]]) -> str:

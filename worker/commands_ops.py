@@ -10,13 +10,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from config.settings import Settings
 from worker import commands, render
-from worker.commands import NotFound, dump
+from worker.commands import NotFound, celery_errors, dump, require_reachable, safe_url
 from worker.errors import InputError
 from worker.health import Verdict, heartbeats, liveness, node_name, readiness
 from worker.keys import Keys
@@ -42,16 +41,6 @@ def with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
             await rt.close()
 
     return asyncio.run(go())
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # -- health ------------------------------------------------------------------------------
@@ -148,9 +137,13 @@ def config_reference(args: argparse.Namespace) -> int:
 def connections_list(args: argparse.Namespace) -> int:
     async def work(rt: Runtime) -> int:
         page = await page_connections(rt, args.status, args.integration, args.offset, args.limit)
+        skipped = commands.Skipped()
+        for cid, error in page.unreadable:
+            skipped(cid, error)
+        skipped.summary("list: left out")
         if args.json:
             dump(page.rows)
-            return 0
+            return 1 if skipped.count else 0
         render.table(
             ["id", "integration", "status", "expires", "next check", "last error"],
             [
@@ -169,7 +162,7 @@ def connections_list(args: argparse.Namespace) -> int:
         if page.rows and (page.offset or end < page.total):
             more = f"; next page: --offset {end}" if end < page.total else ""
             print(f"rows {page.offset + 1}-{end} of {page.total}{more}", file=sys.stderr)
-        return 0
+        return 1 if skipped.count else 0  # the rows shown are right; some were left out
 
     return with_runtime(work)
 
@@ -209,12 +202,18 @@ async def _refresh_inline(rt: Runtime, ids: list[str], args: argparse.Namespace)
 
 
 def _refresh_queued(ids: list[str], args: argparse.Namespace) -> int:
+    require_reachable()
     from worker import tasks  # noqa: PLC0415  (imports the Celery app and its settings)
 
+    with celery_errors(args.timeout):
+        return _queue_and_wait(tasks.refresh_connection, ids, args)
+
+
+def _queue_and_wait(task: Any, ids: list[str], args: argparse.Namespace) -> int:
     bar = render.Progress("queueing", len(ids))
     pending = []
     for cid in ids:
-        pending.append(tasks.refresh_connection.apply_async([cid], queue="ops"))
+        pending.append(task.apply_async([cid], queue="ops"))
         bar.advance()
     bar.finish()
     if not args.wait:
@@ -226,10 +225,14 @@ def _refresh_queued(ids: list[str], args: argparse.Namespace) -> int:
     bar = render.Progress("refreshed", len(ids))
     counts: Counter[str] = Counter()
     deadline = time.monotonic() + args.timeout
-    for result in pending:
-        outcome: dict[str, Any] = result.get(timeout=max(0.1, deadline - time.monotonic()))
-        counts[outcome["outcome"]] += 1
-        bar.advance()
+    try:
+        for result in pending:
+            outcome: dict[str, Any] = result.get(timeout=max(0.1, deadline - time.monotonic()))
+            counts[outcome["outcome"]] += 1
+            bar.advance()
+    finally:
+        for result in pending:
+            commands.release(result)
     bar.finish()
     return _report(args, len(ids), counts)
 

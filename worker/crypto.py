@@ -64,7 +64,10 @@ class Cipher:
             raise DecryptionError(
                 f"{context}: stored secret failed authentication (tampered or moved)"
             ) from None
-        return plain.decode("utf-8")
+        try:
+            return plain.decode("utf-8")
+        except UnicodeDecodeError:  # its message would quote bytes of the secret
+            raise DecryptionError(f"{context}: stored secret is not UTF-8 text") from None
 
     def is_current(self, sealed: bytes) -> bool:
         """True when the value is already sealed under the first key."""

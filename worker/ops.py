@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from worker import events
-from worker.errors import InputError
+from worker.errors import InputError, StoreError
 from worker.health import current
 from worker.keys import check_id
 from worker.metrics import metrics_key
@@ -15,7 +15,13 @@ from worker.models import ConnectionStatus, Integration, IntegrationStatus, Prov
 from worker.render import Progress
 from worker.runtime import Runtime
 from worker.salesforce.hosts import DEFAULT_LOGIN_URLS, normalize_login_url
-from worker.transfer import ImportReport, import_record, iter_connections, parse_lines
+from worker.transfer import (
+    ImportReport,
+    Unreadable,
+    import_record,
+    iter_connections,
+    parse_lines,
+)
 
 
 async def add_integration(
@@ -58,7 +64,8 @@ async def resume_integration(rt: Runtime, name: str) -> int:
     """Schedule every non-dead connection of an integration for a check now."""
     now = time.time()
     count = 0
-    async for conn in iter_connections(rt.store):
+    # An unreadable record cannot be resumed; `status` reports it, so skip it here.
+    async for conn in iter_connections(rt.store, unreadable=lambda _id, _error: None):
         if conn.integration == name and conn.status is not ConnectionStatus.REAUTH_REQUIRED:
             await rt.store.schedule(conn.id, now)
             count += 1
@@ -85,8 +92,15 @@ async def import_connections(
     return report
 
 
+class UnreadableConnection(StoreError):
+    """`connections show` of a record that cannot be decoded (the message says why)."""
+
+
 async def show_connection(rt: Runtime, connection_id: str) -> dict[str, Any] | None:
-    conn = await rt.store.get_connection(connection_id)
+    try:
+        conn = await rt.store.get_connection(connection_id)
+    except StoreError as error:
+        raise UnreadableConnection(f"connection {connection_id!r} is unreadable: {error}") from None
     if conn is None:
         return None
     integration = await rt.store.get_integration(conn.integration)
@@ -97,11 +111,27 @@ async def show_connection(rt: Runtime, connection_id: str) -> dict[str, Any] | N
     return data
 
 
-async def status(rt: Runtime) -> dict[str, Any]:
+SAMPLE = 100  # unreadable records listed by `status --json`; all are counted
+
+
+async def status(rt: Runtime, unreadable: Unreadable | None = None) -> dict[str, Any]:
+    """Fleet counts. An unreadable record (a key nobody holds, an incomplete hash) is counted
+    and passed to `unreadable`, never allowed to hide the rest of the fleet."""
     now = time.time()
     counts: Counter[str] = Counter()
     by_integration: dict[str, Counter[str]] = {}
-    async for conn in iter_connections(rt.store):
+    bad: list[dict[str, str]] = []
+    skipped = 0
+
+    def note(connection_id: str, error: StoreError) -> None:
+        nonlocal skipped
+        skipped += 1
+        if len(bad) < SAMPLE:
+            bad.append({"id": connection_id, "problem": str(error)})
+        if unreadable is not None:
+            unreadable(connection_id, error)
+
+    async for conn in iter_connections(rt.store, unreadable=note):
         counts[conn.status.value] += 1
         by_integration.setdefault(conn.integration, Counter())[conn.status.value] += 1
     oldest = await rt.store.oldest_due()
@@ -110,6 +140,8 @@ async def status(rt: Runtime) -> dict[str, Any]:
     failures = [e for _, e in recent if e.get("event") in events.ALERTS][-10:]
     return {
         "connections": sum(counts.values()),
+        "unreadable": skipped,
+        "unreadable_records": bad,
         "by_status": {s.value: counts.get(s.value, 0) for s in ConnectionStatus},
         "due_now": due_now,
         "scheduled": int(await rt.redis.zcard(rt.store.keys.due)),

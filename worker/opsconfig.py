@@ -8,22 +8,17 @@ for operators.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from config.settings import PREFIX, SettingsError
+from config.settings import PREFIX, Seconds, described
 
-
-def _seconds(name: str, raw: str, minimum: float) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number of seconds") from None
-    if not math.isfinite(value) or value < minimum:
-        raise SettingsError(f"{name}={raw!r}: expected at least {minimum:g} seconds")
-    return value
+# Allowed ranges (seconds). A beat lock over an hour would leave the fleet unswept that long
+# after the leader dies; a ping over an hour makes every liveness probe fail (its --max-age
+# defaults to 300 s: keep the ping well under the max-age you probe with).
+BEAT_LOCK_TIMEOUT = Seconds(3600.0, low=2.0)
+PING_INTERVAL = Seconds(3600.0, low=0.1)
 
 
 @dataclass(frozen=True)
@@ -37,13 +32,15 @@ class OpsSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OpsSettings:
         source = os.environ if environ is None else environ
 
-        def read(env: str, minimum: float, default: float) -> float:
+        def read(env: str, parse: Seconds, default: float) -> float:
             raw = source.get(PREFIX + env, "").strip()
-            return _seconds(PREFIX + env, raw, minimum) if raw else default
+            return parse(PREFIX + env, raw) if raw else default
 
         return cls(
-            beat_lock_timeout=int(read("BEAT_LOCK_TIMEOUT", 2, cls.beat_lock_timeout)),
-            ping_interval=read("PING_INTERVAL", 0.1, cls.ping_interval),
+            beat_lock_timeout=int(
+                read("BEAT_LOCK_TIMEOUT", BEAT_LOCK_TIMEOUT, cls.beat_lock_timeout)
+            ),
+            ping_interval=read("PING_INTERVAL", PING_INTERVAL, cls.ping_interval),
         )
 
     @property
@@ -57,13 +54,16 @@ class OpsSettings:
 _DOCS = {
     "beat_lock_timeout": (
         "BEAT_LOCK_TIMEOUT",
+        BEAT_LOCK_TIMEOUT,
         "Seconds the active beat's Redis lock outlives its last renewal; a standby beat takes "
-        "over this long (plus up to 1 s) after the leader dies. Whole seconds, at least 2.",
+        "over this long (plus up to 1 s) after the leader dies. Whole seconds (a fraction is "
+        "dropped).",
     ),
     "ping_interval": (
         "PING_INTERVAL",
+        PING_INTERVAL,
         "Each worker sends itself a no-op ping task this often; consuming it records the "
-        "heartbeat that `tokenworker health --liveness` reads.",
+        "heartbeat that `tokenworker health --liveness` reads (keep it well under --max-age).",
     ),
 }
 
@@ -72,6 +72,6 @@ def reference() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every operational setting."""
     rows = []
     for item in fields(OpsSettings):
-        env, doc = _DOCS[item.name]
-        rows.append((PREFIX + env, f"{item.default:g}", doc))
+        env, parse, doc = _DOCS[item.name]
+        rows.append((PREFIX + env, f"{item.default:g}", described(doc, parse)))
     return rows

@@ -7,10 +7,10 @@ chunks, and only the page being shown is fetched and decrypted, so `connections 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from worker.errors import InputError
+from worker.errors import InputError, StoreError
 from worker.models import ConnectionStatus
 from worker.runtime import Runtime
 
@@ -22,6 +22,8 @@ class Page:
     rows: list[dict[str, Any]]
     total: int  # connections matching the filters, on every page
     offset: int
+    # (id, what is wrong) of records on this page that could not be read: left out
+    unreadable: list[tuple[str, StoreError]] = field(default_factory=list)
 
 
 def check_status(status: str | None) -> None:
@@ -64,16 +66,20 @@ async def page_connections(
         raise InputError("--offset must be 0 or more and --limit 1 or more")
     ids = await matching_ids(rt, status, integration)
     chosen = ids[offset : offset + limit] if limit else ids[offset:]
-    conns = await rt.store.get_connections(chosen)
+    conns = await rt.store.read_connections(chosen)
     async with rt.redis.pipeline(transaction=False) as pipe:
         for cid in chosen:
             pipe.zscore(rt.store.keys.due, cid)
         scores = await pipe.execute()
     rows = []
-    for conn, score in zip(conns, scores, strict=True):
+    unreadable: list[tuple[str, StoreError]] = []
+    for cid, conn, score in zip(chosen, conns, scores, strict=True):
+        if isinstance(conn, StoreError):
+            unreadable.append((cid, conn))
+            continue
         if conn is None:
             continue
         row = conn.public()
         row["next_check_at"] = float(score) if score is not None else None
         rows.append(row)
-    return Page(rows, len(ids), offset)
+    return Page(rows, len(ids), offset, unreadable)

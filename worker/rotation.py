@@ -4,7 +4,10 @@ Put the new key first in TOKENWORKER_ENCRYPTION_KEYS, keep the old ones after it
 `tokenworker keys rotate`, then drop the old keys. Rotation is resumable and idempotent: it walks
 the store with SCAN (its cursor saved in Redis), skips values already sealed under the first
 key, and saves each connection with compare-and-set, so a worker writing at the same time
-wins and the record simply comes out sealed under the new key by that writer.
+wins and the record simply comes out sealed under the new key by that writer. Its saves leave
+`refresh_started_at` alone: a worker may have marked a refresh in flight after rotation read
+the record (the mark does not change the version), and erasing that mark would let the next
+attempt resend a token the lost answer may have consumed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.errors import ConflictError, DecryptionError
+from worker.errors import ConflictError, StoreError
 from worker.store import KEEP_SCHEDULE, Store
 
 
@@ -45,13 +48,13 @@ async def _rotate_connection(store: Store, connection_id: str, report: RotationR
     for _ in range(5):
         try:
             conn = await store.get_connection(connection_id)
-        except DecryptionError as error:
+        except StoreError as error:  # a key nobody holds, or an incomplete record
             report.unreadable.append(f"{connection_id}: {error}")
             return
         if conn is None:
             return
         try:
-            await store.save_connection(conn, KEEP_SCHEDULE)
+            await store.save_connection(conn, KEEP_SCHEDULE, mark=False)
         except ConflictError:
             continue
         report.rotated += 1

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from worker import codec
 from worker.crypto import Cipher
-from worker.errors import ConflictError
+from worker.errors import ConflictError, StoreError
 from worker.keys import Keys
 from worker.models import Connection, ConnectionStatus, Integration, IntegrationStatus, LastError
 from worker.pipelining import AutoPipeline, Queue, eval_script
@@ -43,6 +43,15 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
 return ids
 """
 
+# KEYS: conn hash. ARGV: started-at. Marks only a record that still exists: a bare HSET after
+# `connections remove` would recreate the hash with this one field and no refresh token.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'refresh_started_at', ARGV[1])
+return 1
+"""
+
+MARK_FIELD = "refresh_started_at"
 UNSCHEDULE = ""
 KEEP_SCHEDULE = "-"
 
@@ -65,6 +74,7 @@ class Store:
         self.keys = keys
         self._save = redis.register_script(_SAVE)
         self._claim = redis.register_script(_CLAIM)
+        self._mark = redis.register_script(_MARK)
 
     # -- integrations -------------------------------------------------------------------
 
@@ -128,26 +138,48 @@ class Store:
     def decode_connection(self, connection_id: str, raw: codec.Raw) -> Connection | None:
         return codec.connection_from_raw(connection_id, raw, self.cipher) if raw else None
 
-    async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:
-        """Many connections in one round trip."""
+    async def read_connections(self, ids: Iterable[str]) -> list[Connection | StoreError | None]:
+        """Many connections in one round trip; an unreadable record comes back as its error,
+        so one bad record never hides the others (ops commands report it and go on)."""
         ids = list(ids)
         async with self.redis.pipeline(transaction=False) as pipe:
             for connection_id in ids:
                 pipe.hgetall(self.keys.conn(connection_id))
             raws = await pipe.execute()
-        return [
-            codec.connection_from_raw(cid, raw, self.cipher) if raw else None
-            for cid, raw in zip(ids, raws, strict=True)
-        ]
+        found: list[Connection | StoreError | None] = []
+        for connection_id, raw in zip(ids, raws, strict=True):
+            try:
+                found.append(self.decode_connection(connection_id, raw))
+            except StoreError as error:
+                found.append(error)
+        return found
+
+    async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:
+        """Many connections in one round trip; raises the first unreadable record's error."""
+        found = await self.read_connections(ids)
+        for item in found:
+            if isinstance(item, StoreError):
+                raise item
+        return [item for item in found if not isinstance(item, StoreError)]
 
     async def save_connection(
-        self, conn: Connection, next_check_at: float | str | None = KEEP_SCHEDULE
+        self,
+        conn: Connection,
+        next_check_at: float | str | None = KEEP_SCHEDULE,
+        *,
+        mark: bool = True,
     ) -> Connection:
         """Compare-and-set on `conn.version`; returns the saved record (version + 1).
 
         `next_check_at`: a time reschedules, None unschedules, KEEP_SCHEDULE leaves it.
+        `mark=False` leaves `refresh_started_at` as stored: the mark is written outside the
+        version (mark_refreshing), so a writer that does not hold the lease (key rotation, an
+        import) may hold a copy read before a worker marked a refresh in flight, and must
+        neither erase that mark nor restore an old one. The worker's own saves own the mark.
         """
         fields = codec.connection_fields(conn, self.cipher)
+        if not mark:
+            del fields[MARK_FIELD]
         schedule = UNSCHEDULE if next_check_at is None else next_check_at
         args: list[bytes | str | float] = [str(conn.version), conn.id, schedule]
         for name, value in fields.items():
@@ -158,15 +190,21 @@ class Store:
             raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
         return conn.evolve(version=int(version))
 
-    async def mark_refreshing(self, connection_id: str, now: float) -> None:
-        """Record that a refresh token is about to be sent (outside the version: a flag)."""
-        key = self.keys.conn(connection_id)
-        await self.auto.run(lambda pipe: pipe.hset(key, "refresh_started_at", repr(now)))
+    async def mark_refreshing(self, connection_id: str, now: float) -> bool:
+        """Record that a refresh token is about to be sent (outside the version: a flag).
+
+        False when the record is gone (removed meanwhile): nothing is written then.
+        """
+        keys = [self.keys.conn(connection_id)]
+        return bool(await eval_script(self.auto, self._mark, keys, [repr(now)]))
 
     async def clear_refreshing(self, connection_id: str) -> None:
-        """Undo mark_refreshing once the refresh it marked was answered (lease held)."""
+        """Undo mark_refreshing once the refresh it marked was answered (lease held).
+
+        HDEL never creates a hash (and Redis drops a hash left empty), so unlike the mark
+        this needs no existence guard."""
         key = self.keys.conn(connection_id)
-        await self.auto.run(lambda pipe: pipe.hdel(key, "refresh_started_at"))
+        await self.auto.run(lambda pipe: pipe.hdel(key, MARK_FIELD))
 
     async def remove_connection(self, connection_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as pipe:
