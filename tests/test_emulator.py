@@ -507,7 +507,9 @@ def test_concurrent_refresh_loser_gets_expired_authorization_code(
     add_fault(http, endpoint="token", delay_s=1.0)
     results: list[httpx.Response] = []
     with httpx.Client(base_url=emu.base_url, timeout=10) as other:
-        first = threading.Thread(target=lambda: results.append(refresh(other, grant["refresh_token"])))
+        first = threading.Thread(
+            target=lambda: results.append(refresh(other, grant["refresh_token"]))
+        )
         first.start()
         deadline = time.monotonic() + 5
         while http.get("/_admin/stats").json()["token_calls"] < 1:
