@@ -136,8 +136,10 @@ class Recorder:
         last = LastError(error.error, error.error_description, error.http_status, now)
 
         def dead(c: Connection) -> Connection:
+            # Salesforce's own verdict proves the token unconsumed; ours ("inactive after a
+            # lost answer") does not, and the mark keeps a forced refresh from resending it.
             return c.evolve(
-                refresh_started_at=None,
+                refresh_started_at=None if error.proves_unconsumed else c.refresh_started_at,
                 status=ConnectionStatus.REAUTH_REQUIRED,
                 last_error=last,
                 last_check_at=now,

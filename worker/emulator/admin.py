@@ -204,17 +204,21 @@ class AdminApi:
         lifetime = _number(body, "lifetime", minimum=0.001)
         latency_ms = _number(body, "latency_ms")
         race_window_ms = _number(body, "race_window_ms")
+        consumed_active = _bool(body, "consumed_refresh_active")
         if lifetime is not None:
             self.state.lifetime = lifetime
         if latency_ms is not None:
             self.state.latency_ms = latency_ms
         if race_window_ms is not None:
             self.state.race_window_ms = race_window_ms
+        if consumed_active is not None:
+            self.state.consumed_refresh_active = consumed_active
         return _reply(
             {
                 "lifetime": self.state.lifetime,
                 "latency_ms": self.state.latency_ms,
                 "race_window_ms": self.state.race_window_ms,
+                "consumed_refresh_active": self.state.consumed_refresh_active,
             }
         )
 

@@ -229,7 +229,8 @@ class SalesforceApi:
             grant, token_type, exp = record.grant, "access_token", int(record.exp)
             issued = int(record.iat)
         else:
-            if record.revoked or record.refresh_token != token:
+            consumed = record.refresh_token != token
+            if record.revoked or (consumed and not self.state.consumed_refresh_active):
                 return Response(200, _INACTIVE, JSON)
             grant, token_type, exp, issued = record, "refresh_token", None, int(record.created)
         body: dict[str, object] = {

@@ -84,6 +84,9 @@ class State:
     ) -> None:
         self.base_url = base_url
         self.race_window_ms = race_window_ms
+        # What Salesforce is assumed to answer (not documented): a consumed refresh token
+        # introspects inactive. True models the opposite, to show what the worker does then.
+        self.consumed_refresh_active = False
         self.lifetime = lifetime
         self.latency_ms = latency_ms
         self.default_rotation = rotation
