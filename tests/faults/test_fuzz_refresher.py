@@ -246,6 +246,12 @@ def _tokens_offered(answer: tuple[int, str, bytes]) -> tuple[set[str], set[str]]
     return pick("access_token"), pick("refresh_token")
 
 
+def _on_the_wire(answer: tuple[int, str, bytes]) -> tuple[int, str, bytes]:
+    """The answer as HTTP can carry it: a 204 or 304 has no body (RFC 9110)."""
+    status, content_type, _ = answer
+    return (status, content_type, b"") if status in (204, 304) else answer
+
+
 class _Replay(BaseHTTPRequestHandler):
     """Answers each POST with the answer queued for its path, byte for byte."""
 
@@ -254,7 +260,7 @@ class _Replay(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        status, content_type, body = self.routes[self.path]
+        status, content_type, body = _on_the_wire(self.routes[self.path])
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -356,7 +362,7 @@ def _oauth_error(content_type: str, body: bytes) -> tuple[str, str] | None:
 def _expected(answer: tuple[int, str, bytes], cut: bool) -> tuple[set[Outcome], bool | None]:
     """The outcomes a forced refresh may end in for this token answer, and whether the sent
     mark must be kept (None: either; the loser of a concurrent refresh decides by asking)."""
-    status, content_type, body = answer
+    status, content_type, body = _on_the_wire(answer)
     if cut or 300 <= status < 400 or len(body) > MAX_BODY_BYTES:
         return {Outcome.FAILED}, True  # no complete answer: Salesforce may have rotated
     if status == 200:
@@ -367,6 +373,8 @@ def _expected(answer: tuple[int, str, bytes], cut: bool) -> tuple[set[Outcome], 
             return {Outcome.REFRESHED, Outcome.FAILED}, False
         return {Outcome.FAILED}, True  # a 200 we cannot use came after the rotation
     oauth = _oauth_error(content_type, body)
+    # Only a 4xx OAuth error, a 429 or a 503 proves the token unconsumed (whatever the class).
+    kept = not (status in (429, 503) or (400 <= status < 500 and oauth is not None))
     if oauth is not None:
         code, text = oauth[0].lower(), oauth[1].lower()
         if code == "invalid_grant" and "authorization code" in text:
@@ -374,11 +382,10 @@ def _expected(answer: tuple[int, str, bytes], cut: bool) -> tuple[set[Outcome], 
         if code == "invalid_grant" and ("ip restricted" in text or "login hours" in text):
             return {Outcome.MISCONFIGURED}, None
         if code == "invalid_grant" or code in _PERMANENT:
-            return {Outcome.REAUTH_REQUIRED}, False
+            return {Outcome.REAUTH_REQUIRED}, kept
         if code in _CONFIG:
             return {Outcome.MISCONFIGURED}, None
-    proves = status in (429, 503) or (400 <= status < 500 and oauth is not None)
-    return {Outcome.FAILED}, not proves
+    return {Outcome.FAILED}, kept
 
 
 def _check_class(
