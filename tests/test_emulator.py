@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -410,15 +411,139 @@ def test_fault_foreign_instance_url(http: httpx.Client) -> None:
     assert grant_view(http, grant["grant_id"])["refresh_count"] == 1
 
 
-def test_fault_drop_access_token_changes_nothing(http: httpx.Client) -> None:
-    """drop_access_token answers 200 without an access token and leaves the grant alone."""
+def test_fault_drop_access_token_rotates_first(http: httpx.Client) -> None:
+    """drop_access_token at the token endpoint is a 200 a real Salesforce sends only after
+    the grant ran: the refresh happens (rotating the token), then the answer loses its
+    access token (and the new refresh token with it)."""
+    add_client(http, rotation=True)
     grant = new_grant(http)
     add_fault(http, endpoint="token", mutate="drop_access_token")
     response = refresh(http, grant["refresh_token"])
     assert response.status_code == 200
     assert "access_token" not in response.json()
+    assert "refresh_token" not in response.json()
     assert response.json()["id"] == grant["id"]
-    assert grant_view(http, grant["grant_id"])["refresh_count"] == 0
+    view = grant_view(http, grant["grant_id"])
+    assert view["refresh_count"] == 1
+    assert view["refresh_token"] != grant["refresh_token"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"mutate": "drop_access_token"},
+        {"mutate": "truncated_json"},
+        {"mutate": "huge_body"},
+        {"mutate": "error", "status": 200, "body": "{}"},
+    ],
+    ids=["drop_access_token", "truncated_json", "huge_body", "error_200"],
+)
+def test_broken_success_consumes_the_token_like_salesforce(
+    http: httpx.Client, fault: dict[str, Any]
+) -> None:
+    """Every broken 200 at the token endpoint consumed the token it was sent: it introspects
+    inactive, and sending it again later is a reuse that revokes the grant."""
+    add_client(http, rotation=True)
+    assert http.post("/_admin/config", json={"race_window_ms": 0}).status_code == 200
+    grant = new_grant(http)
+    add_fault(http, endpoint="token", **fault)
+    assert refresh(http, grant["refresh_token"]).status_code == 200
+    assert introspect(http, grant["refresh_token"]).json() == {"active": False}
+    assert grant_view(http, grant["grant_id"])["revoked"] is False
+    assert refresh(http, grant["refresh_token"]).json()["error_description"] == (
+        "expired access/refresh token"
+    )
+    assert grant_view(http, grant["grant_id"])["revoked"] is True
+    assert http.get("/_admin/stats").json()["reuse_revocations"] == 1
+
+
+def test_rotate_false_keeps_a_broken_success_from_touching_the_grant(
+    http: httpx.Client,
+) -> None:
+    """`rotate: false` models a broken 200 that never reached the token endpoint."""
+    add_client(http, rotation=True)
+    grant = new_grant(http)
+    add_fault(http, endpoint="token", mutate="truncated_json", rotate=False)
+    assert refresh(http, grant["refresh_token"]).content == b'{"access_token": "00D'
+    view = grant_view(http, grant["grant_id"])
+    assert (view["refresh_count"], view["refresh_token"]) == (0, grant["refresh_token"])
+
+
+def test_broken_success_on_a_dead_grant_is_the_real_error(http: httpx.Client) -> None:
+    """When the real refresh fails, Salesforce sends its error, not a mangled 200."""
+    grant = new_grant(http)
+    http.post(f"/_admin/grants/{grant['grant_id']}/revoke")
+    add_fault(http, endpoint="token", mutate="huge_body")
+    response = refresh(http, grant["refresh_token"])
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("mutate", ["html_503", "redirect", "close_connection"])
+def test_failures_before_the_token_endpoint_change_nothing(
+    http: httpx.Client, mutate: str
+) -> None:
+    """A maintenance page, a redirect or a refused connection never reaches the grant."""
+    add_client(http, rotation=True)
+    grant = new_grant(http)
+    add_fault(http, endpoint="token", mutate=mutate)
+    try:
+        refresh(http, grant["refresh_token"])
+    except httpx.RemoteProtocolError:
+        assert mutate == "close_connection"
+    view = grant_view(http, grant["grant_id"])
+    assert (view["refresh_count"], view["refresh_token"]) == (0, grant["refresh_token"])
+
+
+def test_concurrent_refresh_loser_gets_expired_authorization_code(
+    emu: EmulatorThread, http: httpx.Client
+) -> None:
+    """A second refresh of one token while the first one's answer is in flight loses with
+    400 invalid_grant / "expired authorization code" (Salesforce, Summer '24) and revokes
+    nothing; the same token sent after that answer and the race window is a reuse."""
+    add_client(http, rotation=True)
+    assert http.post("/_admin/config", json={"race_window_ms": 0}).status_code == 200
+    grant = new_grant(http)
+    add_fault(http, endpoint="token", delay_s=1.0)
+    results: list[httpx.Response] = []
+    with httpx.Client(base_url=emu.base_url, timeout=10) as other:
+        first = threading.Thread(
+            target=lambda: results.append(refresh(other, grant["refresh_token"]))
+        )
+        first.start()
+        deadline = time.monotonic() + 5
+        while http.get("/_admin/stats").json()["token_calls"] < 1:
+            assert time.monotonic() < deadline, "the first refresh never arrived"
+            time.sleep(0.01)
+        loser = refresh(http, grant["refresh_token"])
+        first.join(timeout=10)
+    assert loser.status_code == 400
+    assert loser.json() == {
+        "error": "invalid_grant",
+        "error_description": "expired authorization code",
+    }
+    [winner] = results
+    assert winner.status_code == 200
+    stats = http.get("/_admin/stats").json()
+    assert (stats["concurrent_refresh_rejections"], stats["reuse_revocations"]) == (1, 0)
+    assert grant_view(http, grant["grant_id"])["revoked"] is False
+    assert refresh(http, grant["refresh_token"]).json()["error_description"] == (
+        "expired access/refresh token"
+    )
+    assert grant_view(http, grant["grant_id"])["revoked"] is True
+
+
+def test_race_window_after_the_answer_is_configurable(http: httpx.Client) -> None:
+    """Within race_window_ms of the rotation the consumed token is still a concurrent loser;
+    the window is set through /_admin/config and echoed back."""
+    add_client(http, rotation=True)
+    config = http.post("/_admin/config", json={"race_window_ms": 60_000}).json()
+    assert config["race_window_ms"] == 60_000
+    grant = new_grant(http)
+    assert refresh(http, grant["refresh_token"]).status_code == 200
+    again = refresh(http, grant["refresh_token"])
+    assert again.json()["error_description"] == "expired authorization code"
+    assert grant_view(http, grant["grant_id"])["revoked"] is False
 
 
 def test_fault_redirect(http: httpx.Client) -> None:
@@ -518,6 +643,7 @@ def test_stats_count_every_call_including_faulted(http: httpx.Client) -> None:
         "revoke_calls": 1,
         "data_calls": 1,
         "reuse_revocations": 0,
+        "concurrent_refresh_rejections": 0,
         "token_calls_by_grant": {grant["grant_id"]: 2},
     }
     reset = http.post("/_admin/stats/reset").json()

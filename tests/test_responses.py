@@ -267,6 +267,40 @@ class TestErrorFromResponse:
             error, description, 400,
         )
 
+    @pytest.mark.parametrize(
+        ("status", "body", "content_type", "proves"),
+        [
+            pytest.param(400, error_body("invalid_grant", "expired authorization code"), JSON,
+                         True, id="400 invalid_grant"),
+            pytest.param(401, error_body("invalid_client", "invalid client credentials"), JSON,
+                         True, id="401 invalid_client"),
+            pytest.param(400, error_body("rate_limit_exceeded", "logins exceeded"), JSON, True,
+                         id="400 rate_limit_exceeded"),
+            pytest.param(429, b"", "", True, id="429 without body"),
+            pytest.param(503, b"<html>Maintenance</html>", "text/html", True,
+                         id="503 maintenance page"),
+            pytest.param(503, error_body("server_error", "down"), JSON, True, id="503 oauth"),
+            pytest.param(500, error_body("unknown_error", "retry your request"), JSON, False,
+                         id="500 unknown_error"),
+            pytest.param(502, b"<html>Bad gateway</html>", "text/html", False, id="502 html"),
+            pytest.param(504, b"", "", False, id="504 gateway timeout"),
+            pytest.param(403, b"<html>blocked</html>", "text/html", False, id="403 waf page"),
+            pytest.param(400, b'{"error": 1}', JSON, False, id="400 no oauth body"),
+            pytest.param(302, b"", "", False, id="302"),
+            pytest.param(201, b"{}", JSON, False, id="201"),
+        ],
+    )
+    def test_only_a_refusal_proves_the_token_unconsumed(
+        self, status: int, body: bytes, content_type: str, proves: bool
+    ) -> None:
+        """Only an OAuth error from the token endpoint (4xx) or a 429/503 turn-away proves
+        that the refresh token was not consumed; anything else may come after a rotation."""
+        assert error_from_response(status, body, content_type).proves_unconsumed is proves
+
+    def test_errors_made_elsewhere_never_prove_anything(self) -> None:
+        """A timeout or reset error (no answer at all) keeps the mark by default."""
+        assert TransientError("timeout", "no complete answer").proves_unconsumed is False
+
     def test_class_does_not_depend_on_status(self) -> None:
         """The class follows error + description, not the HTTP status."""
         body = error_body("invalid_grant", "expired access/refresh token")

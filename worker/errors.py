@@ -16,6 +16,11 @@
 
 Every `SalesforceError` carries Salesforce's own `error`, `error_description` and the HTTP
 status, so events can say exactly what Salesforce said. None of them ever carries a token.
+
+`proves_unconsumed` says whether the answer to a refresh proves that Salesforce did NOT consume
+(rotate) the refresh token we sent. Only then may the "refresh sent" mark be cleared; anything
+else keeps it, so the next attempt asks Salesforce about the token before sending it again
+(`worker.salesforce.responses.proves_unconsumed` decides it, in one place).
 """
 
 from __future__ import annotations
@@ -34,11 +39,16 @@ class SalesforceError(TokenworkerError):
         error_description: str = "",
         http_status: int | None = None,
         retry_after: float | None = None,
+        *,
+        proves_unconsumed: bool = False,
     ) -> None:
         self.error = error
         self.error_description = error_description
         self.http_status = http_status
         self.retry_after = retry_after
+        # False unless the answer proves the token was not consumed: a timeout, a reset, a
+        # broken 200 may all come after Salesforce rotated it.
+        self.proves_unconsumed = proves_unconsumed
         status = f" (HTTP {http_status})" if http_status is not None else ""
         detail = f": {error_description}" if error_description else ""
         super().__init__(f"{error}{detail}{status}")

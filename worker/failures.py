@@ -73,6 +73,7 @@ class Recorder:
             stage,
             retry_after=error.retry_after,
             rate_limited=isinstance(error, RateLimitedError),
+            unconsumed=stage == "refresh" and error.proves_unconsumed,
         )
 
     async def integrity(
@@ -91,17 +92,20 @@ class Recorder:
         *,
         retry_after: float | None = None,
         rate_limited: bool = False,
+        unconsumed: bool = False,
     ) -> CheckResult:
         """One failure: `failing`, the next attempt scheduled, exactly one event (plus the
-        single escalation event when this failure crosses the line)."""
+        single escalation event when this failure crosses the line).
+
+        `unconsumed`: the answer proved the refresh token was not consumed (see
+        `SalesforceError.proves_unconsumed`), so the "refresh sent" mark is cleared; otherwise
+        it stays and the next attempt asks Salesforce about the token before resending it."""
         now = self.clock()
         failure = policy.after_failure(
             conn, now, self.timing, self.rng, retry_after=retry_after, rate_limited=rate_limited
         )
         at = failure.next_attempt_at
-        # An error answer from the token endpoint means the token was not consumed.
-        answered = stage == "refresh" and isinstance(fields.get("http_status"), int)
-        saved = await self._save(conn, lambda c: _failing(c, fields, now, failure, answered), at)
+        saved = await self._save(conn, lambda c: _failing(c, fields, now, failure, unconsumed), at)
         if saved is None:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="token changed meanwhile")
         await self.sink.emit(
@@ -132,8 +136,10 @@ class Recorder:
         last = LastError(error.error, error.error_description, error.http_status, now)
 
         def dead(c: Connection) -> Connection:
+            # Salesforce's own verdict proves the token unconsumed; ours ("inactive after a
+            # lost answer") does not, and the mark keeps a forced refresh from resending it.
             return c.evolve(
-                refresh_started_at=None,
+                refresh_started_at=None if error.proves_unconsumed else c.refresh_started_at,
                 status=ConnectionStatus.REAUTH_REQUIRED,
                 last_error=last,
                 last_check_at=now,
@@ -216,11 +222,11 @@ def _failing(
     error: Mapping[str, object],
     now: float,
     failure: policy.Failure,
-    answered: bool,
+    unconsumed: bool,
 ) -> Connection:
     status = error.get("http_status")
     return conn.evolve(
-        refresh_started_at=None if answered else conn.refresh_started_at,
+        refresh_started_at=None if unconsumed else conn.refresh_started_at,
         status=ConnectionStatus.FAILING,
         failures=failure.attempt,
         failing_since=conn.failing_since or now,

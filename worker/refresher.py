@@ -284,12 +284,40 @@ class Refresher:
     async def _lost_race(
         self, conn: Connection, integration: Integration, reason: str
     ) -> CheckResult:
-        """Salesforce saw a concurrent refresh of this token ("expired authorization code"):
-        if someone else stored a newer token, we are done; otherwise try once more."""
+        """Salesforce saw a concurrent refresh of this token ("expired authorization code").
+
+        Re-read first: when another writer stored a newer token, we are done (and our mark
+        on its record goes). Otherwise ask Salesforce about our refresh token before sending
+        it again: with rotation the winner consumed it, and a resend after the race window is
+        a reuse that revokes the grant for the winner too. Inactive: not sent; the mark stays,
+        so the next attempt asks again (the winner's token may be stored by then). Active (no
+        rotation), or introspection unavailable: try once more, as Salesforce advises."""
         await asyncio.sleep(0.5 + self.rng.random())
         latest = await self.store.get_connection(conn.id)
         if latest is None or latest.refresh_token != conn.refresh_token:
+            mark = self._marked.get(conn.id)
+            if latest is not None and mark is not None and latest.refresh_started_at == mark:
+                await self.store.clear_refreshing(conn.id)  # ours, on the winner's record
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="refreshed concurrently")
+        if integration.introspection_available:
+            try:
+                facts = await self.client.introspect(
+                    integration, latest.refresh_token, "refresh_token"
+                )
+            except Throttled:
+                # Our send was answered (an OAuth error): nothing of ours is in flight.
+                if self._marked.pop(conn.id, None) is not None:
+                    await self.store.clear_refreshing(conn.id)
+                raise
+            except SalesforceError as error:
+                return await self.recorder.transient(latest, integration, error, "introspect")
+            if not facts.active:
+                consumed = TransientError(
+                    "refresh_token_consumed",
+                    "a concurrent refresh consumed this refresh token and no newer token is "
+                    "stored yet; it was not sent again",
+                )
+                return await self.recorder.transient(latest, integration, consumed, "refresh")
         return await self._refresh(latest, integration, reason, retried=True)
 
     async def _newer_integration(self, used: Integration) -> Integration | None:

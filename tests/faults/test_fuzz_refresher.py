@@ -1,10 +1,15 @@
 """Scenario 8, fuzzing end to end: arbitrary (status, content type, body) answers from
-Salesforce's token and introspection endpoints, through `Refresher.check` with the real store
-on the real Redis. The parsers' own properties are in tests/test_responses.py; this checks
-what the whole cycle does with what they let through.
+Salesforce's token and introspection endpoints, replayed by a real local HTTP server and read
+through the production exchange (`AiohttpExchange`, what `Runtime.open` builds), through
+`Refresher.check` with the real store on the real Redis. The parsers' own properties are in
+tests/test_responses.py; this checks what the whole cycle does with what they let through.
 
-Properties: no exception escapes the check (every answer ends in an outcome), and the stored
-tokens only ever change to the tokens of a 200 answer that carried them as JSON strings, in the
+Properties: no exception escapes the check; a forced refresh ends in the RIGHT class for the
+answer it got (`_expected`, written from the rules, not from the code: a usable 200 refreshes,
+a permanent OAuth code needs re-authorization, a configuration code misconfigures, anything
+else is a transient failure), and the "refresh sent" mark is cleared only when the answer
+proves the token was not consumed (a 4xx OAuth error body, a 429, a 503); the stored tokens
+only ever change to the tokens of a 200 answer that carried them as JSON strings, in the
 shape Salesforce tokens have (printable, no spaces, 8 to 4096 characters).
 """
 
@@ -14,11 +19,13 @@ import asyncio
 import json
 import re
 import secrets
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -32,6 +39,8 @@ from worker.models import Connection, Integration, Provider
 from worker.outcomes import Outcome
 from worker.runtime import Runtime
 from worker.salesforce import hosts, signature
+from worker.salesforce.client import AiohttpExchange
+from worker.salesforce.responses import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -124,9 +133,10 @@ def bodies(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=200))
 
 
+# 1xx is not a final answer in HTTP: a real server cannot end an exchange with one.
 statuses = st.sampled_from(
-    [200, 200, 200, 201, 204, 302, 400, 401, 403, 429, 500, 503]
-) | st.integers(100, 599)
+    [200, 200, 200, 201, 204, 302, 400, 401, 403, 429, 500, 502, 503, 504]
+) | st.integers(200, 599)
 content_types = st.sampled_from(
     [
         "application/json",
@@ -138,7 +148,35 @@ content_types = st.sampled_from(
         "",
     ]
 )
-answers = st.tuples(statuses, content_types, bodies())
+oauth_errors = st.builds(
+    lambda error, description: json.dumps(
+        {"error": error, "error_description": description}
+    ).encode(),
+    st.sampled_from(
+        [
+            "invalid_grant",
+            "inactive_user",
+            "inactive_org",
+            "invalid_token",
+            "invalid_client",
+            "invalid_client_id",
+            "unsupported_grant_type",
+            "rate_limit_exceeded",
+            "unknown_error",
+            "server_error",
+        ]
+    ),
+    st.sampled_from(
+        [
+            "expired access/refresh token",
+            "inactive user",
+            "IP restricted or invalid login hours",
+            "retry your request",
+            "",
+        ]
+    ),
+)
+answers = st.tuples(statuses, content_types, bodies() | oauth_errors)
 
 
 @st.composite
@@ -208,29 +246,68 @@ def _tokens_offered(answer: tuple[int, str, bytes]) -> tuple[set[str], set[str]]
     return pick("access_token"), pick("refresh_token")
 
 
+def _on_the_wire(answer: tuple[int, str, bytes]) -> tuple[int, str, bytes]:
+    """The answer as HTTP can carry it: a 204 or 304 has no body (RFC 9110)."""
+    status, content_type, _ = answer
+    return (status, content_type, b"") if status in (204, 304) else answer
+
+
+class _Replay(BaseHTTPRequestHandler):
+    """Answers each POST with the answer queued for its path, byte for byte."""
+
+    routes: dict[str, tuple[int, str, bytes]] = {}
+    cut = False  # close the connection mid-body (Content-Length promises more)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        status, content_type, body = _on_the_wire(self.routes[self.path])
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        if 300 <= status < 400:
+            self.send_header("Location", "http://127.0.0.2:9/steal")
+        cut = self.cut and self.path == hosts.TOKEN_PATH
+        self.send_header("Content-Length", str(len(body) + (100 if cut else 0)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def replay() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 async def _one_check(
     settings_: Settings,
+    login: str,
     token_answer: tuple[int, str, bytes],
     introspect_answer: tuple[int, str, bytes],
     force: bool,
+    cut: bool,
 ) -> tuple[Connection, Connection, Any, list[dict[str, Any]]]:
-    routes = {hosts.TOKEN_PATH: token_answer, hosts.INTROSPECT_PATH: introspect_answer}
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        status, content_type, body = routes[request.url.path]
-        headers = {"content-type": content_type} if content_type else {}
-        if 300 <= status < 400:
-            headers["location"] = "http://127.0.0.2:9/steal"
-        return httpx.Response(status, headers=headers, content=body)
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(answer), follow_redirects=False)
-    rt = Runtime.open(settings_, http=http)
+    _Replay.routes = {hosts.TOKEN_PATH: token_answer, hosts.INTROSPECT_PATH: introspect_answer}
+    _Replay.cut = cut
+    rt = Runtime.open(settings_)
+    assert isinstance(rt.client.exchange, AiohttpExchange)  # what production uses
     try:
         now = time.time()
         # Its own integration: a configuration verdict of one example must not pause the next.
         name = f"fuzz-{uuid.uuid4().hex[:8]}"
         await rt.store.save_integration(
-            Integration(name, Provider.SALESFORCE, "3MVG9fuzz", SECRET, LOGIN)
+            Integration(name, Provider.SALESFORCE, "3MVG9fuzz", SECRET, login)
         )
         before = Connection(
             id=f"f-{uuid.uuid4().hex[:12]}",
@@ -254,6 +331,76 @@ async def _one_check(
         await rt.close()
 
 
+_PERMANENT = {"inactive_user", "inactive_org", "invalid_token"}
+_CONFIG = {
+    "invalid_client_id",
+    "invalid_client",
+    "unauthorized_client",
+    "oauth_flow_disabled",
+    "app_blocked",
+    "invalid_app_access",
+    "unsupported_grant_type",
+    "invalid_request",
+    "invalid_scope",
+    "access_denied",
+}
+
+
+def _oauth_error(content_type: str, body: bytes) -> tuple[str, str] | None:
+    if "json" not in content_type.lower():
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        return None
+    description = data.get("error_description")
+    return data["error"], description if isinstance(description, str) else ""
+
+
+def _expected(answer: tuple[int, str, bytes], cut: bool) -> tuple[set[Outcome], bool | None]:
+    """The outcomes a forced refresh may end in for this token answer, and whether the sent
+    mark must be kept (None: either; the loser of a concurrent refresh decides by asking)."""
+    status, content_type, body = _on_the_wire(answer)
+    if cut or 300 <= status < 400 or len(body) > MAX_BODY_BYTES:
+        return {Outcome.FAILED}, True  # no complete answer: Salesforce may have rotated
+    if status == 200:
+        offered, _ = _tokens_offered(answer)
+        usable = "json" in content_type.lower() and offered
+        if usable and TOKEN_SHAPE.match(next(iter(offered))):
+            # Refreshed, or a bad signature (the token is then discarded, never used).
+            return {Outcome.REFRESHED, Outcome.FAILED}, False
+        return {Outcome.FAILED}, True  # a 200 we cannot use came after the rotation
+    oauth = _oauth_error(content_type, body)
+    # Only a 4xx OAuth error, a 429 or a 503 proves the token unconsumed (whatever the class).
+    kept = not (status in (429, 503) or (400 <= status < 500 and oauth is not None))
+    if oauth is not None:
+        code, text = oauth[0].lower(), oauth[1].lower()
+        if code == "invalid_grant" and "authorization code" in text:
+            return {Outcome.FAILED}, None
+        if code == "invalid_grant" and ("ip restricted" in text or "login hours" in text):
+            return {Outcome.MISCONFIGURED}, None
+        if code == "invalid_grant" or code in _PERMANENT:
+            return {Outcome.REAUTH_REQUIRED}, kept
+        if code in _CONFIG:
+            return {Outcome.MISCONFIGURED}, None
+    return {Outcome.FAILED}, kept
+
+
+def _check_class(
+    result: Any, after: Connection, token_answer: tuple[int, str, bytes], cut: bool
+) -> None:
+    outcomes, mark_kept = _expected(token_answer, cut)
+    assert result.outcome in outcomes, (result, token_answer[:2], token_answer[2][:200])
+    if mark_kept is not None:
+        kept = after.refresh_started_at is not None
+        assert kept is mark_kept, (result, token_answer[:2], token_answer[2][:200])
+    if outcomes == {Outcome.REFRESHED, Outcome.FAILED} and result.outcome is Outcome.FAILED:
+        # A usable 200 fails only its signature check; the tokens it carried are not used.
+        assert result.error is not None and result.error["error"] == "signature_invalid"
+
+
 @settings(
     max_examples=400,
     deadline=None,
@@ -263,21 +410,30 @@ async def _one_check(
     token_answer=answers | valid_token_answers(SECRET),
     introspect_answer=answers | valid_introspections(),
     force=st.booleans(),
+    cut=st.integers(0, 9).map(lambda n: n == 0),  # one in ten: closed mid-body
 )
 def test_no_answer_escapes_classification_or_plants_a_token(
     fuzz_settings: Settings,
+    replay: str,
     token_answer: tuple[int, str, bytes],
     introspect_answer: tuple[int, str, bytes],
     force: bool,
+    cut: bool,
 ) -> None:
-    """Whatever Salesforce answers, the check ends in an outcome, and stored tokens change
-    only to the token-shaped strings of a 200 answer."""
+    """Whatever Salesforce answers, the check ends in the outcome its class calls for, the
+    sent mark goes only with an answer that proves the token unconsumed, and stored tokens
+    change only to the token-shaped strings of a 200 answer."""
     before, after, result, emitted = asyncio.run(
-        _one_check(fuzz_settings, token_answer, introspect_answer, force)
+        _one_check(fuzz_settings, replay, token_answer, introspect_answer, force, cut)
     )
-    assert isinstance(result.outcome, Outcome)
     event(result.outcome.value + " " + str((result.error or {}).get("error")))
+    if force:
+        _check_class(result, after, token_answer, cut)
+    else:
+        assert result.outcome is not Outcome.ERROR, result
     offered_access, offered_refresh = _tokens_offered(token_answer)
+    if cut:
+        offered_access, offered_refresh = set(), set()
     assert after.access_token in {before.access_token} | offered_access
     assert after.refresh_token in {before.refresh_token} | offered_refresh
     for value, was in (
@@ -288,7 +444,7 @@ def test_no_answer_escapes_classification_or_plants_a_token(
             assert value is not None and TOKEN_SHAPE.match(value), repr(value)[:80]
     if after.instance_url != before.instance_url:
         assert after.instance_url is not None
-        assert hosts.instance_url_problem(after.instance_url, LOGIN) is None, after.instance_url
+        assert hosts.instance_url_problem(after.instance_url, replay) is None, after.instance_url
     assert {e["event"] for e in emitted} <= KNOWN_EVENTS, emitted
     text = json.dumps(emitted) + json.dumps(result.as_dict())
     assert before.refresh_token not in text and SECRET not in text

@@ -7,6 +7,12 @@ Rotation is on for every case, so "untouched" is checked against the emulator to
 tampering cases run the real refresh: its refresh token is already consumed at Salesforce, so
 the rotated one must be kept (bad signature: access token discarded; foreign instance_url: the
 token is good, only the URL is refused).
+
+The broken 200s (truncated, oversized, without access_token) also come after the real refresh,
+as at Salesforce: the token sent is consumed and the new one is lost with the answer. Like an
+answer that never came (slow drip), they keep the "refresh sent" mark, and the next attempt
+asks Salesforce about the old token instead of sending it again (a resend would be a reuse,
+which revokes the grant). Only a maintenance page (503) proves the token was not consumed.
 """
 
 from __future__ import annotations
@@ -66,6 +72,10 @@ CASES: dict[str, tuple[dict[str, Any], str, str, str]] = {
     ),
 }
 TAMPERING = {"foreign_instance_url", "bad_signature"}
+# Salesforce rotated the token and the answer carrying the new one is lost to every client.
+CONSUMED = {"truncated_json", "200_without_access_token", "10_mb_body", "slow_drip"}
+# The answer proves the token was not consumed: the mark is cleared.
+UNCONSUMED = {"html_error_page"}
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +112,10 @@ def _refresh_on_the_worker(env: dict[str, str], connection_id: str) -> dict[str,
         app.close()
 
 
+def _reuse_revocations(emu: Emu) -> int:
+    return int(emu.http.get("/_admin/stats").json()["reuse_revocations"])
+
+
 def _client_secret(env: dict[str, str], integration: str) -> str:
     async def read(rt: Runtime) -> str:
         found = await rt.store.get_integration(integration)
@@ -116,8 +130,10 @@ def test_broken_answer_is_classified_once_and_changes_no_token(
     emu: Emu, hostile_env: dict[str, str], tripwire: Tripwire, case: str
 ) -> None:
     """One broken token answer: its outcome, exactly one alert event with the right error,
-    the stored tokens as they must be, nothing sent elsewhere; the next refresh works."""
+    the stored tokens as they must be, nothing sent elsewhere; the next refresh works, or,
+    when Salesforce consumed the token, the next attempt never sends it again."""
     fault, outcome, alert, error = CASES[case]
+    reuse_before = _reuse_revocations(emu)
     [(cid, grant)] = seed(hostile_env, emu, rotation=True)
     before = stored(hostile_env, [cid])[cid]
     client_id = emu.grant(grant["grant_id"])["client_id"]
@@ -142,6 +158,13 @@ def test_broken_answer_is_classified_once_and_changes_no_token(
         assert after.refresh_token == before.refresh_token
     if case != "foreign_instance_url":
         assert after.access_token == before.access_token
+    if case in UNCONSUMED or case in TAMPERING:
+        assert after.refresh_started_at is None, "a settled refresh left its sent mark"
+    else:
+        assert after.refresh_started_at is not None, (
+            f"the {case} answer cleared the sent mark, but it does not prove the refresh "
+            "token was not consumed"
+        )
     assert tripwire.connections == 0 and tripwire.received == [], tripwire.received
 
     again = _refresh_on_the_worker(hostile_env, cid)
@@ -150,10 +173,11 @@ def test_broken_answer_is_classified_once_and_changes_no_token(
         f"the refresh after the {case} answer revoked the grant: Salesforce had consumed the "
         "refresh token sent before its answer was given up on, and it was sent again"
     )
-    if case == "slow_drip":
-        # Salesforce rotated on arrival and its answer never came: the new token is lost to
-        # any client. The worker asks about the old token instead of sending it again, and
-        # says the customer must re-authorize.
+    assert _reuse_revocations(emu) == reuse_before, "a consumed refresh token was sent again"
+    if case in CONSUMED:
+        # Salesforce rotated on arrival and the answer with the new token is lost (it never
+        # came, or came broken): no client can have it. The worker asks about the old token
+        # instead of sending it again, and says the customer must re-authorize.
         assert again["outcome"] == "reauth_required", again
         assert again["error"]["error"] == "refresh_token_inactive", again
         assert emu.token_calls(grant["grant_id"]) == 1

@@ -203,11 +203,24 @@ class AdminApi:
         body = _object(request)
         lifetime = _number(body, "lifetime", minimum=0.001)
         latency_ms = _number(body, "latency_ms")
+        race_window_ms = _number(body, "race_window_ms")
+        consumed_active = _bool(body, "consumed_refresh_active")
         if lifetime is not None:
             self.state.lifetime = lifetime
         if latency_ms is not None:
             self.state.latency_ms = latency_ms
-        return _reply({"lifetime": self.state.lifetime, "latency_ms": self.state.latency_ms})
+        if race_window_ms is not None:
+            self.state.race_window_ms = race_window_ms
+        if consumed_active is not None:
+            self.state.consumed_refresh_active = consumed_active
+        return _reply(
+            {
+                "lifetime": self.state.lifetime,
+                "latency_ms": self.state.latency_ms,
+                "race_window_ms": self.state.race_window_ms,
+                "consumed_refresh_active": self.state.consumed_refresh_active,
+            }
+        )
 
     def _add_fault(self, request: Request) -> Response:
         body = _object(request)
@@ -232,6 +245,7 @@ class AdminApi:
             delay_s=_number(body, "delay_s") or 0.0,
             mutate=mutate,
             retry_after=_int(body, "retry_after", 0, 86400),
+            rotate=_bool(body, "rotate"),
         )
         self.state.faults.add(fault)
         return _reply({"queued": len(self.state.faults.pending())})
@@ -258,6 +272,7 @@ class AdminApi:
             "revoke_calls": stats.revoke_calls,
             "data_calls": stats.data_calls,
             "reuse_revocations": stats.reuse_revocations,
+            "concurrent_refresh_rejections": stats.concurrent_refresh_rejections,
         }
         asked = parse_qs(request.query).get("by_grant", ["0"])[-1] not in ("0", "", "false")
         if asked or len(self.state.grants) <= BY_GRANT_LIMIT:

@@ -13,7 +13,7 @@ ENDPOINTS = frozenset({"token", "introspect", "revoke", "data", "any"})
 
 # Mutations that still run the real operation, then tamper with its successful answer.
 TAMPERING = frozenset({"bad_signature", "foreign_instance_url"})
-# Mutations that answer instead of the real operation: no state changes.
+# Mutations that answer instead of the real operation's answer.
 REPLACING = frozenset(
     {
         "drop_access_token",
@@ -26,6 +26,12 @@ REPLACING = frozenset(
     }
 )
 MUTATIONS = TAMPERING | REPLACING
+# Replacing mutations that are a 200 at a real Salesforce: a token endpoint only sends a 200
+# after the grant ran, so at the token endpoint these run the real refresh first (with
+# rotation the token sent is consumed) and then mangle its answer. `error` joins them when
+# its status is 2xx. The others (redirect, html_503, close_connection, a non-2xx `error`)
+# model failures before the token endpoint and change nothing. A fault's `rotate` overrides.
+BROKEN_SUCCESS = frozenset({"drop_access_token", "huge_body", "truncated_json"})
 
 
 @dataclass(slots=True)
@@ -39,6 +45,17 @@ class Fault:
     delay_s: float = 0.0
     mutate: str | None = None
     retry_after: int | None = None  # sent as a Retry-After header on an `error` answer
+    rotate: bool | None = None  # run the real refresh before a replacing answer (None: default)
+
+    def rotates_first(self, endpoint: str) -> bool:
+        """Whether this replacing fault lets the real token endpoint run (and rotate) first."""
+        if endpoint != "token":
+            return False
+        if self.rotate is not None:
+            return self.rotate
+        if self.mutate == "error":
+            return self.status is not None and 200 <= self.status < 300
+        return self.mutate in BROKEN_SUCCESS
 
     def matches(self, endpoint: str, client_id: str | None) -> bool:
         if self.endpoint not in ("any", endpoint):
@@ -56,6 +73,7 @@ class Fault:
             "delay_s": self.delay_s,
             "mutate": self.mutate,
             "retry_after": self.retry_after,
+            "rotate": self.rotate,
         }
 
 

@@ -6,6 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 DEFAULT_LIFETIME = 7200.0  # Salesforce's default session timeout: two hours
+# How long after a rotation (beyond its answer's own flight) the consumed token coming back
+# counts as a concurrent refresh, not a reuse. Salesforce documents no figure: kept small.
+DEFAULT_RACE_WINDOW_MS = 100.0
 SCOPE = "refresh_token api"
 USERNAME = "user@example.com"
 
@@ -54,6 +57,10 @@ class Grant:
     refresh_count: int = 0
     revoked: bool = False
     tokens: list[AccessToken] = field(default_factory=list)
+    # The refresh token the last rotation consumed, and until when a request carrying it is a
+    # concurrent refresh (answered "expired authorization code") rather than a reuse.
+    previous_refresh_token: str | None = None
+    race_until: float = 0.0
 
     @property
     def latest(self) -> AccessToken:
@@ -77,4 +84,5 @@ class Stats:
     revoke_calls: int = 0
     data_calls: int = 0
     reuse_revocations: int = 0
+    concurrent_refresh_rejections: int = 0
     token_calls_by_grant: Counter[str] = field(default_factory=Counter)

@@ -87,25 +87,25 @@ class SalesforceApi:
             "token",
             client_id,
             refresh_token,
-            lambda mutate: self._refresh(form, client_id, secret, mutate),
+            lambda mutate, delay: self._refresh(form, client_id, secret, mutate, delay),
         )
 
     def introspect(self, request: Request) -> Response:
         form = parse_form(request.body)
         client_id, secret = client_credentials(request, form)
         return self._answer(
-            "introspect", client_id, None, lambda _: self._introspect(form, client_id, secret)
+            "introspect", client_id, None, lambda _, __: self._introspect(form, client_id, secret)
         )
 
     def revoke(self, request: Request) -> Response:
         form = parse_form(request.body)
         client_id, _ = client_credentials(request, form)
-        return self._answer("revoke", client_id, None, lambda _: self._revoke(form))
+        return self._answer("revoke", client_id, None, lambda _, __: self._revoke(form))
 
     def data(self, request: Request) -> Response:
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        return self._answer("data", None, None, lambda _: self._data(token))
+        return self._answer("data", None, None, lambda _, __: self._data(token))
 
     # -- the common path: count, maybe fault, add latency --------------------------------
 
@@ -114,20 +114,37 @@ class SalesforceApi:
         endpoint: str,
         client_id: str | None,
         refresh_token: str | None,
-        real: Callable[[str | None], Response],
+        real: Callable[[str | None, float], Response],
     ) -> Response:
+        """`real(mutate, delay)` does the real operation; `delay` is how long its answer
+        will be held back (a refresh in flight that long is what a concurrent one loses to)."""
         state = self.state
         state.count(endpoint, refresh_token)
         fault = state.faults.take(endpoint, client_id)
-        if fault is None:
-            response = real(None)
-        elif fault.mutate in REPLACING:
-            response = self._replacement(fault, refresh_token)
-        else:
-            response = real(fault.mutate)
         delay = state.latency_ms / 1000.0 + (fault.delay_s if fault is not None else 0.0)
+        if fault is None:
+            response = real(None, delay)
+        elif fault.mutate in REPLACING:
+            response = self._replacing(fault, endpoint, refresh_token, real, delay)
+        else:
+            response = real(fault.mutate, delay)
         response.delay += delay
         return response
+
+    def _replacing(
+        self,
+        fault: Fault,
+        endpoint: str,
+        refresh_token: str | None,
+        real: Callable[[str | None, float], Response],
+        delay: float,
+    ) -> Response:
+        if fault.rotates_first(endpoint):
+            # Salesforce sends a 200 only after the grant ran: the token is consumed first.
+            done = real(None, delay)
+            if done.status != 200:
+                return done  # the real refresh failed: that error is what Salesforce says
+        return self._replacement(fault, refresh_token)
 
     def _replacement(self, fault: Fault, refresh_token: str | None) -> Response:
         mutate = fault.mutate
@@ -149,13 +166,18 @@ class SalesforceApi:
     # -- real behaviour ------------------------------------------------------------------
 
     def _refresh(
-        self, form: dict[str, str], client_id: str | None, secret: str | None, mutate: str | None
+        self,
+        form: dict[str, str],
+        client_id: str | None,
+        secret: str | None,
+        mutate: str | None,
+        delay: float,
     ) -> Response:
         if form.get("grant_type") != "refresh_token":
             return oauth_error(400, "unsupported_grant_type", "grant type not supported")
         try:
             client = self.state.authenticate(client_id, secret)
-            issued = self.state.refresh(client, form.get("refresh_token", ""))
+            issued = self.state.refresh(client, form.get("refresh_token", ""), delay)
         except OAuthError as exc:
             return oauth_error(exc.status, exc.error, exc.description)
         return json_response(200, self._token_body(issued, client, mutate))
@@ -207,7 +229,8 @@ class SalesforceApi:
             grant, token_type, exp = record.grant, "access_token", int(record.exp)
             issued = int(record.iat)
         else:
-            if record.revoked or record.refresh_token != token:
+            consumed = record.refresh_token != token
+            if record.revoked or (consumed and not self.state.consumed_refresh_active):
                 return Response(200, _INACTIVE, JSON)
             grant, token_type, exp, issued = record, "refresh_token", None, int(record.created)
         body: dict[str, object] = {

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from worker.emulator.faults import FaultQueue
 from worker.emulator.records import (
     DEFAULT_LIFETIME,
+    DEFAULT_RACE_WINDOW_MS,
     AccessToken,
     Client,
     Grant,
@@ -79,8 +80,13 @@ class State:
         latency_ms: float = 0.0,
         rotation: bool = False,
         clock: Callable[[], float] = time.time,
+        race_window_ms: float = DEFAULT_RACE_WINDOW_MS,
     ) -> None:
         self.base_url = base_url
+        self.race_window_ms = race_window_ms
+        # What Salesforce is assumed to answer (not documented): a consumed refresh token
+        # introspects inactive. True models the opposite, to show what the worker does then.
+        self.consumed_refresh_active = False
         self.lifetime = lifetime
         self.latency_ms = latency_ms
         self.default_rotation = rotation
@@ -180,22 +186,32 @@ class State:
         access = self._issue_access(grant, now)
         return Issued(grant, access, issued_at, grant.refresh_token)
 
-    def refresh(self, client: Client, refresh_token: str) -> Issued:
-        """The refresh_token grant: a new access token, and with rotation a new refresh token."""
+    def refresh(self, client: Client, refresh_token: str, answer_delay: float = 0.0) -> Issued:
+        """The refresh_token grant: a new access token, and with rotation a new refresh token.
+
+        `answer_delay` is how long the answer will take to leave: until it has (and for
+        `race_window_ms` after the rotation), the token it consumed coming back is a concurrent
+        refresh, which Salesforce answers "expired authorization code" without revoking
+        anything (Summer '24); after that it is a reuse, and the whole grant dies."""
         grant = self._refresh.get(refresh_token)
         if grant is None or grant.revoked or grant.client_id != client.client_id:
             raise OAuthError(400, "invalid_grant", "expired access/refresh token")
+        now = self.clock()
         if refresh_token != grant.refresh_token:
+            if refresh_token == grant.previous_refresh_token and now <= grant.race_until:
+                self.stats.concurrent_refresh_rejections += 1
+                raise OAuthError(400, "invalid_grant", "expired authorization code")
             # A consumed token came back: someone holds a copy, so the whole grant dies.
             self.revoke_grant(grant)
             self.stats.reuse_revocations += 1
             raise OAuthError(400, "invalid_grant", "expired access/refresh token")
-        now = self.clock()
         grant.refresh_count += 1
         new_refresh: str | None = None
         if client.rotation:
             new_refresh = self._new_refresh_token()
             grant.refresh_token = new_refresh
+            grant.previous_refresh_token = refresh_token
+            grant.race_until = now + answer_delay + self.race_window_ms / 1000.0
             self._refresh[new_refresh] = grant
         self._prune(grant, now)
         if not grant.vary_access_token and grant.tokens and grant.latest.active(now):

@@ -154,8 +154,9 @@ def parse_introspection(data: dict[str, Any], http_status: int = 200) -> Introsp
     )
 
 
-def _error_fields(body: bytes, content_type: str) -> tuple[str, str]:
-    """Salesforce's `error` and `error_description`, or a description of the garbage."""
+def _error_fields(body: bytes, content_type: str) -> tuple[str, str, bool]:
+    """Salesforce's `error` and `error_description`, or a description of the garbage; the
+    flag says whether the body was an OAuth error object."""
     try:
         data = json.loads(body) if "json" in content_type.lower() else None
     except (ValueError, RecursionError):
@@ -163,9 +164,9 @@ def _error_fields(body: bytes, content_type: str) -> tuple[str, str]:
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         description = data.get("error_description")
         text = description if isinstance(description, str) else ""
-        return redact_text(data["error"][:200]), redact_text(text[:500])
+        return redact_text(data["error"][:200]), redact_text(text[:500]), True
     kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
-    return "unexpected_response", f"error answer without an OAuth error body ({kind})"
+    return "unexpected_response", f"error answer without an OAuth error body ({kind})", False
 
 
 _CONFIG_ERRORS = frozenset(
@@ -209,12 +210,44 @@ def classify(error: str, description: str, http_status: int | None) -> type[Sale
     return TransientError
 
 
+# Statuses whose meaning is "the request was not taken in" whatever the body says: a
+# throttle (429) or an unavailable service (503, e.g. a proxy's HTML maintenance page).
+_REFUSED_BEFORE_PROCESSING = frozenset({429, 503})
+
+
+def proves_unconsumed(http_status: int, oauth_error_body: bool) -> bool:
+    """Whether a non-200 answer to a refresh proves the refresh token was NOT consumed.
+
+    Yes for:
+    - any 4xx whose body is an OAuth error object (`{"error": ...}`), e.g. `invalid_grant`,
+      `invalid_client`, `rate_limit_exceeded`: the token endpoint refused the grant, and an
+      OAuth error answer issues no token (RFC 6749 5.2);
+    - 429 and 503 with any body: the request was throttled or turned away before any handler
+      ran (a proxy's or Salesforce's maintenance page).
+    No for everything else: a 2xx we cannot use (truncated, oversized, without access_token)
+    comes after Salesforce rotated the token; a 3xx, another 5xx (500 `unknown_error`, 502,
+    504 from a gateway that gave up waiting) or a 4xx without an OAuth body (a WAF, a proxy)
+    does not say whether the token endpoint ran; timeouts and resets have no answer at all.
+    Keeping the mark when unsure costs one introspection of the refresh token before the next
+    send; clearing it wrongly costs the grant (reuse revokes it).
+    """
+    if http_status in _REFUSED_BEFORE_PROCESSING:
+        return True
+    return 400 <= http_status < 500 and oauth_error_body
+
+
 def error_from_response(
     http_status: int, body: bytes, content_type: str, retry_after: float | None = None
 ) -> SalesforceError:
-    error, description = _error_fields(body, content_type)
+    error, description, oauth_body = _error_fields(body, content_type)
     kind = classify(error, description, http_status)
-    return kind(error, description, http_status=http_status, retry_after=retry_after)
+    return kind(
+        error,
+        description,
+        http_status=http_status,
+        retry_after=retry_after,
+        proves_unconsumed=proves_unconsumed(http_status, oauth_body),
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
