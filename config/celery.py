@@ -26,13 +26,13 @@ VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RET
 def soft_time_limit(settings: Settings) -> float:
     """Seconds a task may run before Celery interrupts it: the last answer one of its checks
     may wait for (`check_window`, 152 s with the defaults) plus the whole `save_window`
-    (182 s) during which a rotated token's save rides out a store outage. An interrupt
-    between a send and its save would lose that token, so this is a worst case: 334 s."""
+    (120 s) during which a rotated token's save rides out a store outage. An interrupt
+    between a send and its save would lose that token, so this is a worst case: 272 s."""
     return check_window(settings) + save_window(settings)
 
 
 def hard_time_limit(settings: Settings) -> float:
-    """Seconds after which Celery kills the child: 30 s after the soft limit (364 s)."""
+    """Seconds after which Celery kills the child: 30 s after the soft limit (302 s)."""
     return soft_time_limit(settings) + 30
 
 
