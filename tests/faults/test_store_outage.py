@@ -18,7 +18,7 @@ from worker.outcomes import Outcome
 pytestmark = pytest.mark.integration
 
 OUTAGE = 40.0  # seconds: beyond the 36 s the old fixed attempt count covered
-LATENCY_MS = 1500
+LATENCY_MS = 1000
 
 
 def test_a_40s_store_outage_loses_no_answered_rotation(
