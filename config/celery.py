@@ -17,38 +17,27 @@ from config import logging as tw_logging
 from config.settings import Settings, SettingsError
 from worker.beat import beat_config
 from worker.opsconfig import OpsSettings
-from worker.ratelimit import PERMIT_WAIT
+from worker.tokens import BATCH_BUDGET, check_window, save_window
+
+__all__ = ["BATCH_BUDGET", "app", "celery_config", "hard_time_limit", "soft_time_limit"]
 
 VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
-# Seconds after which a check_batch starts no new check and gives the rest back, due at once.
-# A healthy batch of 2,000 ids takes about a second; this bounds a batch against a slow
-# Salesforce, and with it the task time limits and how long a warm shutdown waits.
-BATCH_BUDGET = 60.0
-
-
-# The most Salesforce calls one check makes: introspect, the lost-answer introspection of the
-# refresh token, the refresh, one retry after losing a concurrent refresh, and introspecting
-# the new token to learn its lifetime.
-CALLS_PER_CHECK = 5
 
 
 def soft_time_limit(settings: Settings) -> float:
-    """Seconds a task may run before Celery interrupts it (a soft limit between a send and its
-    save would lose a rotated token, so this is a worst case, not a typical one).
+    """Seconds a task may run before Celery interrupts it: the last answer one of its checks
+    may wait for (`check_window`, 152 s with the defaults) plus the whole `save_window`
+    (120 s) during which a rotated token's save rides out a store outage. An interrupt
+    between a send and its save would lose that token, so this is a worst case: 272 s."""
+    return check_window(settings) + save_window(settings)
 
-    A check starts at most max(BATCH_BUDGET, LEASE_TTL) seconds in (a batch starts none after
-    its budget; an explicit check waits at most LEASE_TTL for the lease). Once started, each
-    of its calls may wait PERMIT_WAIT for a permit and HTTP_TIMEOUT for the answer, plus the
-    ~1.5 s pause before the retry; LEASE_TTL more covers a stalled store at save time.
-    167 s with the defaults (60 s budget, 10 s HTTP timeout, 5 s permit wait, 30 s lease).
-    """
-    start = max(BATCH_BUDGET, settings.lease_ttl)
-    per_check = CALLS_PER_CHECK * (settings.http_timeout + PERMIT_WAIT) + 2.0
-    return max(120.0, start + per_check + settings.lease_ttl)
+
+def hard_time_limit(settings: Settings) -> float:
+    """Seconds after which Celery kills the child: 30 s after the soft limit (302 s)."""
+    return soft_time_limit(settings) + 30
 
 
 def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[str, Any]:
-    soft_limit = soft_time_limit(settings)
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,
@@ -72,8 +61,8 @@ def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[st
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": soft_limit,
-        "task_time_limit": soft_limit + 30,
+        "task_soft_time_limit": soft_time_limit(settings),
+        "task_time_limit": hard_time_limit(settings),
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "broker_connection_retry_on_startup": True,

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from config.settings import Settings
-from tests.conftest import Emu, run
+from tests.conftest import TEST_KEYS, Emu, run
 from tests.helpers import connect, events_of, names_of
+from worker.crypto import Cipher
 from worker.models import ConnectionStatus, ExpirySource
 from worker.outcomes import Outcome
 from worker.runtime import Runtime
+from worker.store import Store
 
 RuntimeFor = Callable[..., Runtime]
 
@@ -333,3 +341,235 @@ async def _dump_prefix(rt: Runtime) -> bytes:
         elif kind == "set":
             chunks.extend(await rt.redis.smembers(key))
     return b"\n".join(chunks)
+
+
+async def _await_token_call(emu: Emu, grant_id: str, timeout: float = 10.0) -> None:
+    """Until the emulator has counted a token call of `grant_id` (its answer is then on the
+    way back, `latency_ms` later)."""
+    deadline = time.monotonic() + timeout
+    while emu.token_calls(grant_id) < 1:
+        assert time.monotonic() < deadline, "no token call reached the emulator"
+        await asyncio.sleep(0.02)
+
+
+class TestRotationSaved:
+    def test_a_rotated_token_is_saved_before_anything_else_is_awaited(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """Between the refresh answer and its save the check awaits nothing: a callback
+        queued the moment the answer returns runs only after the save has started."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, _)] = await connect(rt, emu, rotation=True)
+            order: list[str] = []
+            answered = [False]
+            refresh, save = rt.client.refresh, rt.store.save_connection
+
+            async def refresh_then_probe(*args: Any, **kwargs: Any) -> Any:
+                response = await refresh(*args, **kwargs)
+                answered[0] = True
+                asyncio.get_running_loop().call_soon(order.append, "next loop step")
+                return response
+
+            async def recorded_save(*args: Any, **kwargs: Any) -> Any:
+                if answered[0]:
+                    order.append("save")
+                return await save(*args, **kwargs)
+
+            rt.client.refresh = refresh_then_probe  # type: ignore[method-assign]
+            rt.store.save_connection = recorded_save  # type: ignore[method-assign]
+            result = await rt.refresher.check(cid, force=True)
+            assert result.outcome is Outcome.REFRESHED, result
+            assert order[:2] == ["save", "next loop step"], order
+            await rt.close()
+
+        run(scenario())
+
+    def test_a_reimport_during_a_refresh_keeps_the_imported_grant(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """D2: a customer's new grant imported while the old grant's refresh is in flight
+        stays stored; the old grant's rotated token is not written over it."""
+
+        async def scenario() -> None:
+            from worker import ops  # noqa: PLC0415
+
+            rt = runtime_for()
+            [(cid, old)] = await connect(rt, emu, rotation=True)
+            integration = await rt.store.get_integration("acme")
+            assert integration is not None
+            [new] = emu.grants(integration.client_id)
+            line = {"id": cid, "integration": "acme", "refresh_token": new["refresh_token"]}
+            emu.post("/_admin/config", {"latency_ms": 1500})
+            try:
+                flight = asyncio.create_task(rt.refresher.check(cid, force=True))
+                await _await_token_call(emu, old["grant_id"])
+                report = await ops.import_connections(
+                    rt, [json.dumps(line)], skip_invalid=False, progress=False
+                )
+                assert report.updated == 1, report
+                result = await flight
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            stored = await rt.store.get_connection(cid)
+            assert stored is not None
+            assert stored.refresh_token == new["refresh_token"], "the imported grant was undone"
+            assert emu.grant(old["grant_id"])["refresh_token"] != stored.refresh_token
+            assert result.outcome is Outcome.SUPERSEDED, result
+            assert "token.refreshed" not in await names_of(rt)
+            await rt.close()
+
+        run(scenario())
+
+    def test_a_write_that_keeps_the_grant_does_not_cost_the_rotated_token(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """Another writer bumps the version during the flight but keeps the refresh token we
+        sent: our answer is applied onto its version (the rotated token is not dropped)."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, grant)] = await connect(rt, emu, rotation=True)
+            emu.post("/_admin/config", {"latency_ms": 500})
+            try:
+                flight = asyncio.create_task(rt.refresher.check(cid, force=True))
+                await _await_token_call(emu, grant["grant_id"])
+                current = await rt.store.get_connection(cid)
+                assert current is not None
+                await rt.store.save_connection(current.evolve(status=ConnectionStatus.FAILING))
+                result = await flight
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            stored = await rt.store.get_connection(cid)
+            assert result.outcome is Outcome.REFRESHED, result
+            assert stored is not None and stored.status is ConnectionStatus.ACTIVE
+            assert stored.refresh_token == emu.grant(grant["grant_id"])["refresh_token"]
+            await rt.close()
+
+        run(scenario())
+
+    def test_the_save_window_fits_inside_the_task_time_limits(
+        self, settings_for: Callable[..., Settings]
+    ) -> None:
+        """The figures the README gives: a 120 s save window, time limits 272/302 s with the
+        defaults; a save may start as late as a check's last answer and still use it all."""
+        from worker.tokens import check_window, save_window  # noqa: PLC0415
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
+        env["TOKENWORKER_ENCRYPTION_KEYS"] = TEST_KEYS
+        shown = "from config.celery import app; print(app.conf.task_soft_time_limit, "
+        shown += "app.conf.task_time_limit)"
+        done = subprocess.run(
+            [sys.executable, "-c", shown], env=env, capture_output=True, text=True, check=True
+        )
+        defaults = Settings.from_env({"TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS})
+        soft, hard = (float(part) for part in done.stdout.split())
+        assert (save_window(defaults), soft, hard) == (120.0, 272.0, 302.0)
+        assert soft >= check_window(defaults) + save_window(defaults)
+        slow = settings_for(http_timeout="60", lease_ttl="300")
+        assert check_window(slow) > check_window(defaults)  # the limits follow the settings
+
+
+class TestStoreBlips:
+    def test_a_store_error_in_one_check_is_that_checks_outcome(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """D1: a dead pooled connection met by one check fails that check only; the batch
+        returns every result and leaves no coroutine behind in the loop."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            pairs = await connect(rt, emu, count=4, rotation=True)
+            ids = [cid for cid, _ in pairs]
+            broken = rt.store.keys.lease(ids[1])
+            acquire = rt.leases.acquire_reading
+
+            async def flaky(key: str, *args: Any, **kwargs: Any) -> Any:
+                if key == broken:
+                    await asyncio.sleep(0.05)  # the others are in flight by then
+                    raise RedisConnectionError("Connection lost.")
+                return await acquire(key, *args, **kwargs)
+
+            rt.leases.acquire_reading = flaky  # type: ignore[method-assign]
+            emu.post("/_admin/config", {"latency_ms": 300})
+            try:
+                results = await rt.refresher.check_many(ids, force=True)
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            by_id = {r.connection_id: r.outcome for r in results}
+            assert by_id[ids[1]] is Outcome.ERROR, by_id
+            assert [by_id[c] for c in ids if c != ids[1]] == [Outcome.REFRESHED] * 3, by_id
+            assert leftovers == []
+            due = await rt.store.next_check_at(ids[1])
+            assert due is not None and due <= time.time() + 5  # due again soon
+            await rt.close()
+
+        run(scenario())
+
+
+class TestIntrospectionVerdicts:
+    def test_a_grant_revoked_right_after_its_refresh_is_not_an_integration_problem(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A fresh token reading inactive because the grant was revoked a moment later (the
+        customer; a reuse revocation): no introspection.unavailable while tokens of the
+        integration read active, nor for a single connection; the integration keeps
+        introspecting and the dead connections are looked at again soon."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            *pairs, (working, _) = await connect(rt, emu, count=3)
+            assert (await rt.refresher.check(working)).outcome is Outcome.FRESH
+            grant_of = {cid: grant["grant_id"] for cid, grant in pairs}
+            refresh = rt.client.refresh
+            current: list[str] = []
+
+            async def refresh_then_revoke(*args: Any, **kwargs: Any) -> Any:
+                response = await refresh(*args, **kwargs)
+                emu.post(f"/_admin/grants/{grant_of[current[0]]}/revoke")
+                return response
+
+            rt.client.refresh = refresh_then_revoke  # type: ignore[method-assign]
+            for cid, _ in pairs:
+                current[:] = [cid]
+                result = await rt.refresher.check(cid, force=True)
+                assert result.outcome is Outcome.REFRESHED, result
+            integration = await rt.store.get_integration("acme")
+            assert integration is not None and integration.introspection_available
+            assert "introspection.unavailable" not in await names_of(rt)
+            for cid, _ in pairs:
+                due = await rt.store.next_check_at(cid)
+                assert due is not None and due <= time.time() + 10  # looked at again soon
+            await rt.close()
+
+        run(scenario())
+
+    def test_a_record_under_a_missing_key_is_reported_once(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A record sealed under a key the worker lacks: one connection.unreadable event
+        (the problem, no secret) however often it is checked; the worker goes on."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(fine, grant), (sealed, _)] = await connect(rt, emu, count=2)
+            record = await rt.store.get_connection(sealed)
+            assert record is not None
+            # Re-sealed under a key this worker does not have (a key removed too early).
+            foreign = Store(rt.redis, Cipher((os.urandom(32),)), rt.store.keys)
+            await foreign.save_connection(record, time.time())
+            for _ in range(3):
+                results = await rt.refresher.check_many([sealed, fine])
+                outcomes = {r.connection_id: r.outcome for r in results}
+                assert outcomes == {sealed: Outcome.ERROR, fine: Outcome.FRESH}, outcomes
+            events = [e for e in await events_of(rt) if e["event"] == "connection.unreadable"]
+            assert len(events) == 1, events
+            assert events[0]["connection_id"] == sealed
+            assert "not among TOKENWORKER_ENCRYPTION_KEYS" in events[0]["error_description"]
+            assert grant["refresh_token"] not in json.dumps(events[0])
+            assert record.refresh_token not in json.dumps(events[0])
+            await rt.close()
+
+        run(scenario())

@@ -34,6 +34,8 @@ INTROSPECTION_UNAVAILABLE = "introspection.unavailable"
 INTROSPECTION_RESTORED = "introspection.restored"
 SIGNATURE_INVALID = "token.signature_invalid"
 INSTANCE_URL_REJECTED = "connection.instance_url_rejected"
+# A stored record no configured key opens (TOKENWORKER_ENCRYPTION_KEYS lacks its key).
+CONNECTION_UNREADABLE = "connection.unreadable"
 
 # Events worth waking someone for; the rest are informational.
 ALERTS = frozenset(
@@ -45,6 +47,7 @@ ALERTS = frozenset(
         INTROSPECTION_UNAVAILABLE,
         SIGNATURE_INVALID,
         INSTANCE_URL_REJECTED,
+        CONNECTION_UNREADABLE,
     }
 )
 WEBHOOK_EVENTS = ALERTS | {RECOVERED, INTEGRATION_RECOVERED, INTROSPECTION_RESTORED}

@@ -13,9 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.pipelining import AutoPipeline, Queue, eval_script
+
+log = structlog.get_logger("tokenworker.locks")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -80,4 +85,12 @@ class Leases:
             yield token, reply
         finally:
             if token is not None:
-                await self.release(key, token)
+                await self._release_quietly(key, token)
+
+    async def _release_quietly(self, key: str, token: str) -> None:
+        """Release, or leave it to the TTL when the store is away: what ran under the lease
+        is done (its result must not turn into a store error)."""
+        try:
+            await self.release(key, token)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            log.warning("lease.unreleased", problem=type(error).__name__, ttl_ms=self.ttl_ms)

@@ -19,6 +19,7 @@ from worker import events, failures, policy
 from worker.errors import (
     ConfigurationError,
     ConflictError,
+    DecryptionError,
     PermanentError,
     SalesforceError,
     StoreError,
@@ -38,10 +39,20 @@ from worker.outcomes import CheckResult, Outcome
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.responses import IntrospectionResult, TokenResponse
 from worker.store import Store
-from worker.tokens import apply_refresh, save_refresh
+from worker.tokens import STORE_DOWN, apply_refresh, save_refresh
 
 log = structlog.get_logger("tokenworker.refresher")
 INTEGRATION_CACHE_SECONDS = 5.0
+# How soon a check that met an unreachable store is due again (if the store takes the
+# give-back; if not, the sweep's claim window brings the id back).
+STORE_DOWN_RETRY = 2.0
+# An unreadable record (a missing encryption key) is reported once per connection per window.
+UNREADABLE_EVENT_WINDOW = 3600
+# A fresh token reading inactive means "this app cannot introspect" only when no token of the
+# integration read active within this window (in this process), and on more than one
+# connection: a grant revoked right after its refresh reads exactly the same.
+INTROSPECTION_SEEN_WORKING = 600.0
+UNAVAILABLE_AFTER_CONNECTIONS = 2
 
 
 class Refresher:
@@ -55,6 +66,7 @@ class Refresher:
         *,
         lease_wait: float = 0.0,
         concurrency: int = 200,
+        save_window: float = 120.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -65,12 +77,15 @@ class Refresher:
         self.timing = timing
         self.lease_wait = lease_wait
         self.concurrency = concurrency
+        self.save_window = save_window
         self.clock = clock
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
         self._lease: dict[str, str] = {}  # connection id -> our lease token, while held
         self._marked: dict[str, float] = {}  # connection id -> when we marked a refresh sent
         self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
+        self._introspection_active: dict[str, float] = {}  # integration -> last active answer
+        self._inactive_fresh: dict[str, dict[str, float]] = {}  # integration -> {id: when}
 
     async def check_many(
         self, ids: Iterable[str], *, force: bool = False, budget: float | None = None
@@ -91,11 +106,25 @@ class Refresher:
                     return CheckResult(connection_id, Outcome.DEFERRED, reason="batch out of time")
                 return await self.check(connection_id, force=force)
 
-        results = list(await asyncio.gather(*(one(cid) for cid in ids)))
+        ids = list(ids)
+        # Each check turns its own failures into its result; an exception that still escapes
+        # one (a bug) must not leave the others suspended in this loop without their task.
+        answers = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
+        results = [
+            _crashed(cid, answer) if isinstance(answer, BaseException) else answer
+            for cid, answer in zip(ids, answers, strict=True)
+        ]
         if deferred:
-            await self.store.give_back(deferred, self.clock())
+            await self._give_back(deferred, self.clock())
             log.warning("batch.deferred", count=len(deferred), budget_s=budget)
         return results
+
+    async def _give_back(self, connection_ids: list[str], at: float) -> None:
+        """Best effort: when the store is away, the sweep's claim window returns the ids."""
+        try:
+            await self.store.give_back(connection_ids, at)
+        except STORE_DOWN as error:
+            log.warning("store.unreachable", stage="give_back", problem=type(error).__name__)
 
     async def check(
         self, connection_id: str, *, force: bool = False, explicit: bool = False
@@ -114,10 +143,37 @@ class Refresher:
                     reason="TOKENWORKER_RATE_LIMIT reached for the integration",
                     next_check_at=at,
                 )
+            except STORE_DOWN as error:
+                return await self._store_down(connection_id, error)
             except StoreError as error:
                 log.error("connection.unreadable", problem=str(error))
+                if isinstance(error, DecryptionError):
+                    await self._report_unreadable(connection_id, error)
                 await self.store.schedule(connection_id, self.clock() + self.timing.retry_max)
                 return CheckResult(connection_id, Outcome.ERROR, reason=str(error))
+
+    async def _store_down(self, connection_id: str, error: Exception) -> CheckResult:
+        """The store went away in the middle of this check: this check's outcome, not the
+        batch's. Failing the batch would have Celery retry every id of it, including those
+        already done, while this check's id is due again soon anyway. Nothing was sent without
+        the lease: an answer already received was saved (or is lost only past save_window)."""
+        log.warning("store.unreachable", stage="check", problem=type(error).__name__)
+        await self._give_back([connection_id], self.clock() + STORE_DOWN_RETRY)
+        return CheckResult(connection_id, Outcome.ERROR, reason="store unreachable")
+
+    async def _report_unreadable(self, connection_id: str, error: DecryptionError) -> None:
+        """`connection.unreadable` once per connection per window, whichever process sees it
+        first: a record nobody can decrypt is retried every RETRY_MAX, not reported each time."""
+        key = f"{self.store.keys.prefix}unreadable:{connection_id}"
+        if await self.store.redis.set(key, "1", nx=True, ex=UNREADABLE_EVENT_WINDOW):
+            await self.sink.emit(
+                events.CONNECTION_UNREADABLE,
+                None,
+                None,
+                connection_id=connection_id,
+                error="unreadable",
+                error_description=str(error),
+            )
 
     async def _check(self, connection_id: str, force: bool, explicit: bool) -> CheckResult:
         wait = self.lease_wait if explicit else 0.0
@@ -172,6 +228,8 @@ class Refresher:
                     handled = await self._introspection_failed(conn, integration, error, now)
                     if handled is not None:
                         return handled
+            if facts is not None and facts.active:
+                self._seen_active(integration)
             decision = policy.decide(conn, facts, now, self.timing)
         if not decision.refresh:
             assert decision.expiry is not None
@@ -273,6 +331,7 @@ class Refresher:
         except SalesforceError as error:
             return await self.recorder.transient(conn, integration, error, stage="introspect")
         if facts.active:
+            self._seen_active(integration)
             return None
         dead = PermanentError(
             "refresh_token_inactive",
@@ -320,6 +379,44 @@ class Refresher:
                 return await self.recorder.transient(latest, integration, consumed, "refresh")
         return await self._refresh(latest, integration, reason, retried=True)
 
+    async def _fresh_token_inactive(
+        self, conn: Connection, integration: Integration, now: float
+    ) -> None:
+        """A token issued a moment ago reads inactive: either this app may not introspect
+        (Salesforce's exact answer then is not documented: see the README), or the grant was
+        revoked right after the refresh (the customer, or a reuse revocation). Only the first
+        is the integration's problem; report it when nothing says the second."""
+        if self._introspection_works(integration) or await self._grant_alive(conn, integration):
+            # The app sees tokens of this integration: it is this grant (or token) that died.
+            log.warning("token.inactive_after_refresh", integration=integration.name)
+            await self.store.schedule(conn.id, now + self.timing.retry_base)
+            return
+        seen = self._inactive_fresh.setdefault(integration.name, {})
+        seen[conn.id] = time.monotonic()
+        for cid, when in list(seen.items()):
+            if time.monotonic() - when > INTROSPECTION_SEEN_WORKING:
+                del seen[cid]
+        if len(seen) >= UNAVAILABLE_AFTER_CONNECTIONS:
+            await self.recorder.introspection_unavailable(integration)
+
+    async def _grant_alive(self, conn: Connection, integration: Integration) -> bool:
+        """Does the refresh token just stored read active? (False when unknown.)"""
+        try:
+            facts = await self.client.introspect(integration, conn.refresh_token, "refresh_token")
+        except (SalesforceError, Throttled):
+            return False
+        if facts.active:
+            self._seen_active(integration)
+        return facts.active
+
+    def _seen_active(self, integration: Integration) -> None:
+        self._introspection_active[integration.name] = time.monotonic()
+        self._inactive_fresh.pop(integration.name, None)
+
+    def _introspection_works(self, integration: Integration) -> bool:
+        seen = self._introspection_active.get(integration.name)
+        return seen is not None and time.monotonic() - seen < INTROSPECTION_SEEN_WORKING
+
     async def _newer_integration(self, used: Integration) -> Integration | None:
         """The stored integration when it is newer than the copy we used, else None."""
         self.forget_integration(used.name)
@@ -334,7 +431,17 @@ class Refresher:
         now = self.clock()
         applied = apply_refresh(conn, integration, response, now, self.timing, self.rng)
         # The rotated refresh token is saved before anything else can fail or be awaited.
-        saved = await save_refresh(self.store, applied.connection, applied.next_check_at)
+        saved = await save_refresh(
+            self.store,
+            applied.connection,
+            applied.next_check_at,
+            sent=conn.refresh_token,
+            window=self.save_window,
+        )
+        if saved.refresh_token != applied.connection.refresh_token:
+            # An operator's import (or another writer) replaced the grant while we refreshed
+            # the old one: the stored grant stands, this answer is not written.
+            return CheckResult(conn.id, Outcome.SUPERSEDED, reason="grant replaced meanwhile")
         if applied.problem is not None:
             return await self.recorder.integrity(saved, integration, applied.problem)
         if applied.rejected_instance_url is not None:
@@ -390,9 +497,9 @@ class Refresher:
         except (SalesforceError, Throttled):
             return conn  # the assumed expiry already saved stands; the next check retries
         if not facts.active:
-            # A token issued a moment ago cannot be inactive: this app may not introspect.
-            await self.recorder.introspection_unavailable(integration)
+            await self._fresh_token_inactive(conn, integration, now)
             return conn
+        self._seen_active(integration)
         if not integration.introspection_available:
             await self.recorder.introspection_restored(integration)
         if facts.exp is None:
@@ -407,6 +514,18 @@ class Refresher:
             return await self.store.save_connection(updated, at)
         except ConflictError:
             return conn
+
+
+def _crashed(connection_id: str, error: BaseException) -> CheckResult:
+    """A check that raised what it should have handled: logged, and this id's result only
+    (it is due again when the sweep's claim runs out)."""
+    log.error(
+        "check.crashed",
+        connection_id=connection_id,
+        problem=type(error).__name__,
+        exc_info=(type(error), error, error.__traceback__),
+    )
+    return CheckResult(connection_id, Outcome.ERROR, reason=f"crashed: {type(error).__name__}")
 
 
 def _source(conn: Connection) -> str | None:

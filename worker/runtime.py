@@ -25,6 +25,7 @@ from worker.ratelimit import RateLimiter
 from worker.refresher import Refresher
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store import Store
+from worker.tokens import save_window
 
 
 def redis_client(url: str) -> Redis:
@@ -79,6 +80,7 @@ class Runtime:
             policy.Timing.from_settings(settings),
             lease_wait=settings.lease_ttl,
             concurrency=settings.concurrency,
+            save_window=save_window(settings),
             clock=clock,
             rng=rng,
         )

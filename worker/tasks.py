@@ -42,6 +42,7 @@ from worker.sweep import sweep
 T = TypeVar("T")
 log = structlog.get_logger("tokenworker.tasks")
 _INFRA_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+DRAIN_TIMEOUT = 10.0  # seconds for cancelled leftovers to unwind (their finally blocks)
 _state: dict[str, Any] = {}
 
 
@@ -64,7 +65,27 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    return _loop().run_until_complete(coro)
+    """Run `coro` in this process's loop; nothing it started outlives it. When it raises
+    (or Celery interrupts it), whatever it left pending is cancelled and awaited here: a check
+    suspended until the next task would resume long after its lease ran out."""
+    loop = _loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        _drain(loop)
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    leftover = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not leftover:
+        return
+    names = sorted({task.get_coro().__qualname__ for task in leftover})  # type: ignore[union-attr]
+    for task in leftover:
+        task.cancel()
+    _, pending = loop.run_until_complete(asyncio.wait(leftover, timeout=DRAIN_TIMEOUT))
+    log.warning(
+        "loop.leftovers_cancelled", count=len(leftover), pending=len(pending), names=names[:5]
+    )
 
 
 def runtime() -> Runtime:

@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 
+import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config.settings import Settings
 from worker import policy
 from worker.errors import ConflictError, ResponseIntegrityError
 from worker.models import Connection, ExpirySource, Integration
+from worker.ratelimit import PERMIT_WAIT
 from worker.salesforce import hosts, signature
 from worker.salesforce.responses import TokenResponse
 from worker.store import Store
 
-SAVE_ATTEMPTS = 12  # with the backoff below, about 30 s of store outage
+log = structlog.get_logger("tokenworker.tokens")
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+SAVE_RETRY_MAX_DELAY = 2.0  # a returning store is noticed within 2 s
+SAVE_WINDOW = 120.0
+# Seconds after which a check_batch starts no new check and gives the rest back, due at once.
+# A healthy batch of 2,000 ids takes about a second; this bounds a batch against a slow
+# Salesforce, and with it the task time limits and how long a warm shutdown waits.
+BATCH_BUDGET = 60.0
+# The most Salesforce calls one check makes: introspect, the lost-answer introspection of the
+# refresh token, the refresh, one retry after losing a concurrent refresh, and introspecting
+# the new token to learn its lifetime (plus, rarely, its refresh token: see the refresher).
+CALLS_PER_CHECK = 6
 
 
 @dataclass(frozen=True)
@@ -103,32 +118,58 @@ def _instance_url(
     return response.instance_url.rstrip("/"), None
 
 
-async def save_refresh(store: Store, conn: Connection, next_check_at: float) -> Connection:
-    """Save a refreshed record; on a lost compare-and-set, merge onto the newest version.
+async def save_refresh(
+    store: Store, conn: Connection, next_check_at: float, *, sent: str, window: float
+) -> Connection:
+    """Save a refreshed record built from the answer to sending the refresh token `sent`.
 
-    Token fields win when their issued_at is newer; otherwise the newer record stands.
+    Store unreachable: retried for `window` seconds (see `save_window`), since this answer may
+    be the only copy of a rotated token. A lost compare-and-set re-reads the record: if it
+    still holds `sent`, the writer that won did not replace the grant (a status, a mark, a
+    schedule) and our answer is applied onto its version: our token fields win, they are the
+    rotation of that very grant. If it holds another refresh token, an operator imported a new
+    grant or another writer moved the grant on: that record stands and is returned.
     """
+    deadline = time.monotonic() + window
     delay = 0.1
-    for _ in range(SAVE_ATTEMPTS):
+    while True:
         try:
-            return await store.save_connection(conn, next_check_at)
-        except (RedisConnectionError, RedisTimeoutError):
-            # The store is briefly away (a restart): this answer is the only copy of a rotated
-            # token, so wait for the store rather than give it up.
+            try:
+                return await store.save_connection(conn, next_check_at)
+            except ConflictError:
+                latest = await store.get_connection(conn.id)
+        except STORE_DOWN:
+            # The store is away (a restart, a failover): wait for it rather than give it up.
+            if time.monotonic() + delay > deadline:
+                raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, SAVE_RETRY_MAX_DELAY)
             continue
-        except ConflictError:
-            latest = await store.get_connection(conn.id)
-            if latest is None:
-                return conn  # removed by an operator meanwhile: do not resurrect it
-            if _newer(latest, conn):
-                return latest
-            conn = conn.evolve(version=latest.version)
-    raise ConflictError(f"connection {conn.id}: could not save after {SAVE_ATTEMPTS} attempts")
+        if latest is None:
+            return conn  # removed by an operator meanwhile: do not resurrect it
+        if latest.refresh_token != sent:
+            log.warning("refresh.superseded", connection_id=conn.id, version=latest.version)
+            return latest
+        if time.monotonic() > deadline:
+            raise ConflictError(f"connection {conn.id}: still losing the save after {window:g}s")
+        conn = conn.evolve(version=latest.version)
 
 
-def _newer(latest: Connection, ours: Connection) -> bool:
-    if latest.issued_at is None or ours.issued_at is None:
-        return False
-    return latest.issued_at > ours.issued_at
+def save_window(settings: Settings) -> float:
+    """Seconds `save_refresh` keeps retrying an answered refresh through a store outage: 120 s,
+    whatever the settings (about three times the 36 s of the fixed attempt count it replaces).
+    The task time limits add it to `check_window`, so no limit interrupts a save within it."""
+    del settings  # one figure to document; the time limits are derived from it
+    return SAVE_WINDOW
+
+
+def check_window(settings: Settings) -> float:
+    """Seconds from a task's start to the last answer one of its checks may wait for.
+
+    A check starts at most max(BATCH_BUDGET, LEASE_TTL) seconds in (a batch starts none after
+    its budget; an explicit check waits at most LEASE_TTL for the lease). Once started, each
+    of its calls may wait PERMIT_WAIT for a permit and HTTP_TIMEOUT for the answer, plus the
+    ~1.5 s pause before the retry. 152 s with the defaults.
+    """
+    start = max(BATCH_BUDGET, settings.lease_ttl)
+    return start + CALLS_PER_CHECK * (settings.http_timeout + PERMIT_WAIT) + 2.0
