@@ -289,6 +289,30 @@ class TestConcurrency:
 
         run(scenario())
 
+    def test_a_connection_removed_before_the_mark_is_never_refreshed(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """`connections remove` landing between the lease and the "sent" mark: the mark does
+        not recreate the record and the removed grant's refresh token is never sent."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, grant)] = await connect(rt, emu)
+            mark = rt.store.mark_refreshing
+
+            async def removed_first(connection_id: str, now: float) -> bool:
+                await rt.store.remove_connection(connection_id)
+                return await mark(connection_id, now)
+
+            rt.store.mark_refreshing = removed_first  # type: ignore[method-assign]
+            result = await rt.refresher.check(cid, force=True)
+            assert result.outcome is Outcome.NOT_FOUND, result
+            assert emu.token_calls(grant["grant_id"]) == 0
+            assert await rt.store.get_connection(cid) is None
+            await rt.close()
+
+        run(scenario())
+
 
 class TestSecrecy:
     def test_raw_redis_values_hold_no_plaintext_secret(

@@ -282,7 +282,9 @@ class Refresher:
             return lost_lease
         if self._marked.get(conn.id) is None:
             started = self.clock()
-            await self.store.mark_refreshing(conn.id, started)
+            if not await self.store.mark_refreshing(conn.id, started):
+                # Removed by an operator since we read it: never send a removed grant's token.
+                return CheckResult(conn.id, Outcome.NOT_FOUND, reason="removed before refresh")
             self._marked[conn.id] = started
             conn = conn.evolve(refresh_started_at=started)
         try:
