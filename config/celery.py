@@ -1,7 +1,7 @@
 """The Celery app: broker, queues, routes, beat schedule, time limits, logging signals.
 
 Start a worker with `celery -A config.celery worker -Q sweep,refresh,ops` and beat with
-`celery -A config.celery beat -S worker.beat.LeaseScheduler` (see the Procfile). Settings come
+`celery -A config.celery beat -S worker.jobs.beat.LeaseScheduler` (see the Procfile). Settings come
 from the environment.
 """
 
@@ -15,9 +15,9 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.settings import Settings, SettingsError
-from worker.beat import beat_config
+from worker.engine.saving import BATCH_BUDGET, check_window, save_window
+from worker.jobs.beat import beat_config
 from worker.opsconfig import OpsSettings
-from worker.tokens import BATCH_BUDGET, check_window, save_window
 
 __all__ = ["BATCH_BUDGET", "app", "celery_config", "hard_time_limit", "soft_time_limit"]
 
@@ -104,4 +104,4 @@ def _settings() -> Settings:
 
 
 app = make_app(_settings())
-app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+app.autodiscover_tasks(["worker.jobs"], related_name="tasks", force=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from worker.redaction import REDACTED, SECRET_NAMES, redact_text
+from worker.domain.redaction import REDACTED, SECRET_NAMES, redact_text
 
 SECRET_KEYS = SECRET_NAMES  # one set: the event builder refuses the same names
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from config.settings import Settings
-from worker.crypto import generate_key
-from worker.embedded import EmbeddedRedis
-from worker.emulator.server import EmulatorThread
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.dev.emulator.server import EmulatorThread
+from worker.engine.runtime import Runtime
+from worker.store.crypto import generate_key
 
 T = TypeVar("T")
 

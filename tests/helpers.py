@@ -6,9 +6,9 @@ import json
 import uuid
 from typing import Any
 
-from worker import ops
-from worker.models import Integration, Provider
-from worker.runtime import Runtime
+from worker.domain.models import Integration, Provider
+from worker.engine.runtime import Runtime
+from worker.service import ops
 
 # A sandbox integration for tests that need one without a store or an emulator.
 SANDBOX_INTEGRATION = Integration(
@@ -54,7 +54,7 @@ async def connect(
 
 
 async def events_of(rt: Runtime) -> list[dict[str, Any]]:
-    from worker.events import read_events  # noqa: PLC0415
+    from worker.engine.events import read_events  # noqa: PLC0415
 
     return [event for _, event in await read_events(rt.redis, rt.store.keys, limit=1000)]
 

@@ -20,8 +20,8 @@ import redis
 
 from config.settings import Settings
 from tests.conftest import FAST, TEST_KEYS, run
-from worker.embedded import EmbeddedRedis
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.engine.runtime import Runtime
 
 T = TypeVar("T")
 

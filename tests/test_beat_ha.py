@@ -13,10 +13,10 @@ from celery import Celery
 
 from config.settings import Settings
 from tests.processes import Proc, celery_env, wait_for
-from worker.beat import SCHEDULER, STANDBY_POLL, Lease, LeaseScheduler, beat_config
-from worker.embedded import EmbeddedRedis, free_port
-from worker.keys import Keys
+from worker.dev.embedded import EmbeddedRedis, free_port
+from worker.jobs.beat import SCHEDULER, STANDBY_POLL, Lease, LeaseScheduler, beat_config
 from worker.opsconfig import OpsSettings
+from worker.store.keys import Keys
 
 LOCK_TIMEOUT = 4  # seconds; production uses 25 (TOKENWORKER_BEAT_LOCK_TIMEOUT)
 

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from worker.bench.command import REQUIRED
+from worker.dev.bench.command import REQUIRED
 
 
 def _leftovers() -> set[str]:

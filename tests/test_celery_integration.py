@@ -21,8 +21,8 @@ import redis
 from config.settings import Settings
 from tests.conftest import FAST, TEST_KEYS, Emu, run
 from tests.helpers import connect
-from worker.embedded import EmbeddedRedis
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.engine.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 WEBHOOK_SECRET = "whsec-test"
@@ -204,7 +204,7 @@ def test_cli_refresh_wait_revives_a_reauth_required_connection(pool: Pool, emu: 
     [(cid, _grant)] = _seed(pool.env, emu)
 
     async def mark_dead(rt: Runtime) -> None:
-        from worker.models import ConnectionStatus  # noqa: PLC0415
+        from worker.domain.models import ConnectionStatus  # noqa: PLC0415
 
         conn = await rt.store.get_connection(cid)
         assert conn is not None
@@ -270,7 +270,7 @@ def test_duplicate_deliveries_of_one_batch_make_one_token_call_each(pool: Pool, 
 
 def test_failures_reach_the_webhook_signed(pool: Pool, emu: Emu) -> None:
     """A reauth_required verdict is POSTed once to the webhook, signed and verifiable."""
-    from worker.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify  # noqa: PLC0415
+    from worker.telemetry.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify  # noqa: PLC0415
 
     [(cid, grant)] = _seed(pool.env, emu)
     emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")

@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import Emu
 from tests.helpers import connect
 from tests.processes import Proc, celery_env, cli, wait_ready, with_runtime
-from worker.cli import build_parser
-from worker.embedded import EmbeddedRedis
+from worker.cli.main import build_parser
+from worker.dev.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ import pytest
 from tests.conftest import Emu
 from tests.helpers import SANDBOX_INTEGRATION, connect
 from tests.processes import cli, with_runtime
-from worker.crypto import Cipher
-from worker.models import Connection
-from worker.runtime import Runtime
-from worker.store import Store
+from worker.domain.models import Connection
+from worker.engine.runtime import Runtime
+from worker.store.connections import Store
+from worker.store.crypto import Cipher
 
 pytestmark = pytest.mark.integration
 

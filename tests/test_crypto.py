@@ -1,4 +1,4 @@
-"""worker/crypto.py: AES-256-GCM at rest under rotatable keys."""
+"""worker/store/crypto.py: AES-256-GCM at rest under rotatable keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.crypto import Cipher, generate_key
 from worker.errors import DecryptionError
+from worker.store.crypto import Cipher, generate_key
 
 OLD_KEY = bytes(range(32))
 NEW_KEY = bytes(range(100, 132))

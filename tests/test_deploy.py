@@ -17,8 +17,8 @@ import yaml
 
 from config.settings import Settings
 from tests.conftest import TEST_KEYS
-from worker.cli import build_parser
-from worker.exporter import exposition, registry_for
+from worker.cli.main import build_parser
+from worker.telemetry.exporter import exposition, registry_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -92,15 +92,15 @@ def test_worker_probes_are_cli_commands_naming_the_workers_node() -> None:
 
 
 def test_beat_runs_the_lease_scheduler_with_a_standby() -> None:
-    """Beat runs worker.beat.LeaseScheduler everywhere, with two replicas on Kubernetes."""
+    """Beat runs worker.jobs.beat.LeaseScheduler everywhere, with two replicas on Kubernetes."""
     beat = _manifests()[("Deployment", "tokenworker-beat")]
     assert beat["spec"]["replicas"] >= 2
     args = beat["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("-S") + 1] == "worker.beat.LeaseScheduler"
+    assert args[args.index("-S") + 1] == "worker.jobs.beat.LeaseScheduler"
     unit = _unit("tokenworker-beat.service")["Service"]["ExecStart"]
-    assert "-S worker.beat.LeaseScheduler" in unit
+    assert "-S worker.jobs.beat.LeaseScheduler" in unit
     procfile = (DEPLOY.parent / "Procfile").read_text()
-    assert "beat -S worker.beat.LeaseScheduler" in procfile
+    assert "beat -S worker.jobs.beat.LeaseScheduler" in procfile
 
 
 def test_kustomization_applies_every_manifest_but_the_secret_example() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from config.settings import reference
-from worker import docs, opsconfig
-from worker.cli import main
+from worker import opsconfig
+from worker.cli.main import main
+from worker.service import reference as docs
 
 
 def test_the_committed_configuration_reference_matches_the_code() -> None:
-    """The file equals what `python -m worker.docs` writes (regenerate it when this fails)."""
-    assert docs.PATH.read_text() == docs.render(), "run `python -m worker.docs`"
+    """The file equals what `tokenworker config-reference` prints (regenerate it on failure)."""
+    assert docs.PATH.read_text() == docs.render(), "run `python -m worker.service.reference`"
 
 
 def test_every_variable_is_documented_once() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.emulator import EmulatorThread
+from worker.dev.emulator import EmulatorThread
 
 CLIENT_ID = "app"
 SECRET = "s3cret"
@@ -764,7 +764,7 @@ def test_bad_requests_are_refused_and_closed(emu: EmulatorThread, wire: bytes, s
 
 def test_run_forever_prints_url_and_stops_on_sigterm() -> None:
     """The CLI entry point prints its URL to stderr, serves, and exits 0 on SIGTERM."""
-    code = "from worker.emulator import run_forever; run_forever('127.0.0.1', 0, 60, 0, True)"
+    code = "from worker.dev.emulator import run_forever; run_forever('127.0.0.1', 0, 60, 0, True)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env

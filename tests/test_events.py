@@ -1,4 +1,4 @@
-"""worker/events.py: event objects, the capped stream, and what reaches the webhook."""
+"""worker/engine/events.py: event objects, the capped stream, and what reaches the webhook."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import structlog
 
 from config.logging import SECRET_KEYS
 from tests.helpers import SANDBOX_INTEGRATION
-from worker import events
-from worker.events import SECRET_FIELDS, EventSink, build, read_events
-from worker.keys import Keys
-from worker.models import Connection
+from worker.domain.models import Connection
+from worker.engine import events
+from worker.engine.events import SECRET_FIELDS, EventSink, build, read_events
+from worker.store.keys import Keys
 
 now = 1_800_000_000.0
 CONN = Connection(id="c-1", integration="acme", refresh_token="5Aep861-refresh")

@@ -14,10 +14,10 @@ import pytest
 
 from tests.conftest import Emu, run
 from tests.helpers import connect, events_of, names_of
-from worker import ops
-from worker.models import ConnectionStatus, IntegrationStatus
-from worker.outcomes import Outcome
-from worker.runtime import Runtime
+from worker.domain.models import ConnectionStatus, IntegrationStatus
+from worker.domain.outcomes import Outcome
+from worker.engine.runtime import Runtime
+from worker.service import ops
 
 RuntimeFor = Callable[..., Runtime]
 

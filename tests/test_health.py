@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from tests.processes import Proc, celery_env, cli, wait_for, wait_ready
-from worker.embedded import free_port, redis_server_binary
-from worker.health import FORGET_AFTER, current, heartbeats, liveness, node_name, readiness
-from worker.keys import Keys
+from worker.dev.embedded import free_port, redis_server_binary
+from worker.service.health import FORGET_AFTER, current, heartbeats, liveness, node_name, readiness
+from worker.store.keys import Keys
 
 NOW = 1_800_000_000.0
 

@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from tests.conftest import run
-from worker.runtime import Runtime
+from worker.engine.runtime import Runtime
 
 RuntimeFor = Callable[..., Runtime]
 

@@ -25,10 +25,10 @@ import pytest
 
 from tests.conftest import Emu, run
 from tests.helpers import connect
-from worker.emulator.records import DEFAULT_RACE_WINDOW_MS
-from worker.models import ConnectionStatus
-from worker.outcomes import Outcome
-from worker.runtime import Runtime
+from worker.dev.emulator.records import DEFAULT_RACE_WINDOW_MS
+from worker.domain.models import ConnectionStatus
+from worker.domain.outcomes import Outcome
+from worker.engine.runtime import Runtime
 
 RuntimeFor = Callable[..., Runtime]
 

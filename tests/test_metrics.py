@@ -19,13 +19,13 @@ from config.settings import Settings
 from tests.conftest import Emu, run
 from tests.helpers import connect
 from tests.processes import Proc, celery_env, cli, wait_for, wait_ready, with_runtime
-from worker import events
-from worker.embedded import EmbeddedRedis, free_port
-from worker.events import EventSink
-from worker.exporter import exposition, registry_for
-from worker.keys import Keys
-from worker.metrics import CALL_SECONDS, Recorder, Tally, record_task
-from worker.runtime import redis_client
+from worker.dev.embedded import EmbeddedRedis, free_port
+from worker.engine import events
+from worker.engine.events import EventSink
+from worker.engine.runtime import redis_client
+from worker.store.keys import Keys
+from worker.telemetry.exporter import exposition, registry_for
+from worker.telemetry.metrics import CALL_SECONDS, Recorder, Tally, record_task
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -222,7 +222,7 @@ def _seed(env: dict[str, str], emu: Emu, count: int) -> list[tuple[str, dict[str
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "metrics", "--addr", "127.0.0.1", "--port", f"{port}"],
+        [sys.executable, "-m", "worker.cli", "metrics", "--addr", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""worker/policy.py: refresh or not, when to look again, how long to back off."""
+"""worker/domain/policy.py: refresh or not, when to look again, how long to back off."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from worker.models import Connection, ExpirySource
-from worker.policy import (
+from worker.domain.models import Connection, ExpirySource
+from worker.domain.policy import (
     MIN_DELAY,
     Expiry,
     Timing,

@@ -11,10 +11,10 @@ import pytest
 
 from tests.conftest import Emu, run
 from tests.helpers import connect
+from worker.domain.outcomes import Outcome
+from worker.engine.runtime import Runtime
 from worker.errors import Throttled
-from worker.outcomes import Outcome
-from worker.ratelimit import RateLimiter
-from worker.runtime import Runtime
+from worker.store.ratelimit import RateLimiter
 
 RuntimeFor = Callable[..., Runtime]
 

@@ -16,11 +16,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from config.settings import Settings
 from tests.conftest import TEST_KEYS, Emu, run
 from tests.helpers import connect, events_of, names_of
-from worker.crypto import Cipher
-from worker.models import ConnectionStatus, ExpirySource
-from worker.outcomes import Outcome
-from worker.runtime import Runtime
-from worker.store import Store
+from worker.domain.models import ConnectionStatus, ExpirySource
+from worker.domain.outcomes import Outcome
+from worker.engine.runtime import Runtime
+from worker.store.connections import Store
+from worker.store.crypto import Cipher
 
 RuntimeFor = Callable[..., Runtime]
 
@@ -176,7 +176,7 @@ class TestFailures:
             pairs = await connect(rt, emu, count=3)
             integration = await rt.store.get_integration("acme")
             assert integration is not None
-            from worker import ops  # noqa: PLC0415
+            from worker.service import ops  # noqa: PLC0415
 
             await ops.add_integration(
                 rt, "acme", "salesforce", integration.client_id, "wrong-secret", emu.base_url
@@ -417,7 +417,7 @@ class TestRotationSaved:
         stays stored; the old grant's rotated token is not written over it."""
 
         async def scenario() -> None:
-            from worker import ops  # noqa: PLC0415
+            from worker.service import ops  # noqa: PLC0415
 
             rt = runtime_for()
             [(cid, old)] = await connect(rt, emu, rotation=True)
@@ -478,7 +478,7 @@ class TestRotationSaved:
     ) -> None:
         """The figures the README gives: a 120 s save window, time limits 272/302 s with the
         defaults; a save may start as late as a check's last answer and still use it all."""
-        from worker.tokens import check_window, save_window  # noqa: PLC0415
+        from worker.engine.saving import check_window, save_window  # noqa: PLC0415
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
         env["TOKENWORKER_ENCRYPTION_KEYS"] = TEST_KEYS

@@ -12,8 +12,8 @@ from celery import Celery
 from tests.conftest import Emu
 from tests.helpers import connect
 from tests.processes import Proc, celery_env, wait_for, wait_ready, with_runtime
-from worker.embedded import EmbeddedRedis
-from worker.keys import Keys
+from worker.dev.embedded import EmbeddedRedis
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

@@ -12,13 +12,13 @@ import pytest
 
 from tests.conftest import run
 from tests.helpers import SANDBOX_INTEGRATION
-from worker.crypto import Cipher, generate_key
+from worker.domain.models import Connection
+from worker.engine.runtime import Runtime
 from worker.errors import ConflictError, StoreError
-from worker.models import Connection
-from worker.rotation import rotate
-from worker.runtime import Runtime
-from worker.store import Store
-from worker.transfer import Record, import_record, iter_connections
+from worker.service.transfer import Record, import_record, iter_connections
+from worker.store.connections import Store
+from worker.store.crypto import Cipher, generate_key
+from worker.store.rotation import rotate
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""worker/transfer.py: connections as JSON Lines, validated line by line."""
+"""worker/service/transfer.py: connections as JSON Lines, validated line by line."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from worker.domain.models import Connection, ConnectionStatus, Integration, Provider
 from worker.errors import InputError
-from worker.models import Connection, ConnectionStatus, Integration, Provider
-from worker.transfer import decode_input, export_row, parse_line, parse_lines
+from worker.service.transfer import decode_input, export_row, parse_line, parse_lines
 
 now = 1_800_000_000.0
 INTEGRATIONS = {

@@ -1,4 +1,4 @@
-"""worker/webhooks.py: signed webhook bodies, verified the way a receiver would."""
+"""worker/telemetry/webhooks.py: signed webhook bodies, verified the way a receiver would."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from config.settings import Settings
-from worker.webhooks import (
+from worker.telemetry.webhooks import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookError,

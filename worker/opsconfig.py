@@ -1,7 +1,7 @@
 """Operational settings that belong to HA beat and health probes, read from the environment.
 
 They follow `config.settings` (TOKENWORKER_* names, validated at start, a message naming the
-variable) and are listed in deploy/CONFIGURATION.md by `worker.docs`. Kept apart from
+variable) and are listed in deploy/CONFIGURATION.md by `worker.service.reference`. Kept apart from
 `Settings` only so the two can evolve independently; folding them in later changes nothing
 for operators.
 """

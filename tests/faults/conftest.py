@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import TEST_KEYS, Emu
 from tests.faults.harness import Fleet, Ledger, process_env
-from worker.embedded import EmbeddedRedis
-from worker.emulator.server import EmulatorThread
+from worker.dev.embedded import EmbeddedRedis
+from worker.dev.emulator.server import EmulatorThread
 
 SCAN_MODULE = "test_secrets_scan.py"
 

@@ -31,15 +31,15 @@ import redis
 
 from tests.conftest import FAST, TEST_KEYS
 from tests.helpers import connect
-from worker.embedded import EmbeddedRedis
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.engine.runtime import Runtime
 
 T = TypeVar("T")
 
 SWEEP_INTERVAL = 2.0
 LEASE_TTL = 5.0
 HTTP_TIMEOUT = 2.0
-CLAIM_WINDOW = max(2 * LEASE_TTL, 2 * SWEEP_INTERVAL)  # worker.sweep.claim_window
+CLAIM_WINDOW = max(2 * LEASE_TTL, 2 * SWEEP_INTERVAL)  # worker.engine.sweep.claim_window
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -144,7 +144,7 @@ def stored(env: dict[str, str], ids: list[str]) -> dict[str, Any]:
 
 
 def events_for(env: dict[str, str], connection_id: str | None = None) -> list[dict[str, Any]]:
-    from worker.events import read_events  # noqa: PLC0415
+    from worker.engine.events import read_events  # noqa: PLC0415
 
     async def read(rt: Runtime) -> list[dict[str, Any]]:
         rows = await read_events(rt.redis, rt.store.keys, limit=10_000)
@@ -382,7 +382,7 @@ def dump_server(port: int) -> list[bytes]:
 
 def start_redis_with(directory: str, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     """A redis-server with the given arguments instead of deploy/redis.conf."""
-    from worker.embedded import free_port, redis_server_binary  # noqa: PLC0415
+    from worker.dev.embedded import free_port, redis_server_binary  # noqa: PLC0415
 
     port = free_port()
     argv = [

@@ -17,7 +17,7 @@ MARK = "ORPHANS_PENDING"
 
 @task_postrun.connect
 def _report(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    from worker import tasks  # noqa: PLC0415
+    from worker.jobs import tasks  # noqa: PLC0415
 
     loop = tasks._state.get("loop")
     if loop is None or loop.is_closed():

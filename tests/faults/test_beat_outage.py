@@ -26,9 +26,9 @@ from tests.faults.harness import (
     process_env,
     wait_until,
 )
-from worker.embedded import EmbeddedRedis, free_port
-from worker.keys import Keys
+from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.opsconfig import OpsSettings
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,8 @@ from tests.faults.harness import (
     seed,
     wait_until,
 )
-from worker.embedded import EmbeddedRedis
-from worker.keys import Keys
+from worker.dev.embedded import EmbeddedRedis
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

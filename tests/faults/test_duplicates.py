@@ -28,8 +28,8 @@ from tests.faults.harness import (
     stored,
     wait_until,
 )
-from worker.keys import Keys
-from worker.sweep import SweepResult, sweep
+from worker.engine.sweep import SweepResult, sweep
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

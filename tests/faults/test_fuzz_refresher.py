@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from config.settings import Settings
 from tests.conftest import TEST_KEYS
 from tests.faults.harness import HTTP_TIMEOUT, LEASE_TTL, Ledger
-from worker import events
-from worker.embedded import EmbeddedRedis
-from worker.models import Connection, Integration, Provider
-from worker.outcomes import Outcome
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.domain.models import Connection, Integration, Provider
+from worker.domain.outcomes import Outcome
+from worker.engine import events
+from worker.engine.runtime import Runtime
 from worker.salesforce import hosts, signature
 from worker.salesforce.client import AiohttpExchange
 from worker.salesforce.responses import MAX_BODY_BYTES
@@ -323,7 +323,7 @@ async def _one_check(
         result = await rt.refresher.check(before.id, force=force)
         after = await rt.store.get_connection(before.id)
         assert after is not None
-        from worker.events import read_events  # noqa: PLC0415
+        from worker.engine.events import read_events  # noqa: PLC0415
 
         emitted = [e for _, e in await read_events(rt.redis, rt.store.keys, limit=50)]
         return before, after, result, [e for e in emitted if e.get("connection_id") == before.id]

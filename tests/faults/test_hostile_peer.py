@@ -37,9 +37,9 @@ from tests.faults.harness import (
     stored,
     with_runtime,
 )
-from worker.embedded import EmbeddedRedis
-from worker.emulator.salesforce import REDIRECT_TARGET
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.dev.emulator.salesforce import REDIRECT_TARGET
+from worker.engine.runtime import Runtime
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Scenario 6, bad operator input through the CLI as operators run it (`python -m
-worker.cli ...` subprocesses): malformed imports, unknown integrations, duplicate ids, plain
+worker.cli.main ...` subprocesses): malformed imports, unknown integrations, duplicate ids, plain
 http:// login URLs, a wrong or malformed encryption key, and a key rotation killed midway."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import redis
 
 from tests.conftest import TEST_KEYS, Emu
 from tests.faults.harness import ROOT, Ledger, cli, seed, stored, wait_until, with_runtime
-from worker.crypto import generate_key, key_id
-from worker.keys import Keys
-from worker.models import Connection, Integration, Provider
-from worker.runtime import Runtime
+from worker.domain.models import Connection, Integration, Provider
+from worker.engine.runtime import Runtime
 from worker.salesforce.responses import epoch_seconds
+from worker.store.crypto import generate_key, key_id
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.faults.orphan_probe import MARK
-from worker.embedded import EmbeddedRedis
+from worker.dev.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

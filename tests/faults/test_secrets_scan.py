@@ -30,7 +30,7 @@ from tests.faults.harness import (
     process_env,
     seed,
 )
-from worker.emulator.server import EmulatorThread
+from worker.dev.emulator.server import EmulatorThread
 
 pytestmark = pytest.mark.integration
 

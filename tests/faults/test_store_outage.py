@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import Emu
 from tests.faults.harness import Ledger, open_runtime, process_env, seed
-from worker.embedded import EmbeddedRedis
-from worker.outcomes import Outcome
+from worker.dev.embedded import EmbeddedRedis
+from worker.domain.outcomes import Outcome
 
 pytestmark = pytest.mark.integration
 

@@ -32,9 +32,9 @@ from tests.faults.harness import (
     wait_until,
     with_runtime,
 )
-from worker.embedded import EmbeddedRedis
-from worker.keys import Keys
-from worker.runtime import Runtime
+from worker.dev.embedded import EmbeddedRedis
+from worker.engine.runtime import Runtime
+from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 

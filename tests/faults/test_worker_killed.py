@@ -28,7 +28,7 @@ from tests.faults.harness import (
     stored,
     wait_until,
 )
-from worker.models import ConnectionStatus
+from worker.domain.models import ConnectionStatus
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import structlog
 
+from worker.domain.models import Integration
+from worker.domain.redaction import REDACTED
 from worker.errors import ConfigurationError, TransientError
-from worker.models import Integration
-from worker.redaction import REDACTED
 from worker.salesforce import hosts
 from worker.salesforce.responses import (
     MAX_BODY_BYTES,
@@ -192,7 +192,7 @@ Observer = Callable[[str, float, int], None]  # (call, seconds, HTTP status)
 
 
 class Admission(Protocol):
-    """Permits to call Salesforce for an integration (worker.ratelimit.RateLimiter)."""
+    """Permits to call Salesforce for an integration (worker.store.ratelimit.RateLimiter)."""
 
     async def take(self, integration: str) -> None: ...
 

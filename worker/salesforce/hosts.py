@@ -11,8 +11,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+from worker.domain.models import Provider
 from worker.errors import InputError
-from worker.models import Provider
 
 DEFAULT_LOGIN_URLS = {
     Provider.SALESFORCE: "https://login.salesforce.com",

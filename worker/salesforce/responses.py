@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.domain.redaction import redact_text
 from worker.errors import (
     ConfigurationError,
     PermanentError,
@@ -19,7 +20,6 @@ from worker.errors import (
     SalesforceError,
     TransientError,
 )
-from worker.redaction import redact_text
 
 MAX_BODY_BYTES = 64 * 1024
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{8,4096}$")

@@ -1,0 +1,1 @@
+"""Development harness: the emulator, the benchmark, the demo, an embedded Redis."""

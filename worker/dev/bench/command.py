@@ -1,0 +1,81 @@
+"""`tokenworker bench`: the scale benchmark of issue 6, end to end.
+
+Starts its own Redis (deploy/redis.conf), Salesforce emulator (50 ms per call) and Celery
+worker, runs the throughput, cost and store scenarios, prints a table of targets and writes
+the figures, machine facts and parameters as JSON. Every process and temporary file it
+started is gone when it ends, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+from worker.dev.bench import params as bench_params
+
+EXAMPLE = "tokenworker bench --quick --output bench-results.json"
+REQUIRED = (
+    "checks_per_s",
+    "ceiling_per_s",
+    "efficiency",
+    "calls_per_conn_day",
+    "calls_lower_bound",
+    "cost_ratio",
+    "naive_calls_per_conn_day",
+    "stale_max",
+    "redis_bytes_per_conn",
+    "idle_sweep_ms_1m",
+)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="run the scale benchmark (make bench)",
+        description=__doc__,
+        epilog="example:\n  " + EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_params.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from config.logging import configure  # noqa: PLC0415
+    from worker.dev.bench import report  # noqa: PLC0415
+    from worker.dev.bench.progress import say  # noqa: PLC0415
+    from worker.dev.bench.scenarios import Run  # noqa: PLC0415
+    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
+
+    params = bench_params.from_args(args)
+    configure("json", level=logging.WARNING)  # the in-process scenarios' events stay quiet
+    restore = sigterm_as_exit()
+    started = time.monotonic()
+    say(f"{params.mode} run; results to {args.output}")
+    try:
+        with Workspace() as ws:
+            bench = Run(ws, params, args.profile)
+            machine = report.machine(bench.redis.url)
+            bench.throughput()
+            bench.cost()
+            bench.store()
+    finally:
+        restore()
+    figures = bench.figures
+    document: dict[str, Any] = {
+        **{key: figures[key] for key in REQUIRED},
+        "idle_sweep_growth": figures["idle_sweep_growth"],
+        "passed": report.verdicts(figures),
+        "notes": bench.notes,
+        "machine": machine,
+        "params": params.as_dict(),
+        "command": "tokenworker " + " ".join(sys.argv[1:]),
+        "seconds": round(time.monotonic() - started, 1),
+        "details": bench.details,
+    }
+    report.write(args.output, document)
+    say(f"done in {document['seconds']:g}s; wrote {args.output}")
+    report.table(figures, bench.notes, sys.stdout)
+    return 0

@@ -1,0 +1,109 @@
+"""Writing connections straight into the store, pipelined, in the store's own record format.
+
+`connections import` checks and writes one record at a time (right for operators, too slow
+for a million). Here each record is still built by `worker.store.codec.connection_fields` and sealed
+by `worker.store.crypto.Cipher`, exactly as `Store.save_connection` would store it, but thousands go
+per round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable, Iterator
+
+import redis
+from redis.typing import EncodableT
+
+from worker.dev.bench.emuadmin import Grant
+from worker.domain.models import Connection, ConnectionStatus, ExpirySource
+from worker.salesforce.responses import epoch_seconds
+from worker.store import codec
+from worker.store.crypto import Cipher
+from worker.store.keys import Keys
+
+CHUNK = 2_000
+
+
+def imported(connection_id: str, integration: str, grant: Grant) -> Connection:
+    """The record `tokenworker connections import` makes from an emulator grant."""
+    issued = epoch_seconds(grant.issued_at_ms)
+    return Connection(
+        id=connection_id,
+        integration=integration,
+        refresh_token=grant.refresh_token,
+        access_token=grant.access_token,
+        instance_url=grant.instance_url,
+        issued_at=issued,
+        last_refresh_at=issued,
+        status=ConnectionStatus.ACTIVE,
+        version=1,
+    )
+
+
+def checked(connection_id: str, integration: str, now: float, lifetime: float) -> Connection:
+    """A steady connection as the worker leaves it after a check: every field set."""
+    text = base64.urlsafe_b64encode(os.urandom(144)).decode()
+    return Connection(
+        id=connection_id,
+        integration=integration,
+        refresh_token="5Aep861" + text[:80],
+        access_token="00D5g000004XyZa!AQ" + text[80:176],
+        instance_url="https://acme-corp.my.salesforce.com",
+        identity_url="https://login.salesforce.com/id/00D5g000004XyZaEAK/0055g00000AbCdEAAZ",
+        issued_at=now,
+        expires_at=now + lifetime,
+        expiry_source=ExpirySource.INTROSPECTION,
+        lifetime=lifetime,
+        status=ConnectionStatus.ACTIVE,
+        version=3,
+        last_check_at=now,
+        last_refresh_at=now,
+    )
+
+
+def _mapping(conn: Connection, cipher: Cipher) -> dict[EncodableT, EncodableT]:
+    fields: dict[EncodableT, EncodableT] = {
+        k: v for k, v in codec.connection_fields(conn, cipher).items() if v != ""
+    }
+    fields["version"] = str(conn.version)
+    return fields
+
+
+def write(
+    client: redis.Redis,
+    keys: Keys,
+    cipher: Cipher,
+    records: Iterable[tuple[Connection, float]],
+) -> int:
+    """Store (connection, next check) pairs; returns how many were written."""
+    written = 0
+    for chunk in _chunks(records, CHUNK):
+        pipe = client.pipeline(transaction=False)
+        scores: dict[str, float] = {}
+        for conn, at in chunk:
+            pipe.hset(keys.conn(conn.id), mapping=_mapping(conn, cipher))
+            scores[conn.id] = at
+        pipe.zadd(keys.due, dict(scores))
+        pipe.execute()
+        written += len(chunk)
+    return written
+
+
+def reschedule(client: redis.Redis, keys: Keys, ids: list[str], at: float) -> None:
+    """Make connections due at `at` (the benchmark's "everything is due now")."""
+    for start in range(0, len(ids), 10 * CHUNK):
+        client.zadd(keys.due, dict.fromkeys(ids[start : start + 10 * CHUNK], at))
+
+
+def _chunks(
+    items: Iterable[tuple[Connection, float]], size: int
+) -> Iterator[list[tuple[Connection, float]]]:
+    chunk: list[tuple[Connection, float]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,123 @@
+"""The emulator on a simulated clock, in its own process, for the cost scenario.
+
+The benchmark process owns the clock (a double in a file both processes map) and moves it
+sweep by sweep; the emulator reads it for every issue, expiry and introspection, so a
+simulated day takes as long as its calls take, not a day. One route is added for the
+freshness probe: POST /_bench/stale {"tokens": [...]} answers how many of those access tokens
+are past their emulator-side expiry (or revoked, or forgotten because expired) at the
+simulated now. It is not a Salesforce call and is not counted in /_admin/stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mmap
+import os
+import signal
+import struct
+import sys
+
+from worker.dev.bench.services import Workspace, wait_http
+from worker.dev.embedded import free_port
+from worker.dev.emulator.app import App
+from worker.dev.emulator.http import Request, Response, json_response
+from worker.dev.emulator.records import AccessToken
+from worker.dev.emulator.server import Emulator, new_event_loop
+from worker.dev.emulator.state import State
+
+STALE_PATH = "/_bench/stale"
+_DOUBLE = struct.Struct("<d")
+
+
+class SimApp(App):
+    def handle(self, request: Request) -> Response:
+        if request.path == STALE_PATH:
+            return self._stale(request)
+        return super().handle(request)
+
+    def _stale(self, request: Request) -> Response:
+        tokens: list[str] = json.loads(request.body)["tokens"]
+        now = self.state.clock()
+        stale = [i for i, token in enumerate(tokens) if not _active(self.state, token, now)]
+        return json_response(
+            200, {"checked": len(tokens), "stale": len(stale), "at": now, "first": stale[:10]}
+        )
+
+
+def _active(state: State, token: str, now: float) -> bool:
+    record = state.find(token)
+    return isinstance(record, AccessToken) and record.active(now)
+
+
+class SharedClock:
+    """Simulated epoch seconds in an 8-byte file both processes map: one writer, one reader."""
+
+    def __init__(self, path: str, create: bool = False) -> None:
+        if create:
+            with open(path, "wb") as handle:
+                handle.write(bytes(8))
+        self._file = open(path, "r+b")  # noqa: SIM115  (mapped for the process's lifetime)
+        self._map = mmap.mmap(self._file.fileno(), 8)
+
+    def read(self) -> float:
+        value: float = _DOUBLE.unpack_from(self._map)[0]
+        return value
+
+    def write(self, value: float) -> None:
+        _DOUBLE.pack_into(self._map, 0, value)
+
+    def close(self) -> None:
+        self._map.close()
+        self._file.close()
+
+
+def _serve(port: int, clock_path: str) -> None:
+    clock = SharedClock(clock_path)
+    loop = new_event_loop()
+    emulator = Emulator(lifetime=7200.0, latency_ms=0.0, clock=clock.read)
+    emulator.app = SimApp(emulator.state)
+    stopping = asyncio.Event()
+
+    async def main() -> None:
+        await emulator.start("127.0.0.1", port)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        await emulator.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+class SimEmulator:
+    """The emulator process; set `now` to move the emulated org's time."""
+
+    def __init__(self, ws: Workspace, start: float) -> None:
+        self._ws = ws
+        path = ws.path("sim-clock")
+        self._clock = SharedClock(path, create=True)
+        self._clock.write(start)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "worker.dev.bench.simemulator", str(self.port), path]
+        self._proc = ws.spawn(args, dict(os.environ), "sim-emulator.log")
+        wait_http(self.base_url, self._proc)
+
+    @property
+    def now(self) -> float:
+        return self._clock.read()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._clock.write(value)
+
+    def stop(self) -> None:
+        self._ws.stop(self._proc)
+        self._clock.close()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,78 @@
+"""The simulated org population shared by both cost runs: lifetimes, activity, lower bound.
+
+Connections are spread evenly over Salesforce's session timeouts (15 min .. 24 h); a share of
+them belong to users whose activity keeps extending their session (the emulator's admin
+`activity` route sets exp = now + lifetime), at random moments about twice per lifetime.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+
+from worker.dev.bench.emuadmin import EmulatorAdmin, Grant
+from worker.dev.bench.params import DAY, LIFETIMES_MIN
+from worker.domain import policy
+
+
+@dataclass(frozen=True)
+class Member:
+    grant_id: str
+    lifetime: float  # seconds
+    active_user: bool
+
+
+def lifetimes(count: int) -> list[float]:
+    """`count` lifetimes (seconds), round-robin over Salesforce's allowed session timeouts."""
+    return [LIFETIMES_MIN[i % len(LIFETIMES_MIN)] * 60.0 for i in range(count)]
+
+
+def lower_bound_per_day(lifetime: float, margin: float) -> float:
+    """Calls per day no policy can beat: one refresh per (lifetime - margin), one
+    introspection per refresh. The margin is the one the policy applies to this lifetime."""
+    timing = policy.Timing(
+        margin=margin, default_lifetime=lifetime, keepalive=7 * DAY, retry_base=30, retry_max=900
+    )
+    return 2.0 * DAY / (lifetime - policy.margin_for(lifetime, timing))
+
+
+class Activity:
+    """Users' session activity as a time-ordered queue of (simulated time, grant id)."""
+
+    def __init__(
+        self, members: list[Member], start: float, span: float, rng: random.Random
+    ) -> None:
+        self._queue: list[tuple[float, str]] = []
+        for member in members:
+            if not member.active_user:
+                continue
+            at = start + rng.expovariate(2.0 / member.lifetime)
+            while at < start + span:
+                self._queue.append((at, member.grant_id))
+                at += rng.expovariate(2.0 / member.lifetime)
+        heapq.heapify(self._queue)
+        self.fired = 0
+
+    def fire_until(self, now: float, admin: EmulatorAdmin) -> None:
+        due: list[str] = []
+        while self._queue and self._queue[0][0] <= now:
+            due.append(heapq.heappop(self._queue)[1])
+        if due:
+            admin.grant_action(due, "activity")
+            self.fired += len(due)
+
+
+def members_for(
+    admin: EmulatorAdmin, client_id: str, count: int, active_share: float, rng: random.Random
+) -> list[tuple[Member, Grant]]:
+    """`count` grants at the emulator, spread over the lifetime classes."""
+    by_class: dict[float, int] = {}
+    for span in lifetimes(count):
+        by_class[span] = by_class.get(span, 0) + 1
+    made: list[tuple[Member, Grant]] = []
+    for span, size in by_class.items():
+        active = set(rng.sample(range(size), round(active_share * size)))
+        for index, grant in enumerate(admin.grants(client_id, size, lifetime=span)):
+            made.append((Member(grant.grant_id, span, index in active), grant))
+    return made

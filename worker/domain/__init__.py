@@ -1,0 +1,1 @@
+"""Pure: models, outcomes, the refresh policy, what counts as a secret. No I/O."""

@@ -1,0 +1,1 @@
+"""The check cycle: the one place that combines the store, Salesforce and events."""

@@ -1,0 +1,92 @@
+"""Builds the object graph from settings: one place where dependencies are wired.
+
+Everything async here is bound to the event loop it was opened in; a worker process opens one
+Runtime in its own long-lived loop after fork (see `worker.jobs.tasks`), the CLI opens one per
+command.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from config.settings import Settings
+from worker.domain import policy
+from worker.engine.events import EventSink, Forward
+from worker.engine.refresher import Refresher
+from worker.engine.saving import save_window
+from worker.salesforce.client import AiohttpExchange, SalesforceClient
+from worker.store.connections import Store
+from worker.store.crypto import Cipher
+from worker.store.keys import Keys
+from worker.store.leases import Leases
+from worker.store.pipelining import AutoPipeline
+from worker.store.ratelimit import RateLimiter
+
+
+def redis_client(url: str) -> Redis:
+    # A blocking pool: hundreds of concurrent checks wait for a connection instead of failing
+    # with MaxConnectionsError (redis-py's default async pool raises when it runs out).
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=20,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool, decode_responses=False)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    store: Store
+    leases: Leases
+    sink: EventSink
+    client: SalesforceClient
+    refresher: Refresher
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        redis: Redis | None = None,
+        forward: Forward | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> Runtime:
+        redis = redis if redis is not None else redis_client(settings.redis_url)
+        keys = Keys(settings.key_prefix)
+        auto = AutoPipeline(redis)
+        store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
+        leases = Leases(redis, settings.lease_ttl, auto)
+        sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
+        exchange = http if http is not None else AiohttpExchange(settings.http_timeout)
+        client = SalesforceClient(exchange, settings.http_timeout)
+        client.admission = RateLimiter(redis, keys, settings.rate_limit, auto, rng=rng)
+        refresher = Refresher(
+            store,
+            leases,
+            client,
+            sink,
+            policy.Timing.from_settings(settings),
+            lease_wait=settings.lease_ttl,
+            concurrency=settings.concurrency,
+            save_window=save_window(settings),
+            clock=clock,
+            rng=rng,
+        )
+        return cls(settings, redis, store, leases, sink, client, refresher)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.redis.aclose()

@@ -1,0 +1,175 @@
+"""Turning a token response into the record to store, and storing it safely.
+
+Once Salesforce has answered a refresh, the refresh token we sent may be dead (rotation): the
+record built here always carries the newest refresh token, even when the rest of the response
+is rejected, and `save_refresh` never gives up on storing it because of a lost race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config.settings import Settings
+from worker.domain import policy
+from worker.domain.models import Connection, ExpirySource, Integration
+from worker.errors import ConflictError, ResponseIntegrityError
+from worker.salesforce import hosts, signature
+from worker.salesforce.responses import TokenResponse
+from worker.store.connections import Store
+from worker.store.ratelimit import PERMIT_WAIT
+
+log = structlog.get_logger("tokenworker.tokens")
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+SAVE_RETRY_MAX_DELAY = 2.0  # a returning store is noticed within 2 s
+SAVE_WINDOW = 120.0
+# Seconds after which a check_batch starts no new check and gives the rest back, due at once.
+# A healthy batch of 2,000 ids takes about a second; this bounds a batch against a slow
+# Salesforce, and with it the task time limits and how long a warm shutdown waits.
+BATCH_BUDGET = 60.0
+# The most Salesforce calls one check makes: introspect, the lost-answer introspection of the
+# refresh token, the refresh, one retry after losing a concurrent refresh, and introspecting
+# the new token to learn its lifetime (plus, rarely, its refresh token: see the refresher).
+CALLS_PER_CHECK = 6
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The record to save after a refresh, and what the refresh revealed."""
+
+    connection: Connection
+    next_check_at: float
+    expiry: policy.Expiry | None  # None: not learned yet (introspect the new token)
+    rotated: bool
+    problem: ResponseIntegrityError | None = None
+    rejected_instance_url: str | None = None
+    instance_url_changed: bool = False
+
+
+def apply_refresh(
+    conn: Connection,
+    integration: Integration,
+    response: TokenResponse,
+    now: float,
+    timing: policy.Timing,
+    rng: random.Random,
+) -> Applied:
+    refresh_token = response.refresh_token or conn.refresh_token
+    rotated = refresh_token != conn.refresh_token
+    if response.signature is not None and not signature.is_valid(
+        integration.client_secret,
+        response.identity_url,
+        response.issued_at_raw,
+        response.signature,
+    ):
+        # Keep only the rotated refresh token; the access token of this answer is not used.
+        kept = conn.evolve(
+            refresh_token=refresh_token, last_refresh_at=now, refresh_started_at=None
+        )
+        problem = ResponseIntegrityError(
+            "signature_invalid",
+            "signature does not match HMAC-SHA256(client secret, id + issued_at)",
+        )
+        return Applied(kept, now, None, rotated, problem=problem)
+    instance_url, rejected = _instance_url(conn, integration, response)
+    learned = policy.expiry_after_refresh(conn, response, now, timing)
+    issued = response.issued_at if response.issued_at is not None else now
+    expiry = learned or policy.Expiry(
+        issued + (conn.lifetime or timing.default_lifetime), ExpirySource.ASSUMED, conn.lifetime
+    )
+    updated = conn.healthy(
+        now,
+        refresh_token=refresh_token,
+        access_token=response.access_token,
+        instance_url=instance_url,
+        identity_url=response.identity_url or conn.identity_url,
+        issued_at=issued,
+        expires_at=expiry.expires_at,
+        expiry_source=expiry.source,
+        lifetime=expiry.lifetime,
+        last_refresh_at=now,
+        refresh_started_at=None,
+    )
+    return Applied(
+        connection=updated,
+        next_check_at=policy.next_check_at(expiry, updated, now, timing, rng),
+        expiry=learned,
+        rotated=rotated,
+        rejected_instance_url=rejected,
+        instance_url_changed=conn.instance_url is not None and instance_url != conn.instance_url,
+    )
+
+
+def _instance_url(
+    conn: Connection, integration: Integration, response: TokenResponse
+) -> tuple[str | None, str | None]:
+    """(instance_url to store, why the response's one was rejected or None)."""
+    if response.instance_url is None:
+        return conn.instance_url, None
+    problem = hosts.instance_url_problem(response.instance_url, integration.login_url)
+    if problem is not None:
+        return conn.instance_url, problem
+    return response.instance_url.rstrip("/"), None
+
+
+async def save_refresh(
+    store: Store, conn: Connection, next_check_at: float, *, sent: str, window: float
+) -> Connection:
+    """Save a refreshed record built from the answer to sending the refresh token `sent`.
+
+    Store unreachable: retried for `window` seconds (see `save_window`), since this answer may
+    be the only copy of a rotated token. A lost compare-and-set re-reads the record: if it
+    still holds `sent`, the writer that won did not replace the grant (a status, a mark, a
+    schedule) and our answer is applied onto its version: our token fields win, they are the
+    rotation of that very grant. If it holds another refresh token, an operator imported a new
+    grant or another writer moved the grant on: that record stands and is returned.
+    """
+    deadline = time.monotonic() + window
+    delay = 0.1
+    while True:
+        try:
+            try:
+                return await store.save_connection(conn, next_check_at)
+            except ConflictError:
+                latest = await store.get_connection(conn.id)
+        except STORE_DOWN:
+            # The store is away (a restart, a failover): wait for it rather than give it up.
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SAVE_RETRY_MAX_DELAY)
+            continue
+        if latest is None:
+            return conn  # removed by an operator meanwhile: do not resurrect it
+        if latest.refresh_token != sent:
+            log.warning("refresh.superseded", connection_id=conn.id, version=latest.version)
+            return latest
+        if time.monotonic() > deadline:
+            raise ConflictError(f"connection {conn.id}: still losing the save after {window:g}s")
+        conn = conn.evolve(version=latest.version)
+
+
+def save_window(settings: Settings) -> float:
+    """Seconds `save_refresh` keeps retrying an answered refresh through a store outage: 120 s,
+    whatever the settings (about three times the 36 s of the fixed attempt count it replaces).
+    The task time limits add it to `check_window`, so no limit interrupts a save within it."""
+    del settings  # one figure to document; the time limits are derived from it
+    return SAVE_WINDOW
+
+
+def check_window(settings: Settings) -> float:
+    """Seconds from a task's start to the last answer one of its checks may wait for.
+
+    A check starts at most max(BATCH_BUDGET, LEASE_TTL) seconds in (a batch starts none after
+    its budget; an explicit check waits at most LEASE_TTL for the lease). Once started, each
+    of its calls may wait PERMIT_WAIT for a permit and HTTP_TIMEOUT for the answer, plus the
+    ~1.5 s pause before the retry. 152 s with the defaults.
+    """
+    start = max(BATCH_BUDGET, settings.lease_ttl)
+    return start + CALLS_PER_CHECK * (settings.http_timeout + PERMIT_WAIT) + 2.0

@@ -1,0 +1,1 @@
+"""Every Celery touchpoint: tasks, signals and the beat scheduler."""

@@ -1,0 +1,1 @@
+"""What the CLI, the API and the console may ask: typed results, never printing."""

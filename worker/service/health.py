@@ -1,0 +1,214 @@
+"""Health: the store's durability settings, worker heartbeats, liveness and readiness.
+
+Liveness proves consumption, not a live PID (a Celery worker can sit connected and silent after
+a Redis reconnect). Every task a worker process finishes records `<prefix>heartbeat[node] = now`
+(`worker.telemetry.metrics.on_task_postrun`), and each worker's main process sends itself a no-op
+`tokenworker.ping` every TOKENWORKER_PING_INTERVAL seconds through its own direct queue
+(`worker_direct`), so even an idle worker keeps its heartbeat fresh exactly as long as it
+consumes. A probe only reads the heartbeat: it needs neither the broker nor the encryption keys.
+Readiness: the store and the broker answer, and the store persists and does not evict.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import structlog
+
+from worker.opsconfig import OpsSettings
+from worker.store.keys import Keys
+
+PING_TASK = "tokenworker.ping"
+# Workers silent this long are gone (crashed, or their pod was replaced): the exporter and
+# `status` leave them out and each worker start prunes them. A clean stop removes its own.
+FORGET_AFTER = 3600.0
+log = structlog.get_logger("tokenworker.health")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _config(client: redis.Redis, name: str) -> str:
+    found: dict[Any, Any] = dict(client.config_get(name))
+    return next((_text(v) for k, v in found.items() if _text(k) == name), "")
+
+
+def persistence_problems(client: redis.Redis) -> list[str]:
+    """What is wrong with the store's durability settings; empty when all is well."""
+    try:
+        appendonly = _config(client, "appendonly")
+        policy = _config(client, "maxmemory-policy")
+    except redis.ResponseError:
+        return [
+            "cannot read CONFIG (managed Redis?): make sure AOF is on and "
+            "maxmemory-policy is noeviction"
+        ]
+    problems = []
+    if appendonly != "yes":
+        problems.append(
+            "appendonly is off: a restart loses every token refreshed since the "
+            "last snapshot (set `appendonly yes`, see deploy/redis.conf)"
+        )
+    if policy != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {policy!r}: Redis may evict connections and "
+            "locks under memory pressure (set `maxmemory-policy noeviction`)"
+        )
+    return problems
+
+
+# -- liveness ----------------------------------------------------------------------------
+
+
+def node_name(pattern: str, hostname: str | None = None) -> str:
+    """Expand Celery's node-name placeholders: %h (host name), %n (its first label), %d
+    (the rest), so a probe names its own worker as the worker's `-n` did."""
+    host = hostname or socket.gethostname()
+    name, _, domain = host.partition(".")
+    return pattern.replace("%h", host).replace("%n", name).replace("%d", domain)
+
+
+def heartbeats(client: redis.Redis, keys: Keys) -> dict[str, float]:
+    """Worker node name -> when it last finished a task (epoch seconds)."""
+    raw: Any = client.hgetall(keys.heartbeat)
+    return {_text(node): float(at) for node, at in raw.items()}
+
+
+def current(beats: Mapping[str, float], now: float) -> dict[str, float]:
+    """The heartbeats of workers that are not gone (silent for less than FORGET_AFTER)."""
+    return {node: at for node, at in beats.items() if now - at < FORGET_AFTER}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def liveness(beats: Mapping[str, float], now: float, max_age: float, node: str | None) -> Verdict:
+    """Live when `node` (or, without one, any worker) finished a task within `max_age`."""
+    if node is not None:
+        beats = {name: at for name, at in beats.items() if name == node}
+        if not beats:
+            return Verdict(False, f"no heartbeat from {node} yet", {"worker": node})
+    if not beats:
+        return Verdict(False, "no worker has recorded a heartbeat", {})
+    name, last = max(beats.items(), key=lambda item: item[1])
+    age = round(max(0.0, now - last), 1)
+    details = {"worker": name, "last_consumed_at": last, "age_seconds": age, "max_age": max_age}
+    if age > max_age:
+        return Verdict(False, f"{name} last consumed {age:g}s ago (max {max_age:g}s)", details)
+    return Verdict(True, f"{name} consumed {age:g}s ago", details)
+
+
+# -- readiness ---------------------------------------------------------------------------
+
+
+def readiness(store: redis.Redis, broker: redis.Redis | None, strict: bool) -> Verdict:
+    """Ready when both answer and the store is durable. A store whose CONFIG cannot be read
+    (managed Redis) only counts against readiness when `strict`
+    (TOKENWORKER_REQUIRE_PERSISTENCE). Raises redis.ConnectionError when one is unreachable."""
+    store.ping()
+    if broker is not None:
+        broker.ping()
+    problems = persistence_problems(store)
+    unknown = [p for p in problems if p.startswith("cannot read CONFIG")]
+    failing = problems if strict else [p for p in problems if p not in unknown]
+    warnings = [p for p in problems if p not in failing]
+    details = {"problems": failing, "warnings": warnings}
+    if failing:
+        return Verdict(False, "store is not durable: " + "; ".join(failing), details)
+    return Verdict(True, "store and broker reachable; store persists", details)
+
+
+# -- the worker's self-ping --------------------------------------------------------------
+
+
+class Pinger:
+    """A daemon thread in the worker's main process that calls `send` every `interval`."""
+
+    def __init__(self, send: Callable[[], object], interval: float) -> None:
+        self.send = send
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tokenworker-ping", daemon=True)
+
+    def start(self) -> Pinger:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.send()
+            except Exception as error:  # the broker is down, say; the probe will tell
+                log.warning("ping.unsent", problem=f"{type(error).__name__}: {error}")
+            self._stop.wait(self.interval)
+
+
+_PINGERS: list[Pinger] = []
+
+
+def on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Celery `worker_ready` (main process): forget long-gone workers, start self-pings."""
+    consumer = sender
+    app, node = consumer.app, consumer.hostname
+    settings = app.conf.tokenworker_settings
+    interval = OpsSettings.from_env().ping_interval
+    _forget_silent_workers(settings.redis_url, Keys(settings.key_prefix), time.time())
+    queue = f"{node}.dq2"  # Celery's worker_direct queue of this node
+
+    def send() -> object:
+        # Its own short-lived connection: the worker's pooled ones belong to the consumer's
+        # event loop thread. No result (the backend would subscribe for it from here).
+        with app.connection_for_write() as connection:
+            return app.send_task(
+                PING_TASK,
+                queue=queue,
+                expires=max(2 * interval, 10.0),
+                connection=connection,
+                retry=False,
+                ignore_result=True,
+            )
+
+    _PINGERS.append(Pinger(send, interval).start())
+
+
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """Celery `worker_shutdown`, sent once the warm shutdown has finished every task: stop
+    pinging and remove this node's heartbeat, so a replaced worker leaves no stale entry."""
+    while _PINGERS:
+        _PINGERS.pop().stop()
+    if sender is None:
+        return
+    settings = sender.app.conf.tokenworker_settings
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.hdel(Keys(settings.key_prefix).heartbeat, sender.hostname)
+    except redis.RedisError as error:
+        log.warning("heartbeat.unremoved", problem=f"{type(error).__name__}: {error}")
+    finally:
+        client.close()
+
+
+def _forget_silent_workers(url: str, keys: Keys, now: float) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        stale = [n for n, at in heartbeats(client, keys).items() if now - at > FORGET_AFTER]
+        if stale:
+            client.hdel(keys.heartbeat, *stale)
+    except redis.RedisError as error:
+        log.warning("heartbeat.prune_failed", problem=f"{type(error).__name__}: {error}")
+    finally:
+        client.close()

@@ -1,0 +1,1 @@
+"""The only package that touches Redis: records, codec, crypto, keys, leases, pipelining."""

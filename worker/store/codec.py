@@ -1,0 +1,146 @@
+"""Records <-> Redis hash fields. Secrets are sealed here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.domain.models import (
+    Connection,
+    ConnectionStatus,
+    ExpirySource,
+    Integration,
+    IntegrationStatus,
+    LastError,
+    Provider,
+)
+from worker.errors import StoreError
+from worker.store.crypto import Cipher
+
+Fields = dict[str, bytes | str]
+Raw = dict[bytes, bytes]
+
+_FLOATS = (
+    "issued_at",
+    "expires_at",
+    "lifetime",
+    "last_check_at",
+    "last_refresh_at",
+    "failing_since",
+    "escalated_at",
+    "refresh_started_at",
+)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(round(value, 3))
+
+
+def _text(raw: Raw, name: str) -> str | None:
+    value = raw.get(name.encode())
+    return value.decode() if value else None
+
+
+def _float(raw: Raw, name: str) -> float | None:
+    value = raw.get(name.encode())
+    return float(value) if value else None
+
+
+def _error(raw: Raw) -> LastError | None:
+    value = raw.get(b"last_error")
+    return LastError.from_dict(json.loads(value)) if value else None
+
+
+def _attempts(raw: Raw) -> dict[str, Any]:
+    value = raw.get(b"attempts")
+    if not value:
+        return {}
+    day, _, count = value.decode().partition(":")
+    return {"attempts_day": int(day), "attempts_today": int(count)}
+
+
+def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
+    """Every field of the hash; an empty string means 'delete this field'."""
+    fields: Fields = {
+        "integration": conn.integration,
+        "rt": cipher.seal(conn.refresh_token, f"{conn.id}:rt"),
+        "at": cipher.seal(conn.access_token, f"{conn.id}:at") if conn.access_token else "",
+        "instance_url": conn.instance_url or "",
+        "identity_url": conn.identity_url or "",
+        "expiry_source": conn.expiry_source.value if conn.expiry_source else "",
+        "status": conn.status.value,
+        "failures": str(conn.failures),
+        "attempts": f"{conn.attempts_day}:{conn.attempts_today}" if conn.attempts_today else "",
+        "last_error": json.dumps(conn.last_error.as_dict()) if conn.last_error else "",
+    }
+    for name in _FLOATS:
+        fields[name] = _num(getattr(conn, name))
+    return fields
+
+
+def connection_from_raw(connection_id: str, raw: Raw, cipher: Cipher) -> Connection:
+    """The record, or StoreError naming the id and what is wrong with the stored hash (a
+    missing refresh token, a malformed field, a key nobody holds): callers report it and go
+    on, where a KeyError or ValueError would end a fleet-wide command or a whole batch."""
+    sealed_refresh = raw.get(b"rt")
+    if not sealed_refresh:
+        present = ", ".join(sorted(name.decode(errors="replace") for name in raw)) or "none"
+        raise StoreError(
+            f"{connection_id}: incomplete record: no refresh token (field 'rt'; fields present: "
+            f"{present}); remove it with `tokenworker connections remove {connection_id}`"
+        )
+    try:
+        return _connection(connection_id, raw, sealed_refresh, cipher)
+    except (ValueError, TypeError, KeyError) as error:  # only plain fields reach here
+        raise StoreError(
+            f"{connection_id}: malformed record ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Cipher) -> Connection:
+    sealed_access = raw.get(b"at")
+    source = _text(raw, "expiry_source")
+    floats: dict[str, Any] = {name: _float(raw, name) for name in _FLOATS}
+    return Connection(
+        id=connection_id,
+        integration=_text(raw, "integration") or "",
+        refresh_token=cipher.open(sealed_refresh, f"{connection_id}:rt"),
+        access_token=cipher.open(sealed_access, f"{connection_id}:at") if sealed_access else None,
+        instance_url=_text(raw, "instance_url"),
+        identity_url=_text(raw, "identity_url"),
+        expiry_source=ExpirySource(source) if source else None,
+        status=ConnectionStatus(_text(raw, "status") or "active"),
+        version=int(raw.get(b"version", b"0")),
+        failures=int(raw.get(b"failures", b"0")),
+        **_attempts(raw),
+        last_error=_error(raw),
+        **floats,
+    )
+
+
+def integration_fields(integration: Integration, cipher: Cipher) -> Fields:
+    return {
+        "provider": integration.provider.value,
+        "client_id": integration.client_id,
+        "secret": cipher.seal(integration.client_secret, f"int:{integration.name}:secret"),
+        "login_url": integration.login_url,
+        "status": integration.status.value,
+        "introspection": "1" if integration.introspection_available else "0",
+        "last_error": json.dumps(integration.last_error.as_dict())
+        if integration.last_error
+        else "",
+    }
+
+
+def integration_from_raw(name: str, raw: Raw, cipher: Cipher) -> Integration:
+    return Integration(
+        name=name,
+        provider=Provider(_text(raw, "provider")),
+        client_id=_text(raw, "client_id") or "",
+        client_secret=cipher.open(raw[b"secret"], f"int:{name}:secret"),
+        login_url=_text(raw, "login_url") or "",
+        status=IntegrationStatus(_text(raw, "status") or "active"),
+        last_error=_error(raw),
+        introspection_available=raw.get(b"introspection", b"1") == b"1",
+        version=int(raw.get(b"version", b"0")),
+    )

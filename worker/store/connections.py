@@ -1,0 +1,261 @@
+"""The Redis store: integrations, connections, the due index.
+
+Writes of a connection are compare-and-set on its `version` (a Lua script checks, writes and
+reschedules in one step), so a writer holding a stale copy can never overwrite a newer token.
+The due index is a sorted set scored by the next check time: a sweep reads only what is due.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from worker.domain.models import (
+    Connection,
+    ConnectionStatus,
+    Integration,
+    IntegrationStatus,
+    LastError,
+)
+from worker.errors import ConflictError, StoreError
+from worker.store import codec
+from worker.store.crypto import Cipher
+from worker.store.keys import Keys
+from worker.store.pipelining import AutoPipeline, Queue, eval_script
+
+# KEYS: conn hash, due zset. ARGV: expected version, id, next check ("" = unschedule, "-" =
+# leave as is), then field/value pairs ("" deletes the field). Returns the new version or -1.
+_SAVE = """
+local current = redis.call('HGET', KEYS[1], 'version') or '0'
+if current ~= ARGV[1] then return -1 end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[2])
+elseif ARGV[3] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
+return version
+"""
+
+# KEYS: due zset. ARGV: now, limit, claimed-until. Moves what it returns out of reach of
+# other sweeps until claimed-until, so overlapping sweeps never hand out one id twice.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
+return ids
+"""
+
+# KEYS: conn hash. ARGV: started-at. Marks only a record that still exists: a bare HSET after
+# `connections remove` would recreate the hash with this one field and no refresh token.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'refresh_started_at', ARGV[1])
+return 1
+"""
+
+MARK_FIELD = "refresh_started_at"
+UNSCHEDULE = ""
+KEEP_SCHEDULE = "-"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the host application needs to call Salesforce for a connection."""
+
+    access_token: str
+    instance_url: str | None
+
+
+class Store:
+    def __init__(
+        self, redis: Redis, cipher: Cipher, keys: Keys, auto: AutoPipeline | None = None
+    ) -> None:
+        self.redis = redis
+        self.auto = auto or AutoPipeline(redis)
+        self.cipher = cipher
+        self.keys = keys
+        self._save = redis.register_script(_SAVE)
+        self._claim = redis.register_script(_CLAIM)
+        self._mark = redis.register_script(_MARK)
+
+    # -- integrations -------------------------------------------------------------------
+
+    async def save_integration(self, integration: Integration) -> None:
+        fields = codec.integration_fields(integration, self.cipher)
+        key = self.keys.integration(integration.name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: v for k, v in fields.items() if v != ""})
+            pipe.hdel(key, *[k for k, v in fields.items() if v == ""] or ["-"])
+            pipe.hincrby(key, "version", 1)
+            pipe.sadd(self.keys.integrations, integration.name)
+            await pipe.execute()
+
+    async def get_integration(self, name: str) -> Integration | None:
+        raw: codec.Raw = await self.redis.hgetall(self.keys.integration(name))  # type: ignore[assignment]
+        return codec.integration_from_raw(name, raw, self.cipher) if raw else None
+
+    async def list_integrations(self) -> list[Integration]:
+        members: set[bytes] = await self.redis.smembers(self.keys.integrations)  # type: ignore[assignment]
+        names = sorted(n.decode() for n in members)
+        found = [await self.get_integration(name) for name in names]
+        return [integration for integration in found if integration is not None]
+
+    async def set_integration_status(
+        self, name: str, status: IntegrationStatus, last_error: LastError | None
+    ) -> bool:
+        """Set the status; True when it changed (so exactly one caller reports it)."""
+        key = self.keys.integration(name)
+        previous = await self.redis.hget(key, "status")
+        if previous is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "status")
+            pipe.hset(key, "status", status.value)
+            if last_error is not None:
+                pipe.hset(key, "last_error", json.dumps(last_error.as_dict()))
+            result = await pipe.execute()
+        return bool(result[0] != status.value.encode())
+
+    async def set_introspection(self, name: str, available: bool) -> bool:
+        """Record whether introspection works for an integration; True when it changed."""
+        key = self.keys.integration(name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(key, "introspection")
+            pipe.hset(key, "introspection", "1" if available else "0")
+            before, _ = await pipe.execute()
+        return (before or b"1") != (b"1" if available else b"0")
+
+    # -- connections --------------------------------------------------------------------
+
+    async def get_connection(self, connection_id: str) -> Connection | None:
+        return self.decode_connection(
+            connection_id, await self.auto.run(self.connection_read(connection_id))
+        )
+
+    def connection_read(self, connection_id: str) -> Queue:
+        """The command that reads a connection, to queue on a shared pipeline."""
+        key = self.keys.conn(connection_id)
+        return lambda pipe: pipe.hgetall(key)
+
+    def decode_connection(self, connection_id: str, raw: codec.Raw) -> Connection | None:
+        return codec.connection_from_raw(connection_id, raw, self.cipher) if raw else None
+
+    async def read_connections(self, ids: Iterable[str]) -> list[Connection | StoreError | None]:
+        """Many connections in one round trip; an unreadable record comes back as its error,
+        so one bad record never hides the others (ops commands report it and go on)."""
+        ids = list(ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for connection_id in ids:
+                pipe.hgetall(self.keys.conn(connection_id))
+            raws = await pipe.execute()
+        found: list[Connection | StoreError | None] = []
+        for connection_id, raw in zip(ids, raws, strict=True):
+            try:
+                found.append(self.decode_connection(connection_id, raw))
+            except StoreError as error:
+                found.append(error)
+        return found
+
+    async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:
+        """Many connections in one round trip; raises the first unreadable record's error."""
+        found = await self.read_connections(ids)
+        for item in found:
+            if isinstance(item, StoreError):
+                raise item
+        return [item for item in found if not isinstance(item, StoreError)]
+
+    async def save_connection(
+        self,
+        conn: Connection,
+        next_check_at: float | str | None = KEEP_SCHEDULE,
+        *,
+        mark: bool = True,
+    ) -> Connection:
+        """Compare-and-set on `conn.version`; returns the saved record (version + 1).
+
+        `next_check_at`: a time reschedules, None unschedules, KEEP_SCHEDULE leaves it.
+        `mark=False` leaves `refresh_started_at` as stored: the mark is written outside the
+        version (mark_refreshing), so a writer that does not hold the lease (key rotation, an
+        import) may hold a copy read before a worker marked a refresh in flight, and must
+        neither erase that mark nor restore an old one. The worker's own saves own the mark.
+        """
+        fields = codec.connection_fields(conn, self.cipher)
+        if not mark:
+            del fields[MARK_FIELD]
+        schedule = UNSCHEDULE if next_check_at is None else next_check_at
+        args: list[bytes | str | float] = [str(conn.version), conn.id, schedule]
+        for name, value in fields.items():
+            args.extend((name, value))
+        keys = [self.keys.conn(conn.id), self.keys.due]
+        version = await eval_script(self.auto, self._save, keys, args)
+        if int(version) < 0:
+            raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
+        return conn.evolve(version=int(version))
+
+    async def mark_refreshing(self, connection_id: str, now: float) -> bool:
+        """Record that a refresh token is about to be sent (outside the version: a flag).
+
+        False when the record is gone (removed meanwhile): nothing is written then.
+        """
+        keys = [self.keys.conn(connection_id)]
+        return bool(await eval_script(self.auto, self._mark, keys, [repr(now)]))
+
+    async def clear_refreshing(self, connection_id: str) -> None:
+        """Undo mark_refreshing once the refresh it marked was answered (lease held).
+
+        HDEL never creates a hash (and Redis drops a hash left empty), so unlike the mark
+        this needs no existence guard."""
+        key = self.keys.conn(connection_id)
+        await self.auto.run(lambda pipe: pipe.hdel(key, MARK_FIELD))
+
+    async def remove_connection(self, connection_id: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.conn(connection_id))
+            pipe.zrem(self.keys.due, connection_id)
+            pipe.delete(self.keys.lease(connection_id))
+            deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def credentials(self, connection_id: str) -> Credentials | None:
+        """The consumer read API: the current access token and instance_url, or None."""
+        conn = await self.get_connection(connection_id)
+        if conn is None or conn.access_token is None:
+            return None
+        if conn.status is ConnectionStatus.REAUTH_REQUIRED:
+            return None
+        return Credentials(conn.access_token, conn.instance_url)
+
+    async def iter_connection_ids(self, batch: int = 1000) -> AsyncIterator[str]:
+        """Every stored connection id (SCAN: for ops commands, never for the sweep)."""
+        async for key in self.redis.scan_iter(match=self.keys.conn_pattern, count=batch):
+            yield self.keys.connection_id(key)
+
+    # -- the due index ------------------------------------------------------------------
+
+    async def claim_due(self, now: float, limit: int, claim_for: float) -> list[str]:
+        ids = await self._claim(keys=[self.keys.due], args=[now, limit, now + claim_for])
+        return [item.decode() for item in ids]
+
+    async def schedule(self, connection_id: str, at: float) -> None:
+        await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, {connection_id: at}))
+
+    async def give_back(self, connection_ids: list[str], at: float) -> None:
+        """Make claimed ids due at `at`; ids no longer in the due index (deleted) stay out."""
+        if connection_ids:
+            mapping = dict.fromkeys(connection_ids, at)
+            await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, mapping, xx=True))
+
+    async def next_check_at(self, connection_id: str) -> float | None:
+        score = await self.auto.run(lambda pipe: pipe.zscore(self.keys.due, connection_id))
+        return float(score) if score is not None else None
+
+    async def due_count(self, now: float) -> int:
+        return int(await self.redis.zcount(self.keys.due, "-inf", now))
+
+    async def oldest_due(self) -> float | None:
+        first = await self.redis.zrange(self.keys.due, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None

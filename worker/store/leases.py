@@ -1,0 +1,96 @@
+"""Owner-token leases: SET NX PX to take, compare-and-delete to release.
+
+A lease is not a fencing lock: a holder stalled past the TTL can overlap a new holder. That is
+why every connection save is also a compare-and-set on the record's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.store.pipelining import AutoPipeline, Queue, eval_script
+
+log = structlog.get_logger("tokenworker.locks")
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Leases:
+    def __init__(self, redis: Redis, ttl: float, auto: AutoPipeline | None = None) -> None:
+        self.redis = redis
+        self.auto = auto or AutoPipeline(redis)
+        self.ttl_ms = int(ttl * 1000)
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+
+    async def renew(self, key: str, token: str) -> bool:
+        """Reset the TTL if we still own the lease; False means it was lost (expired)."""
+        return bool(await eval_script(self.auto, self._renew, [key], [token, self.ttl_ms]))
+
+    async def release(self, key: str, token: str) -> bool:
+        return bool(await eval_script(self.auto, self._release, [key], [token]))
+
+    async def acquire_reading(
+        self, key: str, read: Queue, wait: float = 0.0
+    ) -> tuple[str | None, Any]:
+        """(owner token, reply of `read`), or (None, None) if another holder kept the lease
+        for `wait` seconds. `read` runs right behind the SET NX on the same pipeline: one round
+        trip instead of two, and its reply comes after the lease was taken (Redis runs one
+        connection's commands in order)."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            taken, reply = await self.auto.run_all(
+                lambda p: p.set(key, token, nx=True, px=self.ttl_ms), read
+            )
+            if isinstance(taken, Exception):
+                raise taken
+            if taken:
+                if isinstance(reply, Exception):
+                    await self.release(key, token)  # not held for the TTL by a failed read
+                    raise reply
+                return token, reply
+            if time.monotonic() >= deadline:
+                return None, None
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.5)
+
+    @asynccontextmanager
+    async def hold(
+        self, key: str, read: Queue, wait: float = 0.0
+    ) -> AsyncIterator[tuple[str | None, Any]]:
+        """`async with leases.hold(key, read) as (token, reply):` token is None when not
+        acquired; `reply` is what `read` returned once the lease was ours."""
+        token, reply = await self.acquire_reading(key, read, wait)
+        try:
+            yield token, reply
+        finally:
+            if token is not None:
+                await self._release_quietly(key, token)
+
+    async def _release_quietly(self, key: str, token: str) -> None:
+        """Release, or leave it to the TTL when the store is away: what ran under the lease
+        is done (its result must not turn into a store error)."""
+        try:
+            await self.release(key, token)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            log.warning("lease.unreleased", problem=type(error).__name__, ttl_ms=self.ttl_ms)

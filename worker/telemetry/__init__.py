@@ -1,0 +1,1 @@
+"""Metrics, the exporter, event counts and webhooks."""
