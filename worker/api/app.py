@@ -1,0 +1,90 @@
+"""The ASGI application: one Runtime per process, the route modules mounted, one error shape.
+
+Starlette rather than FastAPI: the credentials read must stay cheap (a Redis read and a decrypt,
+>= 3,000/s on two cores next to the worker), our errors have their own contract shape (FastAPI's
+validation errors would need overriding everywhere), and the OpenAPI document is assembled from
+what each route module declares, so no model layer (pydantic) is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from config.settings import Settings
+from worker.api.errors import ApiError
+from worker.engine.runtime import Runtime
+from worker.errors import InputError, StoreError, TokenworkerError
+from worker.store.apikeys import ApiKeys
+
+log = structlog.get_logger("tokenworker.api")
+RuntimeFactory = Callable[[Settings], Runtime]
+
+
+def make_app(
+    settings: Settings,
+    modules: Sequence[ModuleType],
+    open_runtime: RuntimeFactory = Runtime.open,
+) -> Starlette:
+    """The app serving `modules` (each exposes `routes()`), with a Runtime opened at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = open_runtime(settings)
+        app.state.runtime = runtime
+        app.state.settings = settings
+        app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix)
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    routes: list[BaseRoute] = [route for module in modules for route in module.routes()]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            TokenworkerError: _product_error,
+        },
+    )
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+
+async def _product_error(_: Request, exc: Exception) -> Response:
+    """The one error tree mapped to statuses; the message is the error's own (never a secret)."""
+    if isinstance(exc, InputError):
+        return error_response(ApiError(400, "invalid_request", str(exc)))
+    if isinstance(exc, StoreError):
+        log.error("api.store_error", problem=str(exc))
+        return error_response(ApiError(503, "store_unavailable", "the store cannot be read"))
+    log.error("api.error", error_type=type(exc).__name__, problem=str(exc))
+    return error_response(ApiError(500, "internal_error", type(exc).__name__))
+
+
+def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=headers)
