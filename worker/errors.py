@@ -12,7 +12,11 @@
     ├── StoreError                      the store is unreadable or inconsistent
     │   ├── DecryptionError             no configured key opens a stored secret
     │   └── ConflictError               a compare-and-set lost to a newer version
-    └── InputError                      an operator's input is malformed (names what and where)
+    ├── InputError                      an operator's input is malformed (names what and where)
+    ├── NotFoundError                   no such connection, integration, key or session
+    └── UnusableConnection              a caller asked for credentials that cannot be handed out
+        ├── ReauthRequired              the grant is dead: the customer must re-authorize
+        └── SalesforceUnavailable       no usable token now and Salesforce cannot be reached
 
 Every `SalesforceError` carries Salesforce's own `error`, `error_description` and the HTTP
 status, so events can say exactly what Salesforce said. None of them ever carries a token.
@@ -110,3 +114,32 @@ class ConflictError(StoreError):
 
 class InputError(TokenworkerError):
     """Operator input is malformed; the message names the field and, for files, the line."""
+
+
+class NotFoundError(TokenworkerError):
+    """No such connection, integration, API key or connect session (the message names it)."""
+
+
+class UnusableConnection(TokenworkerError):
+    """Credentials were asked for and cannot be handed out."""
+
+
+class ReauthRequired(UnusableConnection):
+    """The connection is `reauth_required`; `last_error` is Salesforce's own verdict."""
+
+    def __init__(self, connection_id: str, last_error: dict[str, object] | None) -> None:
+        self.connection_id = connection_id
+        self.last_error = last_error
+        super().__init__(f"connection {connection_id!r} needs the customer to re-authorize")
+
+
+class SalesforceUnavailable(UnusableConnection):
+    """No token valid for the asked time is stored and refreshing failed for now."""
+
+    def __init__(
+        self, connection_id: str, retry_after: float, error: SalesforceError | None
+    ) -> None:
+        self.connection_id = connection_id
+        self.retry_after = retry_after
+        self.error = error
+        super().__init__(f"connection {connection_id!r}: no usable token, Salesforce unavailable")
