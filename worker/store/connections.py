@@ -28,7 +28,9 @@ from worker.store.pipelining import AutoPipeline, Queue, eval_script
 # KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
 # ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
 # the new version or -1. The record's counts move with it (worker.store.counting).
-_SAVE = counting.lua(3) + """
+_SAVE = (
+    counting.lua(3)
+    + """
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return -1 end
 local gen = generation()
@@ -43,15 +45,19 @@ elseif ARGV[3] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
 recount(KEYS[1], ARGV[2], gen, before)
 return version
 """
+)
 
 # KEYS: conn hash, due zset, lease, then counting.fleet_keys(). ARGV: id. Returns 1 if deleted.
-_REMOVE = counting.lua(4) + """
+_REMOVE = (
+    counting.lua(4)
+    + """
 local before = counted(KEYS[1], generation())
 if before then out(ARGV[1], before) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 return redis.call('DEL', KEYS[1])
 """
+)
 
 # KEYS: due zset. ARGV: now, limit, claimed-until. Moves what it returns out of reach of
 # other sweeps until claimed-until, so overlapping sweeps never hand out one id twice.

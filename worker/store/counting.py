@@ -175,9 +175,10 @@ class Counting:
         self._recount = redis.register_script(RECOUNT)
 
     async def state(self) -> State:
-        gen, complete, counted, cursor = await self.redis.hmget(
+        found: list[bytes | None] = await self.redis.hmget(
             self.keys.fleet_meta, ["gen", "complete", "counted", "cursor"]
-        )
+        )  # type: ignore[assignment]
+        gen, complete, counted, cursor = found
         generation = (gen or b"1").decode()
         return State(
             generation,
@@ -222,9 +223,7 @@ class Counting:
             return True
         cursor, counted = state.cursor, state.counted
         while True:
-            cursor, found = await self.redis.scan(
-                cursor, match=self.keys.conn_pattern, count=CHUNK
-            )
+            cursor, found = await self.redis.scan(cursor, match=self.keys.conn_pattern, count=CHUNK)
             ids = [self.keys.connection_id(key) for key in found]
             keys = [*fleet_keys(self.keys), *found]
             n = int(await self._chunk(keys=keys, args=[state.generation, cursor, *ids]))

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from worker.domain.models import ConnectionStatus
 from worker.errors import StoreError
 from worker.store import codec
-from worker.store.counting import CHUNK, Counting, Progress
+from worker.store.counting import CHUNK, PARKED, Counting, Progress
 from worker.store.crypto import SEALED_MIN, VERSION, HeaderCheck
 from worker.store.keys import Keys
 
@@ -150,9 +150,10 @@ class Fleet:
 
     async def ids(self, status: str | None = None, integration: str | None = None) -> list[str]:
         """Ids of the connections in `status` of `integration` (None matches all), sorted."""
-        if status in (s.value for s in ConnectionStatus if s is not ConnectionStatus.ACTIVE):
+        if status is not None and status in PARKED:
             await self.counting.complete()
-            members: set[bytes] = await self.redis.smembers(self.keys.fleet_ids(status))  # type: ignore[assignment]
+            kept = self.keys.fleet_ids(status)
+            members: set[bytes] = await self.redis.smembers(kept)  # type: ignore[assignment]
             ids = sorted(m.decode() for m in members)
             return ids if integration is None else await self._scan_filter(ids, None, integration)
         ids = sorted([self.keys.connection_id(k) async for k in self._conn_keys()])
@@ -268,4 +269,3 @@ class Fleet:
 
 def _chunks(ids: list[str]) -> Iterable[list[str]]:
     return (ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK))
-
