@@ -112,7 +112,7 @@ def test_an_old_store_is_backfilled_once_by_the_first_reader(
         assert await fleet.counts_within(budget=0) is None  # one chunk, then out of time
         state = await fleet.counting.state()
         assert (state.complete, state.cursor > 0) == (False, True)
-        assert 0 < state.counted < 30
+        assert state.counted < 30  # (a chunk of a SCAN over a shared server may hold none)
         await rt.store.save_connection(_conn("new"), time.time())  # counted by its save
         failing = await rt.store.get_connection("c10")
         assert failing is not None
