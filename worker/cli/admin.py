@@ -10,7 +10,7 @@ from worker.cli.commands import Skipped, dump, with_runtime
 from worker.domain.models import ConnectionStatus
 from worker.engine.events import read_events
 from worker.engine.runtime import Runtime
-from worker.service import ops
+from worker.service.status import status as fleet_status
 from worker.store.crypto import generate_key
 from worker.store.rotation import rotate
 
@@ -21,7 +21,7 @@ def status(args: argparse.Namespace) -> int:
 
     async def work(rt: Runtime) -> int:
         skipped = Skipped()
-        data = await ops.status(rt, unreadable=skipped)
+        data = (await fleet_status(rt, unreadable=skipped)).as_dict()
         skipped.summary("status: skipped")
         if args.json:
             dump(data)

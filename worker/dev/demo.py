@@ -26,6 +26,7 @@ from config.settings import Settings
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.engine.runtime import Runtime
 from worker.service import ops
+from worker.service.status import status as fleet_status
 from worker.store.crypto import generate_key
 
 CONNECTIONS = 20
@@ -145,7 +146,7 @@ async def _seed(settings: Settings, emulator_url: str) -> list[dict[str, Any]]:
 async def _status_line(settings: Settings) -> str:
     rt = Runtime.open(settings)
     try:
-        data = await ops.status(rt)
+        data = (await fleet_status(rt)).as_dict()
     finally:
         await rt.close()
     counts = ", ".join(f"{v} {k}" for k, v in data["by_status"].items())

@@ -1,8 +1,9 @@
 """Selecting connections for ops commands without decrypting them all.
 
-Ids come from a SCAN, filters read two plain fields (`integration`, `status`) in pipelined
-chunks, and only the page being shown is fetched and decrypted, so `connections list --limit
-50 --offset 1000` costs one pass over the ids, not 1050 decryptions.
+Ids come from the fleet read model (worker.store.fleet: the kept id set of a non-active
+status, else a SCAN reading two plain fields), and only the page being shown is fetched and
+decrypted, so `connections list --limit 50 --offset 1000` costs one pass over the ids, not
+1050 decryptions, and `--status failing` costs O(failing).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any
 from worker.domain.models import ConnectionStatus
 from worker.engine.runtime import Runtime
 from worker.errors import InputError, StoreError
-
-CHUNK = 1000
+from worker.store.fleet import Fleet
 
 
 @dataclass(frozen=True)
@@ -37,25 +37,7 @@ async def matching_ids(
 ) -> list[str]:
     """Ids of the connections matching both filters (None matches all), sorted."""
     check_status(status)
-    ids = sorted([cid async for cid in rt.store.iter_connection_ids()])
-    if status is None and integration is None:
-        return ids
-    kept: list[str] = []
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        async with rt.redis.pipeline(transaction=False) as pipe:
-            for cid in chunk:
-                pipe.hmget(rt.store.keys.conn(cid), "integration", "status")
-            found = await pipe.execute()
-        for cid, (owner, state) in zip(chunk, found, strict=True):
-            if owner is None:
-                continue  # removed meanwhile
-            if integration is not None and owner.decode() != integration:
-                continue
-            if status is not None and (state or b"active").decode() != status:
-                continue
-            kept.append(cid)
-    return kept
+    return await Fleet(rt.redis, rt.store.keys).ids(status, integration)
 
 
 async def page_connections(

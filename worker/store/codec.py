@@ -15,7 +15,8 @@ from worker.domain.models import (
     Provider,
 )
 from worker.errors import StoreError
-from worker.store.crypto import Cipher
+from worker.store.counting import COUNTED
+from worker.store.crypto import Cipher, Opener
 
 Fields = dict[str, bytes | str]
 Raw = dict[bytes, bytes]
@@ -78,13 +79,16 @@ def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
     return fields
 
 
-def connection_from_raw(connection_id: str, raw: Raw, cipher: Cipher) -> Connection:
+def connection_from_raw(connection_id: str, raw: Raw, cipher: Opener) -> Connection:
     """The record, or StoreError naming the id and what is wrong with the stored hash (a
     missing refresh token, a malformed field, a key nobody holds): callers report it and go
-    on, where a KeyError or ValueError would end a fleet-wide command or a whole batch."""
+    on, where a KeyError or ValueError would end a fleet-wide command or a whole batch.
+    Fields it does not know (the fleet's `counted` flag) are ignored. With a HeaderCheck
+    for `cipher` it finds every such problem but a tampered ciphertext, decrypting nothing."""
     sealed_refresh = raw.get(b"rt")
     if not sealed_refresh:
-        present = ", ".join(sorted(name.decode(errors="replace") for name in raw)) or "none"
+        names = (name.decode(errors="replace") for name in raw)
+        present = ", ".join(sorted(n for n in names if n != COUNTED)) or "none"
         raise StoreError(
             f"{connection_id}: incomplete record: no refresh token (field 'rt'; fields present: "
             f"{present}); remove it with `tokenworker connections remove {connection_id}`"
@@ -97,7 +101,7 @@ def connection_from_raw(connection_id: str, raw: Raw, cipher: Cipher) -> Connect
         ) from None
 
 
-def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Cipher) -> Connection:
+def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Opener) -> Connection:
     sealed_access = raw.get(b"at")
     source = _text(raw, "expiry_source")
     floats: dict[str, Any] = {name: _float(raw, name) for name in _FLOATS}
@@ -132,7 +136,7 @@ def integration_fields(integration: Integration, cipher: Cipher) -> Fields:
     }
 
 
-def integration_from_raw(name: str, raw: Raw, cipher: Cipher) -> Integration:
+def integration_from_raw(name: str, raw: Raw, cipher: Opener) -> Integration:
     return Integration(
         name=name,
         provider=Provider(_text(raw, "provider")),

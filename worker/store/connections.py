@@ -3,34 +3,38 @@
 Writes of a connection are compare-and-set on its `version` (a Lua script checks, writes and
 reschedules in one step), so a writer holding a stale copy can never overwrite a newer token.
 The due index is a sorted set scored by the next check time: a sweep reads only what is due.
+The same scripts keep the fleet's counts (worker.store.counting) as they write or remove.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from worker.domain.models import (
     Connection,
-    ConnectionStatus,
     Integration,
     IntegrationStatus,
     LastError,
 )
 from worker.errors import ConflictError, StoreError
-from worker.store import codec
+from worker.store import codec, counting
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
 
-# KEYS: conn hash, due zset. ARGV: expected version, id, next check ("" = unschedule, "-" =
-# leave as is), then field/value pairs ("" deletes the field). Returns the new version or -1.
-_SAVE = """
+# KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
+# ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
+# the new version or -1. The record's counts move with it (worker.store.counting).
+_SAVE = (
+    counting.lua(3)
+    + """
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return -1 end
+local gen = generation()
+local before = counted(KEYS[1], gen)
 for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -38,8 +42,22 @@ end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[2])
 elseif ARGV[3] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
+recount(KEYS[1], ARGV[2], gen, before)
 return version
 """
+)
+
+# KEYS: conn hash, due zset, lease, then counting.fleet_keys(). ARGV: id. Returns 1 if deleted.
+_REMOVE = (
+    counting.lua(4)
+    + """
+local before = counted(KEYS[1], generation())
+if before then out(ARGV[1], before) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return redis.call('DEL', KEYS[1])
+"""
+)
 
 # KEYS: due zset. ARGV: now, limit, claimed-until. Moves what it returns out of reach of
 # other sweeps until claimed-until, so overlapping sweeps never hand out one id twice.
@@ -62,14 +80,6 @@ UNSCHEDULE = ""
 KEEP_SCHEDULE = "-"
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """What the host application needs to call Salesforce for a connection."""
-
-    access_token: str
-    instance_url: str | None
-
-
 class Store:
     def __init__(
         self, redis: Redis, cipher: Cipher, keys: Keys, auto: AutoPipeline | None = None
@@ -81,6 +91,7 @@ class Store:
         self._save = redis.register_script(_SAVE)
         self._claim = redis.register_script(_CLAIM)
         self._mark = redis.register_script(_MARK)
+        self._remove = redis.register_script(_REMOVE)
 
     # -- integrations -------------------------------------------------------------------
 
@@ -190,7 +201,7 @@ class Store:
         args: list[bytes | str | float] = [str(conn.version), conn.id, schedule]
         for name, value in fields.items():
             args.extend((name, value))
-        keys = [self.keys.conn(conn.id), self.keys.due]
+        keys = [self.keys.conn(conn.id), self.keys.due, *counting.fleet_keys(self.keys)]
         version = await eval_script(self.auto, self._save, keys, args)
         if int(version) < 0:
             raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
@@ -213,21 +224,13 @@ class Store:
         await self.auto.run(lambda pipe: pipe.hdel(key, MARK_FIELD))
 
     async def remove_connection(self, connection_id: str) -> bool:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.conn(connection_id))
-            pipe.zrem(self.keys.due, connection_id)
-            pipe.delete(self.keys.lease(connection_id))
-            deleted, _, _ = await pipe.execute()
-        return bool(deleted)
-
-    async def credentials(self, connection_id: str) -> Credentials | None:
-        """The consumer read API: the current access token and instance_url, or None."""
-        conn = await self.get_connection(connection_id)
-        if conn is None or conn.access_token is None:
-            return None
-        if conn.status is ConnectionStatus.REAUTH_REQUIRED:
-            return None
-        return Credentials(conn.access_token, conn.instance_url)
+        keys = [
+            self.keys.conn(connection_id),
+            self.keys.due,
+            self.keys.lease(connection_id),
+            *counting.fleet_keys(self.keys),
+        ]
+        return bool(await eval_script(self.auto, self._remove, keys, [connection_id]))
 
     async def iter_connection_ids(self, batch: int = 1000) -> AsyncIterator[str]:
         """Every stored connection id (SCAN: for ops commands, never for the sweep)."""

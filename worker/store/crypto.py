@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -23,6 +24,7 @@ from worker.errors import DecryptionError
 
 VERSION = b"\x01"
 _HEADER = 1 + 4 + 12
+SEALED_MIN = _HEADER + 16  # the shortest sealed value (an empty secret)
 
 
 def generate_key() -> str:
@@ -32,6 +34,37 @@ def generate_key() -> str:
 
 def key_id(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()[:4]
+
+
+def check_sealed(sealed: bytes, context: str, held: frozenset[bytes]) -> bytes:
+    """The key id of a sealed value, or DecryptionError when it is no sealed secret or was
+    sealed under a key not `held`: all a reader can tell without decrypting (a tampered
+    ciphertext passes; only `open` finds that)."""
+    if len(sealed) < SEALED_MIN or sealed[:1] != VERSION:
+        raise DecryptionError(f"{context}: stored value is not a sealed secret")
+    if sealed[1:5] not in held:
+        raise DecryptionError(
+            f"{context}: sealed under key id {sealed[1:5].hex()}, which is not among "
+            "TOKENWORKER_ENCRYPTION_KEYS (add the old key back after the new one)"
+        )
+    return sealed[1:5]
+
+
+class Opener(Protocol):
+    def open(self, sealed: bytes, context: str) -> str: ...
+
+
+class HeaderCheck:
+    """Stands in for a Cipher where a record is checked, not read: `open` raises what
+    Cipher.open would for a value that is no sealed secret or under a key not held, and
+    otherwise returns "" without decrypting anything."""
+
+    def __init__(self, held: frozenset[bytes]) -> None:
+        self.held = held
+
+    def open(self, sealed: bytes, context: str) -> str:
+        check_sealed(sealed, context, self.held)
+        return ""
 
 
 class Cipher:
@@ -49,15 +82,12 @@ class Cipher:
         body = self._primary.encrypt(nonce, plaintext.encode("utf-8"), context.encode("utf-8"))
         return VERSION + self._primary_id + nonce + body
 
+    @property
+    def key_ids(self) -> frozenset[bytes]:
+        return frozenset(self._by_id)
+
     def open(self, sealed: bytes, context: str) -> str:
-        if len(sealed) < _HEADER + 16 or sealed[:1] != VERSION:
-            raise DecryptionError(f"{context}: stored value is not a sealed secret")
-        aead = self._by_id.get(sealed[1:5])
-        if aead is None:
-            raise DecryptionError(
-                f"{context}: sealed under key id {sealed[1:5].hex()}, which is not among "
-                "TOKENWORKER_ENCRYPTION_KEYS (add the old key back after the new one)"
-            )
+        aead = self._by_id[check_sealed(sealed, context, self.key_ids)]
         try:
             plain = aead.decrypt(sealed[5:_HEADER], sealed[_HEADER:], context.encode("utf-8"))
         except InvalidTag:

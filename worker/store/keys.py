@@ -32,6 +32,16 @@ class Keys:
         self.beat = f"{prefix}beat:lock"
         self.sweep_guard = f"{prefix}sweep:guard"  # set for half an interval by each sweep
         self.heartbeat = f"{prefix}heartbeat"  # hash: worker hostname -> last consumed at
+        self.metrics = f"{prefix}metrics"  # hash: counters the worker processes add up
+        # The fleet read model (worker.store.counting): counts kept on every save and remove.
+        self.fleet_counts = f"{prefix}fleet:counts"  # hash: "integration|status|key id" -> n
+        self.fleet_meta = f"{prefix}fleet:meta"  # hash: generation, backfill cursor, complete
+        self.fleet_lock = f"{prefix}fleet:lock"  # lease of the one process backfilling
+        self.fleet_broken = f"{prefix}fleet:ids:broken"  # set: ids nobody can read
+
+    def fleet_ids(self, status: str) -> str:
+        """Set of the ids in a non-active status (small: O(failing), not O(all))."""
+        return f"{self.prefix}fleet:ids:{status}"
 
     def conn(self, connection_id: str) -> str:
         return f"{self.prefix}conn:{connection_id}"

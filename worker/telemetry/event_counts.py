@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Any
 
-import redis
+from redis.asyncio import Redis
 
 from worker.engine import events
 from worker.store.keys import Keys
@@ -35,8 +35,7 @@ def _text(value: Any) -> str:
 class EventCounts:
     """Counts of events appended to the stream after this object was created."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, batch: int = 5000) -> None:
-        self.client = client
+    def __init__(self, keys: Keys, batch: int = 5000) -> None:
         self.keys = keys
         self.batch = batch
         self.cursor: str | None = None
@@ -45,14 +44,14 @@ class EventCounts:
         self.refreshes: Counter[tuple[str, str]] = Counter()
         self._codes: set[str] = set()
 
-    def update(self, max_batches: int = 40) -> None:
+    async def update(self, client: Redis, max_batches: int = 40) -> None:
         if self.cursor is None:
-            newest: Any = self.client.xrevrange(self.keys.events, count=1)
+            newest: Any = await client.xrevrange(self.keys.events, count=1)
             self.cursor = _text(newest[0][0]) if newest else "0-0"
             return
         for _ in range(max_batches):
             after = f"({self.cursor}"
-            rows: Any = self.client.xrange(self.keys.events, min=after, count=self.batch)
+            rows: Any = await client.xrange(self.keys.events, min=after, count=self.batch)
             for row_id, data in rows:
                 self.cursor = _text(row_id)
                 self._count(data.get(b"data", b"{}"))

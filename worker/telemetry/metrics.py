@@ -37,7 +37,7 @@ log = structlog.get_logger("tokenworker.metrics")
 
 
 def metrics_key(keys: Keys) -> str:
-    return f"{keys.prefix}metrics"
+    return keys.metrics
 
 
 def field(name: str, **labels: object) -> str:
