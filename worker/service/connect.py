@@ -26,7 +26,7 @@ from worker.errors import InputError, NotFoundError
 from worker.salesforce import hosts, oauth
 from worker.service import connecting
 from worker.store.keys import check_id
-from worker.store.sessions import ConnectSession, Sessions, SessionStatus
+from worker.store.sessions import EXPIRED_NOW, WON, ConnectSession, Sessions, SessionStatus
 
 MAX_RETURN_TO = 2048
 
@@ -247,10 +247,10 @@ async def callback(rt: Runtime, params: Mapping[str, str]) -> Landing:
         )
         return Landing("error", error="invalid_state", error_description="unknown or forged state")
     outcome = await sessions_of(rt).consume(session.id, _now(rt))
-    if outcome == "expired":
+    if outcome == EXPIRED_NOW:
         await connecting.failed_event(rt, session, "session_expired", "the session expired")
         return land(session, "session_expired", "the connect session expired; start again")
-    if outcome != "consumed":
+    if outcome != WON:
         description = f"this connect session was already used ({outcome})"
         await connecting.failed_event(rt, session, "session_used", description)
         return land(session, "session_used", description)

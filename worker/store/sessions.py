@@ -31,9 +31,11 @@ TOMBSTONE = 3600.0  # seconds a finished or expired session still answers its st
 # after this long; longer than any exchange, store and learn-expiry the callback makes.
 CONSUMED_GRACE = 300.0
 ID_LENGTH = 32  # token_urlsafe(24)
+WON = "won"  # consume: this caller owns the session now
+EXPIRED_NOW = "expired"  # consume: this caller found it past its TTL and recorded that
 
-# KEYS: hash, pending zset. ARGV: now, id. Returns the outcome: 'consumed' (ours now),
-# 'expired' (it just expired: the caller reports it), or the status that refused it.
+# KEYS: hash, pending zset. ARGV: now, id. Returns the outcome: 'won' (ours now), 'expired'
+# (it just expired: the caller reports it), or the status that refused it ('missing').
 _CONSUME = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -44,7 +46,7 @@ if tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'expires_at')) then
   return 'expired'
 end
 redis.call('HSET', KEYS[1], 'status', 'consumed', 'consumed_at', ARGV[1])
-return 'consumed'
+return 'won'
 """
 
 # KEYS: hash, state key. ARGV: status, error, error_description, tombstone ms. Only a
@@ -199,8 +201,9 @@ class Sessions:
         return session
 
     async def consume(self, session_id: str, now: float) -> str:
-        """'consumed' when this caller now owns the session, 'expired' when this call found
-        it past its TTL (and recorded that), else the status that refused it ('missing')."""
+        """WON when this caller now owns the session, EXPIRED_NOW when this call found it past
+        its TTL (and recorded that, so it reports it), else the status that refused it
+        ('consumed', 'connected', 'failed', 'expired' or 'missing')."""
         keys = [self.keys.connect_session(session_id), self.keys.connect_pending]
         outcome = await self._consume(keys=keys, args=[repr(now), session_id])
         return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
