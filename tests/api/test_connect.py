@@ -28,7 +28,7 @@ from worker.engine.runtime import Runtime
 from worker.service import connect, ops
 from worker.service.connect_options import set_connect_options
 from worker.store.apikeys import Scope
-from worker.store.sessions import Sessions
+from worker.store.sessions import CONSUMED_GRACE, Sessions
 
 PUBLIC = "http://127.0.0.1:8080"
 APP = "https://app.example.com"
@@ -346,6 +346,34 @@ class TestExpiry:
         assert world.status(created["id"])["status"] == "expired"
         [event] = world.events("connection.connect_failed")
         assert (event["error"], event["connection_id"]) == ("session_expired", "cust-1")
+
+
+    def test_an_interrupted_callback_ends_expired(self, world: World) -> None:
+        """A callback that took the session and never finished (a crash mid-exchange) shows
+        `pending`, then `expired` with `interrupted` once its grace is over, reported once."""
+        created = world.create("cust-1")
+        sessions = Sessions(world.rt.redis, world.rt.store.cipher, world.rt.store.keys)
+        world.call(sessions.consume, created["id"], world.clock())
+        assert world.status(created["id"])["status"] == "pending"
+        world.clock.offset = CONSUMED_GRACE + 1
+        for _ in range(2):
+            status = world.status(created["id"])
+            assert (status["status"], status["error"]) == ("expired", "interrupted")
+        [event] = world.events("connection.connect_failed")
+        assert event["error"] == "interrupted"
+
+    def test_a_store_failure_after_the_exchange_fails_the_session(self, world: World) -> None:
+        """The existing record cannot be read (sealed under a key nobody holds): the callback
+        answers 503, the session ends failed (not stuck), and the grant just issued is
+        revoked since nothing holds it."""
+        key = world.rt.store.keys.conn("cust-1")
+        world.call(world.rt.redis.hset, key, mapping={"integration": "acme", "rt": b"\x01" * 60})
+        created, _, landed = world.flow("cust-1")
+        assert landed.status_code == 503
+        assert landed.json()["error"] == "store_unavailable"
+        status = world.status(created["id"])
+        assert (status["status"], status["error"]) == ("failed", "internal_error")
+        assert [g["revoked"] for g in world.grants()] == [True]
 
 
 class TestReconnect:

@@ -156,7 +156,7 @@ async def session_status(rt: Runtime, session_id: str) -> SessionView:
     if session is None:
         raise NotFoundError(f"no connect session {session_id!r:.60}")
     seen = session.seen_status(_now(rt))
-    if seen is SessionStatus.EXPIRED and session.status is not SessionStatus.EXPIRED:
+    if session.overdue(_now(rt)):
         await expire(rt, session)
         session = await sessions.get(session_id) or session
     error = session.error or ("session_expired" if seen is SessionStatus.EXPIRED else None)

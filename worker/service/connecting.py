@@ -10,6 +10,7 @@ effort, so no orphan approval counts against the user's five.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,10 +70,12 @@ async def complete(rt: Runtime, session: ConnectSession, code: str) -> Refusal |
     try:
         refusal = await _exchange_and_store(rt, session, code)
     except BaseException:
-        # A store outage or a bug mid-way: the session must not stay `consumed`.
-        await _sessions(rt).finish(
-            session, SessionStatus.FAILED, "internal_error", "the callback failed; try again"
-        )
+        # A store outage or a bug mid-way: the session must not stay `consumed` (if the store
+        # is down this fails too, and the session ends `expired`, `interrupted`, later).
+        with contextlib.suppress(Exception):
+            await _sessions(rt).finish(
+                session, SessionStatus.FAILED, "internal_error", "the callback failed; try again"
+            )
         raise
     if refusal is not None:
         await fail(rt, session, refusal)
@@ -93,12 +96,21 @@ async def _exchange_and_store(rt: Runtime, session: ConnectSession, code: str) -
         return Refusal(error.error, error.error_description, error.http_status)
     except Throttled:
         return Refusal("throttled", "TOKENWORKER_RATE_LIMIT allowed no call; try again")
-    refusal = _unusable(response, integration)
-    if refusal is None:
-        refusal = await _store(rt, session, integration, response)
-    if refusal is not None and response.refresh_token is not None:
-        await _revoke(rt, replace(integration, login_url=login_url), response.refresh_token)
-    return refusal
+    at_login = replace(integration, login_url=login_url)
+    try:
+        saved = await _save(rt, session, integration, response)
+    except Exception:
+        await _revoke(rt, at_login, response.refresh_token)  # stored nothing: give it back
+        raise
+    if isinstance(saved, Refusal):
+        await _revoke(rt, at_login, response.refresh_token)
+        return saved
+    conn, existing, learned = saved
+    await _sessions(rt).finish(session, SessionStatus.CONNECTED)
+    if not learned:
+        conn = await rt.refresher.learn_expiry(conn, integration)
+    await _stored(rt, session, integration, existing, conn, oauth.identity(conn.identity_url))
+    return None
 
 
 def _unusable(response: TokenResponse, integration: Integration) -> Refusal | None:
@@ -114,21 +126,25 @@ def _unusable(response: TokenResponse, integration: Integration) -> Refusal | No
     return Refusal("invalid_instance_url", problem) if problem else None
 
 
-async def _store(
+async def _save(
     rt: Runtime, session: ConnectSession, integration: Integration, response: TokenResponse
-) -> Refusal | None:
+) -> tuple[Connection, Connection | None, bool] | Refusal:
+    """(saved record, the record it replaced, whether its expiry is known), or the refusal:
+    nothing is saved then."""
+    refusal = _unusable(response, integration)
+    if refusal is not None:
+        return refusal
     who = oauth.identity(response.identity_url)
     for _ in range(SAVE_ATTEMPTS):
         existing = await rt.store.get_connection(session.connection_id)
         refusal = _conflicting(existing, session, who)
         if refusal is not None:
             return refusal
-        now = rt.refresher.clock()
         applied = apply_refresh(
             _base(existing, session, who, response),
             integration,
             response,
-            now,
+            rt.refresher.clock(),
             rt.refresher.timing,
             rt.refresher.rng,
         )
@@ -140,11 +156,7 @@ async def _store(
             )
         except ConflictError:
             continue  # a worker or another callback wrote it meanwhile: decide again
-        await _sessions(rt).finish(session, SessionStatus.CONNECTED)
-        if applied.expiry is None:
-            saved = await rt.refresher.learn_expiry(saved, integration)
-        await _stored(rt, session, integration, existing, saved, who)
-        return None
+        return saved, existing, applied.expiry is not None
     return Refusal("conflict", "the connection kept changing while it was stored; try again")
 
 
@@ -273,7 +285,9 @@ def _same_user(conn: Connection, integration: Integration, who: oauth.Identity) 
     )
 
 
-async def _revoke(rt: Runtime, integration: Integration, token: str) -> None:
+async def _revoke(rt: Runtime, integration: Integration, token: str | None) -> None:
+    if token is None:
+        return
     try:
         await rt.client.revoke(integration, token)
     except (SalesforceError, Throttled) as error:

@@ -109,13 +109,21 @@ class ConnectSession:
     error: str | None = None
     error_description: str | None = None
 
+    def overdue(self, now: float) -> bool:
+        """Pending past its TTL, or consumed by a callback that never finished in time."""
+        if self.status is SessionStatus.PENDING:
+            return now >= self.expires_at
+        if self.status is SessionStatus.CONSUMED and self.consumed_at is not None:
+            return now >= self.consumed_at + CONSUMED_GRACE
+        return False
+
     def seen_status(self, now: float) -> SessionStatus:
         """The status a host application sees: a callback in progress is still `pending`, and
-        a pending session past its TTL is `expired` even before anyone recorded it."""
+        an overdue session is `expired` even before anyone recorded it."""
+        if self.overdue(now):
+            return SessionStatus.EXPIRED
         if self.status is SessionStatus.CONSUMED:
             return SessionStatus.PENDING
-        if self.status is SessionStatus.PENDING and now >= self.expires_at:
-            return SessionStatus.EXPIRED
         return self.status
 
 
