@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -34,7 +35,6 @@ from worker.dev.emulator.records import (
 )
 from worker.dev.emulator.state import State
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # RFC 7636 4.2: an S256 challenge is 43 base64url characters.
 _S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 # Salesforce's OAuth scope tokens (connected app "Selected OAuth Scopes"); anything else
@@ -88,8 +88,16 @@ def redirect_allowed(client: Client, uri: str) -> bool:
         host = parts.hostname
     except ValueError:
         return False
-    loopback = host is not None and (host in LOOPBACK_HOSTS or host.startswith("127."))
-    return parts.scheme in ("http", "https") and loopback and not parts.fragment
+    if parts.scheme not in ("http", "https") or parts.fragment or host is None:
+        return False
+    return host == "localhost" or _is_loopback_ip(host)
+
+
+def _is_loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: only "localhost" counts, never "127.0.0.1.evil.com"
 
 
 def parse_authorize(state: State, params: dict[str, str]) -> AuthorizeRequest:
