@@ -212,9 +212,12 @@ class TestConnect:
         assert (event["org_id"], event["user_id"]) == (grant["org_id"], grant["user_id"])
         assert not world.events("connection.connect_failed")
 
-    def test_no_secret_reaches_redis_events_or_the_browser(self, world: World) -> None:
+    def test_no_secret_reaches_redis_events_or_the_browser(
+        self, world: World, capfd: pytest.CaptureFixture[str]
+    ) -> None:
         """Tokens, the PKCE verifier, the code and the client secret are nowhere in plain
-        text: not in Redis, not in an event, not on any page or header the browser saw."""
+        text: not in Redis, not in an event or a log line, not on any page or header the
+        browser saw."""
         created = world.create("cust-1")
         session = world.call(
             Sessions(world.rt.redis, world.rt.store.cipher, world.rt.store.keys).get, created["id"]
@@ -226,7 +229,9 @@ class TestConnect:
         secrets = [grant["refresh_token"], grant["access_token"], session.code_verifier,
                    _query(callback)["code"], integration.client_secret]  # fmt: skip
         dump = world.call(_dump, world.rt)
-        shown = json.dumps(world.events()) + "".join(world.seen)
+        captured = capfd.readouterr()
+        assert "connection.created" in captured.out + captured.err  # the logs were captured
+        shown = json.dumps(world.events()) + "".join(world.seen) + captured.out + captured.err
         for secret in secrets:
             assert secret.encode() not in dump
             assert secret not in shown
