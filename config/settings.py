@@ -161,6 +161,44 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of an http(s) URL (lower case, default port dropped), or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def _public_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if origin_of(raw) is None or parts.query or parts.fragment:
+        raise SettingsError(f"{name}: expected an http(s):// base URL, e.g. https://tw.example.com")
+    return raw.rstrip("/")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        origin = origin_of(item)
+        if origin is None or urlsplit(item).path not in ("", "/"):
+            raise SettingsError(
+                f"{name}: {item!r} is not an origin; expected scheme://host[:port], "
+                "e.g. https://app.example.com"
+            )
+        found.append(origin)
+    return tuple(found)
+
+
 def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -294,6 +332,27 @@ class Settings:
         _flag,
         False,
         "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
+    )
+    # -- the connect flow (issue 13) -----------------------------------------------------
+    public_url: str = _setting(
+        "PUBLIC_URL",
+        _public_url,
+        "http://127.0.0.1:8080",
+        "Externally visible base URL of the api process; the OAuth callback is "
+        "PUBLIC_URL/oauth/callback (register it on the connected app).",
+    )
+    allowed_return_origins: tuple[str, ...] = _setting(
+        "ALLOWED_RETURN_ORIGINS",
+        _origins,
+        (),
+        "Comma-separated origins (scheme://host[:port]) a connect flow may send the browser "
+        "back to (return_to); any other return_to is refused.",
+    )
+    connect_session_ttl: float = _setting(
+        "CONNECT_SESSION_TTL",
+        Seconds(DAY, low=60.0),
+        600.0,
+        "Seconds a connect session may wait for the customer to finish authorizing.",
     )
 
     def __post_init__(self) -> None:

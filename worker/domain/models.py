@@ -6,6 +6,9 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+DEFAULT_SCOPES = "api refresh_token"  # the connect flow's OAuth scopes
+DEFAULT_PROMPT = "consent"  # always show the approval page (a reconnect is a visible choice)
+
 
 class Provider(str, Enum):
     SALESFORCE = "salesforce"  #: production orgs, login.salesforce.com
@@ -70,6 +73,11 @@ class Integration:
     last_error: LastError | None = None
     introspection_available: bool = True
     version: int = 0
+    # The connect flow (issue 13): what the authorize request asks for, and whether the end
+    # user may type their My Domain host. Appended with defaults: older records lack them.
+    scopes: str = DEFAULT_SCOPES
+    prompt: str = DEFAULT_PROMPT
+    ask_domain: bool = False
 
     def public(self) -> dict[str, Any]:
         """Everything but the secret, for output and events."""
@@ -81,6 +89,9 @@ class Integration:
             "status": self.status.value,
             "introspection": "available" if self.introspection_available else "unavailable",
             "last_error": self.last_error.as_dict() if self.last_error else None,
+            "scopes": self.scopes,
+            "prompt": self.prompt,
+            "ask_domain": self.ask_domain,
         }
 
 

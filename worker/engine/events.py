@@ -36,6 +36,13 @@ SIGNATURE_INVALID = "token.signature_invalid"
 INSTANCE_URL_REJECTED = "connection.instance_url_rejected"
 # A stored record no configured key opens (TOKENWORKER_ENCRYPTION_KEYS lacks its key).
 CONNECTION_UNREADABLE = "connection.unreadable"
+# The connect flow (worker.service.connect).
+CONNECTION_CREATED = "connection.created"
+CONNECTION_RECONNECTED = "connection.reconnected"  # re-authorized: same id, reauth cleared
+CONNECT_FAILED = "connection.connect_failed"  # denied, refused, expired or exchange failed
+# The same Salesforce user approved the same app under another connection id too: Salesforce
+# keeps at most 5 approvals per user and app and silently revokes the oldest.
+DUPLICATE_USER = "connection.duplicate_user"
 
 # Events worth waking someone for; the rest are informational.
 ALERTS = frozenset(
@@ -48,6 +55,7 @@ ALERTS = frozenset(
         SIGNATURE_INVALID,
         INSTANCE_URL_REJECTED,
         CONNECTION_UNREADABLE,
+        DUPLICATE_USER,
     }
 )
 WEBHOOK_EVENTS = ALERTS | {RECOVERED, INTEGRATION_RECOVERED, INTROSPECTION_RESTORED}

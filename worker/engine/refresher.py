@@ -487,6 +487,11 @@ class Refresher:
             next_check_at=await self.store.next_check_at(conn.id),
         )
 
+    async def learn_expiry(self, conn: Connection, integration: Integration) -> Connection:
+        """Introspect a token stored outside a check (a new connection from the connect
+        flow) to learn its expiry; the saved record, or `conn` when nothing was learned."""
+        return await self._learn_expiry(conn, integration, True, self.clock())
+
     async def _learn_expiry(
         self, conn: Connection, integration: Integration, unknown: bool, now: float
     ) -> Connection:

@@ -49,6 +49,8 @@ _HEADERS = {
 }
 
 log = structlog.get_logger("tokenworker.salesforce")
+# What we send that an error answer must never quote back into an event or a log.
+_SECRET_FORM_FIELDS = ("token", "refresh_token", "client_secret", "code", "code_verifier")
 
 
 def _scrub(body: bytes, secrets: tuple[str | None, ...]) -> bytes:
@@ -243,12 +245,16 @@ class SalesforceClient:
     async def refresh(
         self, integration: Integration, refresh_token: str, *, admitted: bool = False
     ) -> TokenResponse:
-        answer = await self._post(
-            integration,
-            hosts.TOKEN_PATH,
-            {"grant_type": "refresh_token", "refresh_token": refresh_token, "format": "json"},
-            admitted=admitted,
-        )
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "format": "json"}
+        return await self.token_grant(integration, form, admitted=admitted)
+
+    async def token_grant(
+        self, integration: Integration, form: Mapping[str, str], *, admitted: bool = False
+    ) -> TokenResponse:
+        """POST a grant to the token endpoint of `integration.login_url`: the parsed token
+        response, or the classified error. Refreshes and the connect flow's code exchange
+        (`worker.salesforce.oauth`) both come through here."""
+        answer = await self._post(integration, hosts.TOKEN_PATH, form, admitted=admitted)
         if answer.status != 200:
             raise error_from_response(
                 answer.status, answer.body, answer.content_type, answer.retry_after
@@ -292,6 +298,6 @@ class SalesforceClient:
                 log.exception("observer.failed", call=path)
         if answer.status != 200:
             # An error answer may quote what we sent; none of it may reach events or logs.
-            sent = (payload.get("token"), payload.get("refresh_token"), payload["client_secret"])
+            sent = tuple(payload.get(name) for name in _SECRET_FORM_FIELDS)
             answer.body = _scrub(answer.body, sent)
         return answer

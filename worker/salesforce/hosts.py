@@ -9,6 +9,7 @@ here and nowhere else. Plain http:// is accepted only for loopback hosts: the em
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from worker.domain.models import Provider
@@ -107,3 +108,75 @@ def instance_url_problem(instance_url: str, login_url: str) -> str | None:
 
 def endpoint(login_url: str, path: str) -> str:
     return login_url.rstrip("/") + path
+
+
+# -- My Domain hosts typed by end users (the connect flow's --ask-domain) ----------------------
+
+AUTHORIZE_PATH = "/services/oauth2/authorize"
+# Suffixes of hosts that serve Salesforce's OAuth login for an org: My Domains (production,
+# sandbox, Government Cloud, Alibaba Cloud) and the generic login hosts.
+MY_DOMAIN_SUFFIXES = (".my.salesforce.com", ".my.salesforce.mil", ".my.sfcrmproducts.cn")
+LOGIN_HOSTS = ("login.salesforce.com", "test.salesforce.com")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def my_domain_login_url(typed: str, provider: Provider, integration_login_url: str) -> str:
+    """The login URL (`https://HOST`) for what an end user typed as their My Domain, or
+    InputError saying what is wrong, before anything is sent there.
+
+    Accepts `acme`, `acme--dev` (expanded to `.my.salesforce.com`, or `.sandbox.my.salesforce.com`
+    for the sandbox provider), a My Domain host, or `https://HOST` with no path. Lightning
+    (`*.lightning.force.com`) and Setup hosts are not login hosts and are refused with a hint.
+    A loopback host is accepted only when the integration itself logs in on loopback (the
+    emulator); then `http://HOST:PORT` is kept as typed.
+    """
+    text = typed.strip().lower()
+    if not text or len(text) > 253:
+        raise InputError("enter your My Domain, e.g. acme.my.salesforce.com")
+    loopback = _loopback_login(text, integration_login_url)
+    if loopback is not None:
+        return loopback
+    host = text.removeprefix("https://").rstrip("/")
+    if "/" in host or "@" in host or ":" in host or "?" in host or "#" in host:
+        raise InputError("enter only the host of your My Domain, e.g. acme.my.salesforce.com")
+    if "." not in host:  # a bare My Domain name
+        host += (".sandbox" if provider is Provider.SANDBOX else "") + MY_DOMAIN_SUFFIXES[0]
+    if not all(_LABEL.match(label) for label in host.split(".")):
+        raise InputError(f"{host!r} is not a valid host name")
+    if host.endswith((".lightning.force.com", ".salesforce-setup.com")):
+        name = host.split(".", 1)[0]
+        raise InputError(
+            f"{host!r} is a Lightning or Setup address, not a login host; "
+            f"use your My Domain, e.g. {name}.my.salesforce.com"
+        )
+    if host not in LOGIN_HOSTS and not host.endswith(MY_DOMAIN_SUFFIXES):
+        raise InputError(
+            f"{host!r} is not a Salesforce My Domain (expected NAME.my.salesforce.com)"
+        )
+    if provider is Provider.SALESFORCE and _looks_like_sandbox(host):
+        raise InputError(f"{host!r} is a sandbox; connect it with the sandbox integration")
+    if provider is Provider.SANDBOX and host == "login.salesforce.com":
+        raise InputError("login.salesforce.com is for production orgs; enter your sandbox's")
+    return f"https://{host}"
+
+
+def _looks_like_sandbox(host: str) -> bool:
+    return (
+        host == "test.salesforce.com"
+        or ".sandbox." in host
+        or "--" in host.split(".", maxsplit=1)[0]
+    )
+
+
+def _loopback_login(text: str, integration_login_url: str) -> str | None:
+    if not text.startswith(("http://", "https://")):
+        return None
+    try:
+        scheme, host, _ = _origin(text)
+    except InputError:
+        return None
+    _, login_host, _ = _origin(integration_login_url)
+    if is_loopback(host) and is_loopback(login_host) and urlsplit(text).path in ("", "/"):
+        return normalize_login_url(text)
+    del scheme
+    return None

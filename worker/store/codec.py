@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from worker.domain.models import (
+    DEFAULT_PROMPT,
+    DEFAULT_SCOPES,
     Connection,
     ConnectionStatus,
     ExpirySource,
@@ -133,6 +135,9 @@ def integration_fields(integration: Integration, cipher: Cipher) -> Fields:
         "last_error": json.dumps(integration.last_error.as_dict())
         if integration.last_error
         else "",
+        "scopes": integration.scopes,
+        "prompt": integration.prompt,
+        "ask_domain": "1" if integration.ask_domain else "0",
     }
 
 
@@ -147,4 +152,7 @@ def integration_from_raw(name: str, raw: Raw, cipher: Opener) -> Integration:
         last_error=_error(raw),
         introspection_available=raw.get(b"introspection", b"1") == b"1",
         version=int(raw.get(b"version", b"0")),
+        scopes=_text(raw, "scopes") or DEFAULT_SCOPES,
+        prompt=_text(raw, "prompt") or DEFAULT_PROMPT,
+        ask_domain=raw.get(b"ask_domain", b"0") == b"1",
     )

@@ -58,3 +58,19 @@ class Keys:
     def connection_id(self, key: bytes | str) -> str:
         text = key.decode() if isinstance(key, bytes) else key
         return text[len(self.prefix) + len("conn:") :]
+
+    # -- connect sessions (worker.store.sessions) ---------------------------------------
+
+    def connect_session(self, session_id: str) -> str:
+        return f"{self.prefix}connect-session:{session_id}"  # hash; expires with its tombstone
+
+    def connect_state(self, state: str) -> str:
+        return f"{self.prefix}connect-state:{state}"  # OAuth state -> session id
+
+    @property
+    def connect_pending(self) -> str:
+        return f"{self.prefix}connect-sessions:pending"  # sorted set: session id -> expires_at
+
+    def connect_identity(self, integration: str, user: str) -> str:
+        # set of connection ids one Salesforce user (org/user ids) connected to an integration
+        return f"{self.prefix}connect-identity:{integration}:{user}"
