@@ -46,6 +46,10 @@ def make_app(
         try:
             yield
         finally:
+            for module in modules:
+                shutdown = getattr(module, "shutdown", None)
+                if shutdown is not None:
+                    await shutdown(app)
             await runtime.close()
 
     routes: list[BaseRoute] = [route for module in modules for route in module.routes()]
