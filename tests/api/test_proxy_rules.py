@@ -1,13 +1,11 @@
-"""The proxy's pure rules: the target URL, and what a 401 from Salesforce means."""
+"""The proxy's pure rules: the target URL."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from worker.api.errors import ApiError
-from worker.api.proxy_rules import Rejection, check_path, classify_401, target
+from worker.api.proxy_rules import check_path, target
 
 
 class TestTarget:
@@ -27,23 +25,3 @@ class TestTarget:
         with pytest.raises(ApiError) as raised:
             target(instance_url, "services", "")
         assert raised.value.status == 500
-
-
-class TestClassify401:
-    def test_invalid_session_id_means_expired(self) -> None:
-        body = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
-        assert classify_401(json.dumps(body).encode()) is Rejection.EXPIRED
-
-    def test_not_valid_for_this_api_is_the_policy_case(self) -> None:
-        """Same errorCode, different meaning: a refresh cannot fix an API-access policy."""
-        body = [
-            {
-                "message": "This session is not valid for use with the REST API",
-                "errorCode": "INVALID_SESSION_ID",
-            }
-        ]
-        assert classify_401(json.dumps(body).encode()) is Rejection.POLICY
-
-    @pytest.mark.parametrize("body", [b"", b"<html>", b'{"error": "x"}', b"[1, 2]", b'"x"'])
-    def test_anything_else_is_passed_back(self, body: bytes) -> None:
-        assert classify_401(body) is Rejection.OTHER

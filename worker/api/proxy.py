@@ -40,6 +40,7 @@ from worker.api import proxy_rules as rules
 from worker.api.auth import require
 from worker.api.errors import ApiError
 from worker.engine.runtime import Runtime
+from worker.salesforce.sessions import Rejection, classify_401
 from worker.store.apikeys import Scope
 
 log = structlog.get_logger("tokenworker.api.proxy")
@@ -129,10 +130,10 @@ class Proxy:
         if answer.status != 401:
             return _relay(answer)
         head = await _read_up_to(answer, _REJECTION_CAP)
-        verdict = rules.classify_401(head)
-        if verdict is rules.Rejection.POLICY:
+        verdict = classify_401(head)
+        if verdict is Rejection.POLICY:
             log.warning("proxy.session_not_valid_for_api", connection_id=connection_id)
-        if verdict is not rules.Rejection.EXPIRED:
+        if verdict is not Rejection.EXPIRED:
             return _relay(answer, head)
         fresh = await self._tokens.token_rejected(rt, connection_id, token.access_token)
         if not body.replayable:

@@ -8,6 +8,8 @@ with yarl from the instance_url's own parts and its origin compared to the insta
 anything is sent. A percent-encoded `@` (`%40`, an email in an external id) stays inside the
 path, so it is allowed.
 
+What a 401 means lives in `worker.salesforce.sessions` (the SDK needs it too).
+
 Headers: hop-by-hop headers (RFC 9110 section 7.6.1, plus those the Connection header names)
 never cross, either way. Towards Salesforce the caller's Authorization, Cookie, Host and any
 header carrying our API key are dropped and our Bearer token added. Back to the caller
@@ -17,10 +19,8 @@ tenant's cookies must not reach another caller.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
-from enum import Enum
 from urllib.parse import unquote
 
 from yarl import URL
@@ -138,27 +138,3 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
         and key not in named
         and key not in _NEVER_RETURNED
     ]
-
-
-class Rejection(str, Enum):
-    EXPIRED = "expired"  #: INVALID_SESSION_ID: the token is dead; refresh and retry once
-    POLICY = "policy"  #: the session is not valid for this API: a refresh cannot help
-    OTHER = "other"  #: any other 401: passed back as it is
-
-
-def classify_401(body: bytes) -> Rejection:
-    """What Salesforce's 401 body says. Both the expired and the policy case carry
-    `INVALID_SESSION_ID`; only the message tells "not valid for use with the REST API" apart."""
-    try:
-        errors = json.loads(body)
-    except ValueError:
-        return Rejection.OTHER
-    if isinstance(errors, dict):
-        errors = [errors]
-    if not isinstance(errors, list):
-        return Rejection.OTHER
-    for error in errors:
-        if isinstance(error, dict) and error.get("errorCode") == "INVALID_SESSION_ID":
-            message = str(error.get("message", "")).lower()
-            return Rejection.POLICY if "not valid for use with" in message else Rejection.EXPIRED
-    return Rejection.OTHER
