@@ -40,6 +40,7 @@ from worker.errors import (
 )
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.responses import IntrospectionResult, TokenResponse
+from worker.store import codec
 from worker.store.connections import Store
 from worker.store.leases import Leases
 
@@ -208,7 +209,10 @@ class Refresher:
         wait = self.lease_wait if explicit else 0.0
         lease = self.store.keys.lease(connection_id)
         read = self.store.connection_read(connection_id)
-        async with self.leases.hold(lease, read, wait) as (token, raw):
+        satisfied = None if demand is None else self._satisfies(connection_id, demand)
+        async with self.leases.hold(lease, read, wait, satisfied) as (token, raw):
+            if token is None and raw is not None:  # the holder did what the demand needs
+                return CheckResult(connection_id, Outcome.SUPERSEDED, reason="satisfied meanwhile")
             if token is None:
                 return CheckResult(connection_id, Outcome.CONTENDED, reason="lease held")
             conn = self.store.decode_connection(connection_id, raw)
@@ -236,6 +240,15 @@ class Refresher:
             finally:
                 self._lease.pop(connection_id, None)
                 self._marked.pop(connection_id, None)
+
+    def _satisfies(self, connection_id: str, demand: Demand) -> Callable[[codec.Raw], bool]:
+        """Whether a record read while waiting for the lease already meets the demand."""
+
+        def check(raw: codec.Raw) -> bool:
+            conn = self.store.decode_connection(connection_id, raw)
+            return conn is not None and demand.satisfied(conn)
+
+        return check
 
     async def integration(self, name: str) -> Integration | None:
         cached = self._integrations.get(name)
