@@ -36,6 +36,8 @@ SIGNATURE_INVALID = "token.signature_invalid"
 INSTANCE_URL_REJECTED = "connection.instance_url_rejected"
 # A stored record no configured key opens (TOKENWORKER_ENCRYPTION_KEYS lacks its key).
 CONNECTION_UNREADABLE = "connection.unreadable"
+# An operator or host application removed the connection (revoked at Salesforce first).
+CONNECTION_REMOVED = "connection.removed"
 
 # Events worth waking someone for; the rest are informational.
 ALERTS = frozenset(
