@@ -321,11 +321,11 @@ def test_revoke_unknown_token_is_unsupported(http: httpx.Client) -> None:
 
 
 def test_data_call_accepts_active_token_and_rejects_others(http: httpx.Client) -> None:
-    """The data API answers {} for a live token and INVALID_SESSION_ID otherwise."""
+    """The data API lists resources for a live token and answers INVALID_SESSION_ID otherwise."""
     grant = new_grant(http)
     ok = http.get(DATA, headers={"Authorization": f"Bearer {grant['access_token']}"})
     assert ok.status_code == 200
-    assert ok.json() == {}
+    assert ok.json()["limits"] == "/services/data/v60.0/limits"
     bad = http.get(DATA, headers={"Authorization": "Bearer 00Dnope"})
     assert bad.status_code == 401
     assert bad.json() == [
@@ -644,6 +644,13 @@ def test_stats_count_every_call_including_faulted(http: httpx.Client) -> None:
         "data_calls": 1,
         "reuse_revocations": 0,
         "concurrent_refresh_rejections": 0,
+        "authorize_calls": 0,
+        "consents_allowed": 0,
+        "consents_denied": 0,
+        "code_calls": 0,
+        "userinfo_calls": 0,
+        "approval_revocations": 0,
+        "api_usage": 0,
         "token_calls_by_grant": {grant["grant_id"]: 2},
     }
     reset = http.post("/_admin/stats/reset").json()

@@ -13,8 +13,9 @@ from urllib.parse import parse_qs
 
 from worker.dev.emulator.faults import ENDPOINTS, MUTATIONS, Fault
 from worker.dev.emulator.http import Request, Response, json_response
-from worker.dev.emulator.records import Grant
+from worker.dev.emulator.records import Grant, OAuthError, User
 from worker.dev.emulator.state import State, paused_gc
+from worker.dev.emulator.webflow import PageError, issue_code, parse_authorize
 
 JSON = "application/json"
 MAX_GRANTS_PER_CALL = 1_000_000
@@ -70,6 +71,26 @@ def _number(obj: dict[str, Any], name: str, minimum: float = 0.0) -> float | Non
     return float(value)
 
 
+def _str_list(obj: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise AdminError(400, f"{name} must be null or a list of non-empty strings")
+    return tuple(value)
+
+
+def _user_json(user: User) -> dict[str, object]:
+    return {
+        "username": user.username,
+        "user_id": user.user_id,
+        "org_id": user.org_id,
+        "display_name": user.display_name,
+        "email": user.email,
+        "instance_url": user.instance_url,
+    }
+
+
 def _int(obj: dict[str, Any], name: str, low: int, high: int) -> int | None:
     value = obj.get(name)
     if value is None:
@@ -85,6 +106,12 @@ class AdminApi:
         self._routes: dict[tuple[str, str], Callable[[Request], Response]] = {
             ("POST", "clients"): self._clients,
             ("POST", "grants"): self._create_grants,
+            ("GET", "grants"): self._list_grants,
+            ("GET", "users"): self._list_users,
+            ("POST", "users"): self._add_user,
+            ("POST", "codes"): self._issue_code,
+            ("GET", "authorizations"): self._authorizations,
+            ("DELETE", "authorizations"): self._clear_authorizations,
             ("GET", "config"): self._config,
             ("POST", "config"): self._config,
             ("GET", "faults"): self._list_faults,
@@ -125,15 +152,79 @@ class AdminApi:
         client_id = _str(body, "client_id", required=True)
         assert client_id is not None
         try:
-            self.state.upsert_client(
+            client = self.state.upsert_client(
                 client_id,
                 _str(body, "client_secret"),
                 rotation=_bool(body, "rotation"),
                 introspect=_bool(body, "introspect"),
+                redirect_uris=_str_list(body, "redirect_uris"),
+                # An explicit null goes back to "any loopback URL"; absent changes nothing.
+                any_loopback="redirect_uris" in body and body["redirect_uris"] is None,
             )
         except ValueError as exc:
             raise AdminError(400, str(exc)) from None
-        return _reply({"client_id": client_id})
+        reply: dict[str, object] = {"client_id": client_id}
+        if "redirect_uris" in body:
+            uris = client.redirect_uris
+            reply["redirect_uris"] = None if uris is None else list(uris)
+        return _reply(reply)
+
+    def _list_users(self, request: Request) -> Response:
+        return _reply({"users": [_user_json(user) for user in self.state.users.values()]})
+
+    def _add_user(self, request: Request) -> Response:
+        body = _object(request)
+        username = _str(body, "username", required=True)
+        assert username is not None
+        user = self.state.add_user(
+            username,
+            org_id=_str(body, "org_id"),
+            display_name=_str(body, "display_name"),
+            email=_str(body, "email"),
+            instance_url=_str(body, "instance_url"),
+        )
+        return _reply(_user_json(user))
+
+    def _list_grants(self, request: Request) -> Response:
+        query = {k: v[-1] for k, v in parse_qs(request.query).items()}
+        username = query.get("username")
+        client_id = query.get("client_id")
+        if username is not None:
+            grants = self.state.grants_of(username, client_id)
+        else:
+            grants = [
+                g
+                for g in self.state.grants.values()
+                if client_id is None or g.client_id == client_id
+            ]
+        return _reply({"grants": [self._grant_json(grant) for grant in grants]})
+
+    def _issue_code(self, request: Request) -> Response:
+        """A code as if the user clicked Allow, for tests that skip the browser."""
+        body = _object(request)
+        params = {"response_type": "code"}
+        for name in ("client_id", "redirect_uri", "scope", "code_challenge"):
+            value = _str(body, name)
+            if value is not None:
+                params[name] = value
+        if "code_challenge" in params:
+            params["code_challenge_method"] = _str(body, "code_challenge_method") or "S256"
+        username = _str(body, "username") or self.state.default_user.username
+        user = self.state.users.get(username)
+        if user is None:
+            raise AdminError(404, f"unknown username {username!r}")
+        try:
+            parsed = parse_authorize(self.state, params)
+        except (PageError, OAuthError) as exc:
+            raise AdminError(400, str(exc)) from None
+        return _reply({"code": issue_code(self.state, parsed, user), "username": username})
+
+    def _authorizations(self, request: Request) -> Response:
+        return _reply({"authorizations": list(self.state.authorize_log)})
+
+    def _clear_authorizations(self, request: Request) -> Response:
+        self.state.authorize_log.clear()
+        return _reply({"authorizations": []})
 
     def _create_grants(self, request: Request) -> Response:
         body = _object(request)
@@ -171,19 +262,26 @@ class AdminApi:
         return grant
 
     def _grant_view(self, grant: Grant) -> Response:
-        latest = grant.latest
-        return _reply(
-            {
-                "grant_id": grant.grant_id,
-                "client_id": grant.client_id,
-                "revoked": grant.revoked,
-                "refresh_token": grant.refresh_token,
-                "refresh_count": grant.refresh_count,
-                "access_token": latest.token,
-                "exp": latest.exp,
-                "lifetime": self.state.effective_lifetime(grant),
-            }
-        )
+        return _reply(self._grant_json(grant))
+
+    def _grant_json(self, grant: Grant) -> dict[str, object]:
+        latest = grant.latest if grant.tokens else None
+        return {
+            "grant_id": grant.grant_id,
+            "client_id": grant.client_id,
+            "revoked": grant.revoked,
+            "refresh_token": grant.refresh_token,
+            "refresh_count": grant.refresh_count,
+            "access_token": latest.token if latest else None,
+            "exp": latest.exp if latest else None,
+            "lifetime": self.state.effective_lifetime(grant),
+            "id": grant.id_url,
+            "username": grant.username,
+            "user_id": grant.user_id,
+            "org_id": grant.org_id,
+            "scope": grant.scope,
+            "instance_url": grant.instance_url,
+        }
 
     def _grant_revoke(self, grant: Grant) -> Response:
         self.state.revoke_grant(grant)
@@ -205,6 +303,12 @@ class AdminApi:
         latency_ms = _number(body, "latency_ms")
         race_window_ms = _number(body, "race_window_ms")
         consumed_active = _bool(body, "consumed_refresh_active")
+        approvals = _int(body, "approvals_per_user", 0, 1000)
+        code_lifetime = _number(body, "code_lifetime", minimum=0.001)
+        if approvals is not None:
+            self.state.approvals_per_user = approvals
+        if code_lifetime is not None:
+            self.state.code_lifetime = code_lifetime
         if lifetime is not None:
             self.state.lifetime = lifetime
         if latency_ms is not None:
@@ -219,6 +323,8 @@ class AdminApi:
                 "latency_ms": self.state.latency_ms,
                 "race_window_ms": self.state.race_window_ms,
                 "consumed_refresh_active": self.state.consumed_refresh_active,
+                "approvals_per_user": self.state.approvals_per_user,
+                "code_lifetime": self.state.code_lifetime,
             }
         )
 
@@ -273,6 +379,13 @@ class AdminApi:
             "data_calls": stats.data_calls,
             "reuse_revocations": stats.reuse_revocations,
             "concurrent_refresh_rejections": stats.concurrent_refresh_rejections,
+            "authorize_calls": stats.authorize_calls,
+            "consents_allowed": stats.consents_allowed,
+            "consents_denied": stats.consents_denied,
+            "code_calls": stats.code_calls,
+            "userinfo_calls": stats.userinfo_calls,
+            "approval_revocations": stats.approval_revocations,
+            "api_usage": stats.api_usage,
         }
         asked = parse_qs(request.query).get("by_grant", ["0"])[-1] not in ("0", "", "false")
         if asked or len(self.state.grants) <= BY_GRANT_LIMIT:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENDPOINTS = frozenset({"token", "introspect", "revoke", "data", "any"})
+# "code" is the token endpoint's authorization_code grant; "token" its refreshes.
+# "userinfo" covers the identity URL too; "data" every REST resource.
+ENDPOINTS = frozenset({"token", "code", "introspect", "revoke", "data", "userinfo", "any"})
 
 # Mutations that still run the real operation, then tamper with its successful answer.
 TAMPERING = frozenset({"bad_signature", "foreign_instance_url"})

@@ -11,6 +11,8 @@ DEFAULT_LIFETIME = 7200.0  # Salesforce's default session timeout: two hours
 DEFAULT_RACE_WINDOW_MS = 100.0
 SCOPE = "refresh_token api"
 USERNAME = "user@example.com"
+# The scopes that make the token endpoint hand out a refresh token at all.
+REFRESH_SCOPES = frozenset({"refresh_token", "offline_access"})
 
 
 class OAuthError(Exception):
@@ -29,6 +31,32 @@ class Client:
     client_secret: str
     rotation: bool
     introspect: bool
+    # The callback URLs registered for the app; None accepts any loopback http(s) URL.
+    redirect_uris: tuple[str, ...] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class User:
+    user_id: str
+    username: str
+    org_id: str
+    display_name: str
+    email: str
+    instance_url: str | None = None  # None: wherever the emulator listens
+
+
+@dataclass(slots=True, eq=False)
+class AuthorizationCode:
+    """What one "Allow" handed the browser; single-use, valid `CODE_LIFETIME` seconds."""
+
+    code: str
+    client_id: str
+    redirect_uri: str
+    user: User
+    scope: str
+    code_challenge: str | None
+    expires: float
+    used: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +82,8 @@ class Grant:
     vary_access_token: bool
     created: float
     refresh_token: str
+    scope: str = SCOPE
+    username: str = USERNAME
     refresh_count: int = 0
     revoked: bool = False
     tokens: list[AccessToken] = field(default_factory=list)
@@ -65,6 +95,14 @@ class Grant:
     @property
     def latest(self) -> AccessToken:
         return self.tokens[-1]
+
+    @property
+    def user_id(self) -> str:
+        return self.id_url.rsplit("/", 1)[-1]
+
+    @property
+    def org_id(self) -> str:
+        return self.id_url.rsplit("/", 2)[-2]
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,6 +121,13 @@ class Stats:
     introspect_calls: int = 0
     revoke_calls: int = 0
     data_calls: int = 0
+    authorize_calls: int = 0
+    consents_allowed: int = 0
+    consents_denied: int = 0
+    code_calls: int = 0
+    userinfo_calls: int = 0
+    approval_revocations: int = 0
+    api_usage: int = 0  # successful REST calls, as Sforce-Limit-Info reports them
     reuse_revocations: int = 0
     concurrent_refresh_rejections: int = 0
     token_calls_by_grant: Counter[str] = field(default_factory=Counter)

@@ -1,4 +1,5 @@
-"""The Salesforce endpoints: token (refresh_token grant), introspect, revoke, and one data URL.
+"""The Salesforce endpoints: token (refresh_token and authorization_code grants),
+introspect, revoke, and (through `RestApi`) REST, userinfo and the identity URL.
 
 Bodies, statuses and error wording follow what Salesforce really answers, including its
 quirks: `issued_at` is epoch milliseconds as a string, there is no `expires_in`, and the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -17,14 +19,15 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from worker.dev.emulator.faults import REPLACING, Fault
 from worker.dev.emulator.http import Request, Response, json_response
-from worker.dev.emulator.records import SCOPE, USERNAME, AccessToken, Client, Issued, OAuthError
+from worker.dev.emulator.records import SCOPE, AccessToken, Client, Issued, OAuthError
+from worker.dev.emulator.rest import RestApi, bearer
 from worker.dev.emulator.state import State
+from worker.dev.emulator.webflow import exchange, gives_refresh_token
 
 JSON = "application/json;charset=UTF-8"
 EVIL_INSTANCE_URL = "https://evil.example.com"
 REDIRECT_TARGET = "http://127.0.0.2:9/steal"
 _INACTIVE = b'{"active":false}'
-_INVALID_SESSION = [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
 _MAINTENANCE = (
     b"<!DOCTYPE html><html><head><title>Maintenance</title></head><body>"
     b"<h1>Salesforce is down for maintenance</h1><p>Please try again later.</p></body></html>"
@@ -76,12 +79,21 @@ def _huge_body() -> bytes:
 class SalesforceApi:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.rest = RestApi(state)
 
     # -- endpoints -----------------------------------------------------------------------
 
     def token(self, request: Request) -> Response:
         form = parse_form(request.body)
         client_id, secret = client_credentials(request, form)
+        if form.get("grant_type") == "authorization_code":
+            # Counted and faulted as "code", apart from refreshes.
+            return self._answer(
+                "code",
+                client_id,
+                None,
+                lambda mutate, _: self._exchange(form, client_id, secret, mutate),
+            )
         refresh_token = form.get("refresh_token", "")
         return self._answer(
             "token",
@@ -98,14 +110,26 @@ class SalesforceApi:
         )
 
     def revoke(self, request: Request) -> Response:
-        form = parse_form(request.body)
+        # Salesforce also takes `GET /services/oauth2/revoke?token=...` (fact sheet 9).
+        form = parse_form(request.body if request.method == "POST" else request.query.encode())
         client_id, _ = client_credentials(request, form)
         return self._answer("revoke", client_id, None, lambda _, __: self._revoke(form))
 
     def data(self, request: Request) -> Response:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        return self._answer("data", None, None, lambda _, __: self._data(token))
+        token = bearer(request)
+        return self._answer("data", None, None, lambda _, __: self.rest.data(request, token))
+
+    def userinfo(self, request: Request) -> Response:
+        token = bearer(request)
+        return self._answer(
+            "userinfo", None, None, lambda _, __: self.rest.userinfo(request, token)
+        )
+
+    def identity(self, request: Request) -> Response:
+        token = bearer(request)
+        return self._answer(
+            "userinfo", None, None, lambda _, __: self.rest.identity(request, token)
+        )
 
     # -- the common path: count, maybe fault, add latency --------------------------------
 
@@ -182,6 +206,18 @@ class SalesforceApi:
             return oauth_error(exc.status, exc.error, exc.description)
         return json_response(200, self._token_body(issued, client, mutate))
 
+    def _exchange(
+        self, form: dict[str, str], client_id: str | None, secret: str | None, mutate: str | None
+    ) -> Response:
+        try:
+            client = self.state.authenticate(client_id, secret)
+            issued = exchange(self.state, client, form)
+        except OAuthError as exc:
+            return oauth_error(exc.status, exc.error, exc.description)
+        if not gives_refresh_token(issued.grant.scope):
+            issued = dataclasses.replace(issued, refresh_token=None)
+        return json_response(200, self._token_body(issued, client, mutate))
+
     def _token_body(self, issued: Issued, client: Client, mutate: str | None) -> dict[str, str]:
         grant = issued.grant
         body = {"access_token": issued.access.token}
@@ -191,7 +227,7 @@ class SalesforceApi:
         if mutate == "bad_signature":
             key += "-not-the-secret"
         body["signature"] = sign(key, grant.id_url, issued.issued_at_ms)
-        body["scope"] = SCOPE
+        body["scope"] = grant.scope
         foreign = mutate == "foreign_instance_url"
         body["instance_url"] = EVIL_INSTANCE_URL if foreign else grant.instance_url
         body["id"] = grant.id_url
@@ -235,9 +271,9 @@ class SalesforceApi:
             grant, token_type, exp, issued = record, "refresh_token", None, int(record.created)
         body: dict[str, object] = {
             "active": True,
-            "scope": SCOPE,
+            "scope": grant.scope,
             "client_id": grant.client_id,
-            "username": USERNAME,
+            "username": grant.username,
             "sub": grant.id_url,
             "token_type": token_type,
         }
@@ -248,11 +284,8 @@ class SalesforceApi:
         return json_response(200, body)
 
     def _revoke(self, form: dict[str, str]) -> Response:
-        if self.state.revoke(form.get("token", "")):
-            return Response(200)
-        return oauth_error(400, "unsupported_token_type", "this token type is not supported")
-
-    def _data(self, token: str) -> Response:
-        if token and self.state.use_session(token):
-            return Response(200, b"{}", JSON)
-        return json_response(401, _INVALID_SESSION)
+        try:
+            self.state.revoke(form.get("token", ""))
+        except OAuthError as exc:
+            return oauth_error(exc.status, exc.error, exc.description)
+        return Response(200)

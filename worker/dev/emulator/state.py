@@ -12,19 +12,32 @@ import contextlib
 import gc
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from worker.dev.emulator.faults import FaultQueue
 from worker.dev.emulator.records import (
     DEFAULT_LIFETIME,
     DEFAULT_RACE_WINDOW_MS,
+    SCOPE,
+    USERNAME,
     AccessToken,
+    AuthorizationCode,
     Client,
     Grant,
     Issued,
     OAuthError,
     Stats,
+    User,
 )
+
+# Salesforce: "the authorization code ... expires after 15 minutes" (help article
+# remoteaccess_oauth_web_server_flow).
+CODE_LIFETIME = 15 * 60.0
+# Salesforce keeps five approvals per user per connected app and revokes the oldest beyond
+# that (help article remoteaccess_request_approve; fact sheet section 6). 0 turns it off.
+DEFAULT_APPROVALS_PER_USER = 5
+AUTHORIZE_LOG_SIZE = 200
 
 
 @contextlib.contextmanager
@@ -94,6 +107,13 @@ class State:
         self.org_id = _salesforce_id("00D")
         self.clients: dict[str, Client] = {}
         self.grants: dict[str, Grant] = {}
+        self.users: dict[str, User] = {}
+        self.default_user = self.add_user(USERNAME)
+        self.codes: dict[str, AuthorizationCode] = {}
+        self.code_lifetime = CODE_LIFETIME
+        self.approvals_per_user = DEFAULT_APPROVALS_PER_USER
+        # The authorize requests seen (newest last), for tests to check what a client sent.
+        self.authorize_log: deque[dict[str, str]] = deque(maxlen=AUTHORIZE_LOG_SIZE)
         self.faults = FaultQueue()
         self.stats = Stats()
         self._access: dict[str, AccessToken] = {}
@@ -111,6 +131,8 @@ class State:
         client_secret: str | None,
         rotation: bool | None = None,
         introspect: bool | None = None,
+        redirect_uris: tuple[str, ...] | None = None,
+        any_loopback: bool = False,
     ) -> Client:
         """Create a client, or change only the fields given for an existing one."""
         client = self.clients.get(client_id)
@@ -125,7 +147,40 @@ class State:
             client.rotation = rotation
         if introspect is not None:
             client.introspect = introspect
+        if redirect_uris is not None:
+            client.redirect_uris = redirect_uris
+        elif any_loopback:
+            client.redirect_uris = None
         return client
+
+    # -- users ---------------------------------------------------------------------------
+
+    def add_user(
+        self,
+        username: str,
+        org_id: str | None = None,
+        display_name: str | None = None,
+        email: str | None = None,
+        instance_url: str | None = None,
+    ) -> User:
+        """A user who can log in on the authorize page; re-adding a username replaces it
+        but keeps its user id, so identity URLs stay stable."""
+        known = self.users.get(username)
+        user_id = known.user_id if known is not None else _salesforce_id("005")
+        user = User(
+            user_id,
+            username,
+            org_id or self.org_id,
+            display_name or username.split("@", 1)[0],
+            email or username,
+            instance_url,
+        )
+        self.users[username] = user
+        return user
+
+    def user_of(self, grant: Grant) -> User | None:
+        user = self.users.get(grant.username)
+        return user if user is not None and user.user_id == grant.user_id else None
 
     def authenticate(self, client_id: str | None, client_secret: str | None) -> Client:
         client = self.clients.get(client_id or "")
@@ -168,18 +223,28 @@ class State:
         *,
         now: float,
         issued_at: str,
+        user: User | None = None,
+        scope: str = SCOPE,
     ) -> Issued:
         self._seq += 1
         seq = self._seq
+        if user is None:
+            id_url = f"{self.base_url}/id/{self.org_id}/005{seq:015d}"
+            username = USERNAME
+        else:
+            id_url = f"{self.base_url}/id/{user.org_id}/{user.user_id}"
+            username = user.username
         grant = Grant(
             f"g{seq:07d}",
             client_id,
             instance_url,
-            f"{self.base_url}/id/{self.org_id}/005{seq:015d}",
+            id_url,
             lifetime,
             vary_access_token,
             now,
             self._new_refresh_token(),
+            scope,
+            username,
         )
         self.grants[grant.grant_id] = grant
         self._refresh[grant.refresh_token] = grant
@@ -224,6 +289,9 @@ class State:
         """The access token record, or the grant a refresh token (current or old) belongs to."""
         return self._access.get(token) or self._refresh.get(token)
 
+    def find_access(self, token: str) -> AccessToken | None:
+        return self._access.get(token)
+
     def grant_of_refresh_token(self, token: str) -> Grant | None:
         return self._refresh.get(token)
 
@@ -237,17 +305,59 @@ class State:
             access.exp = now + access.lifetime
         return True
 
-    def revoke(self, token: str) -> bool:
-        """Revoke a refresh token (its whole grant) or one access token; False if unknown."""
+    def approve(self, client_id: str, user: User, scope: str) -> Issued:
+        """A new grant from an authorization code; past `approvals_per_user` live grants
+        of this user and app, the oldest is revoked, as Salesforce does."""
+        now = self.clock()
+        url = user.instance_url or self.base_url
+        issued = self._add_grant(
+            client_id,
+            url,
+            None,
+            True,
+            now=now,
+            issued_at=str(int(now * 1000)),
+            user=user,
+            scope=scope,
+        )
+        limit = self.approvals_per_user
+        if limit > 0:
+            live = [g for g in self.grants_of(user.username, client_id) if not g.revoked]
+            for oldest in live[: max(0, len(live) - limit)]:
+                self.revoke_grant(oldest)
+                self.stats.approval_revocations += 1
+        return issued
+
+    def grants_of(self, username: str, client_id: str | None = None) -> list[Grant]:
+        """A user's grants, oldest first (a linear scan: a test helper, not a hot path)."""
+        user = self.users.get(username)
+        return [
+            grant
+            for grant in self.grants.values()
+            if grant.username == username
+            and (user is None or grant.user_id == user.user_id)
+            and (client_id is None or grant.client_id == client_id)
+        ]
+
+    def revoke(self, token: str) -> None:
+        """Revoke a refresh token (its whole grant) or one access token.
+
+        A token never issued is `unsupported_token_type` (as before); one already revoked,
+        expired or rotated out is `invalid_token`. Salesforce documents both codes for
+        errors (fact sheet section 9) without saying which case gets which: assumed."""
+        now = self.clock()
         access = self._access.get(token)
         if access is not None:
+            if not access.active(now):
+                raise OAuthError(400, "invalid_token", "invalid token")
             access.revoked = True
-            return True
+            return
         grant = self._refresh.get(token)
         if grant is None:
-            return False
+            raise OAuthError(400, "unsupported_token_type", "this token type is not supported")
+        if grant.revoked or grant.refresh_token != token:
+            raise OAuthError(400, "invalid_token", "invalid token")
         self.revoke_grant(grant)
-        return True
 
     def revoke_grant(self, grant: Grant) -> None:
         grant.revoked = True
@@ -280,11 +390,18 @@ class State:
             stats.revoke_calls += 1
         elif endpoint == "data":
             stats.data_calls += 1
+        elif endpoint == "code":
+            stats.code_calls += 1
+        elif endpoint == "userinfo":
+            stats.userinfo_calls += 1
 
     def reset_stats(self) -> None:
         self.stats = Stats()
 
     # -- internals -----------------------------------------------------------------------
+
+    def new_code(self) -> str:
+        return "aPrx" + self._entropy.take(60)
 
     def _new_refresh_token(self) -> str:
         return "5Aep861" + self._entropy.take(80)
