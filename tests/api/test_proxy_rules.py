@@ -25,3 +25,9 @@ class TestTarget:
         with pytest.raises(ApiError) as raised:
             target(instance_url, "services", "")
         assert raised.value.status == 500
+
+
+def test_a_connection_without_an_instance_url_sends_nothing() -> None:
+    with pytest.raises(ApiError) as raised:
+        target(None, "services", "")
+    assert (raised.value.status, raised.value.code) == (409, "no_instance_url")

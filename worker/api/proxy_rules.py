@@ -83,8 +83,12 @@ def _check_decoded(path: str) -> None:
         raise _refuse("`.` and `..` segments are not allowed")
 
 
-def target(instance_url: str, path: str, query: str) -> URL:
+def target(instance_url: str | None, path: str, query: str) -> URL:
     """instance_url + "/" + path (query kept), proven to stay on the instance_url's origin."""
+    if not instance_url:
+        raise ApiError(
+            409, "no_instance_url", "this connection has no stored instance_url; reconnect it"
+        )
     base = URL(instance_url)
     if base.scheme not in ("http", "https") or not base.host or base.user or base.password:
         raise ApiError(500, "internal_error", "the stored instance_url is not usable")
