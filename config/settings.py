@@ -165,6 +165,42 @@ def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str)
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
+# -- the `api` process ---------------------------------------------------------------------
+
+
+def _host(name: str, raw: str) -> str:
+    if any(c in raw for c in " /\\@?#") or len(raw) > 253:
+        raise SettingsError(f"{name}={raw!r}: expected an address or host name, e.g. 127.0.0.1")
+    return raw
+
+
+def _public_url(name: str, raw: str) -> str:
+    parts = urlsplit(_http_url(name, raw))
+    if parts.query or parts.fragment:
+        raise SettingsError(f"{name}: expected a base URL without query or fragment")
+    return raw.rstrip("/")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated origins, each scheme://host[:port] and nothing more, lowercased."""
+    found: list[str] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        bare = parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not bare or port == -1:
+            raise SettingsError(
+                f"{name}: {item!r} is not an origin (expected scheme://host[:port], e.g. "
+                "https://app.example.com)"
+            )
+        found.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(found)
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker, beat and CLI read from the environment."""
@@ -294,6 +330,28 @@ class Settings:
         _flag,
         False,
         "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
+    )
+    # -- the `api` process (tokenworker api) --
+    api_host: str = _setting(
+        "API_HOST",
+        _host,
+        "127.0.0.1",
+        "Address the `api` process listens on (0.0.0.0 for every interface; put TLS in front).",
+    )
+    api_port: int = _setting("API_PORT", Count(65535), 8080, "Port of the `api` process.")
+    public_url: str = _setting(
+        "PUBLIC_URL",
+        _public_url,
+        "",
+        "The api's external base URL (https in production): the OAuth callback is "
+        "PUBLIC_URL/oauth/callback, the URL to register on the connected app.",
+    )
+    allowed_return_origins: tuple[str, ...] = _setting(
+        "ALLOWED_RETURN_ORIGINS",
+        _origins,
+        (),
+        "Comma-separated origins (scheme://host[:port]) a connect flow may send the browser "
+        "back to (`return_to`); any other is refused (no open redirect).",
     )
 
     def __post_init__(self) -> None:
