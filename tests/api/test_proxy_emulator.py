@@ -59,3 +59,17 @@ def test_a_session_salesforce_ended_is_refreshed_once_and_retried(
     answer = asgi(client, "GET", f"/proxy/{connection_id}/{LIMITS}", _auth(key))
     assert answer.status == 200, answer.body
     assert emu.token_calls(grant["grant_id"]) == 1
+
+
+def test_the_proxy_is_in_the_openapi_document(settings_for: Callable[..., Settings]) -> None:
+    from worker.api import docs  # noqa: PLC0415
+
+    with TestClient(make_app(settings_for(), [proxy, docs])) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/proxy/{id}/{path}"]) == {"get", "post", "put", "patch", "delete"}
+
+
+def test_an_unknown_connection_is_404(client: TestClient, emu: Emu) -> None:
+    _, _, key = _arrange(client, emu)
+    answer = asgi(client, "GET", f"/proxy/no-such-connection/{LIMITS}", _auth(key))
+    assert (answer.status, answer.json()["error"]) == (404, "not_found")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import aiohttp
@@ -37,6 +37,7 @@ from starlette.types import Scope as AsgiScope
 from yarl import URL
 
 from worker.api import proxy_rules as rules
+from worker.api import spec
 from worker.api.auth import require
 from worker.api.errors import ApiError
 from worker.engine.runtime import Runtime
@@ -89,6 +90,41 @@ def routes(tokens: TokenSource | None = None, replay_cap: int = REPLAY_CAP) -> l
         tokens = credentials
     proxy = Proxy(tokens, replay_cap)
     return [Route("/proxy/{id}/{path:proxy_path}", proxy.handle, methods=METHODS, name="proxy")]
+
+
+def openapi() -> dict[str, Any]:
+    path = spec.param(
+        "path",
+        "path",
+        "The Salesforce path after the instance_url, e.g. services/data/v62.0/limits; the query "
+        "string is forwarded as is.",
+        spec.STRING,
+    )
+    errors = {
+        400: "a path that could leave the instance_url (`..`, `//`, `@`, a scheme, ...)",
+        404: "no such connection",
+        409: "the connection needs re-authorization",
+        502: "Salesforce could not be reached",
+        503: "no usable token and Salesforce unavailable",
+        504: "Salesforce did not answer in time",
+    }
+    operation = spec.operation(
+        "Call Salesforce with the connection's token",
+        "read",
+        (200, "Salesforce's answer, streamed with its status and headers", None),
+        tag="proxy",
+        description=(
+            "Forwarded to the connection's stored instance_url + `/` + path with its Bearer "
+            "token; hop-by-hop headers, Cookie and Authorization are not forwarded. On "
+            "Salesforce's 401 INVALID_SESSION_ID the token is refreshed and the request sent "
+            "once more (bodies up to 1 MiB); the policy 401 (session not valid for this API) "
+            "is returned as it is."
+        ),
+        params=(spec.ID, path),
+        errors=errors,
+    )
+    methods = ("get", "post", "put", "patch", "delete")
+    return {"paths": {"/proxy/{id}/{path}": dict.fromkeys(methods, operation)}}
 
 
 async def shutdown(app: object) -> None:

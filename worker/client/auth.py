@@ -23,7 +23,7 @@ class TokenworkerAuth(httpx.Auth):
     however many report it) and the request sent once more with the new one; a second 401 is
     returned as it is, and so is the 401 saying the session is not valid for this API (a
     policy, which no refresh fixes). A request to any other origin than the instance_url is
-    refused before a token is attached."""
+    refused before a token is attached. Reporting needs an API key of scope `connect`."""
 
     def __init__(
         self,
