@@ -17,6 +17,7 @@ from tests.api.upstream import INVALID_SESSION, Upstream, asgi
 from worker.api import proxy
 from worker.api.app import make_app
 from worker.engine.runtime import Runtime
+from worker.errors import ReauthRequired
 from worker.store.apikeys import Scope
 
 CONNECTION = "cust-42"
@@ -36,6 +37,7 @@ class FakeTokens:
         self.current = "tok-1"
         self.reads = 0
         self.rejected: list[str] = []
+        self.dead = False
 
     async def credentials(
         self, rt: Runtime, connection_id: str, min_ttl: float | None = None
@@ -46,6 +48,8 @@ class FakeTokens:
 
     async def token_rejected(self, rt: Runtime, connection_id: str, access_token: str) -> Token:
         self.rejected.append(access_token)
+        if self.dead:
+            raise ReauthRequired(connection_id, {"error": "invalid_grant"})
         if access_token == self.current:
             self.current = f"tok-{len(self.rejected) + 1}"
         return Token(self.current, self.instance_url)
@@ -246,6 +250,17 @@ class TestRejectedToken:
         assert answer.json() == INVALID_SESSION
         assert len(upstream.seen) == 2
         assert tokens.rejected == ["tok-1"]
+
+    def test_a_grant_that_died_answers_reauth_required(
+        self, client: TestClient, key: str, upstream: Upstream, tokens: FakeTokens
+    ) -> None:
+        """The refresh after a 401 finds the grant revoked: 409 with last_error, no retry."""
+        upstream.live = set()
+        tokens.dead = True
+        answer = asgi(client, "GET", ECHO, auth(key))
+        assert answer.status == 409
+        assert answer.json()["last_error"] == {"error": "invalid_grant"}
+        assert len(upstream.seen) == 1
 
     def test_the_policy_401_is_passed_back_and_never_refreshed(
         self, client: TestClient, key: str, upstream: Upstream, tokens: FakeTokens

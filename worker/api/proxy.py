@@ -158,26 +158,48 @@ class Proxy:
         await require(request, Scope.READ)
         connection_id, raw_path = split_raw_path(request.scope)
         path = rules.check_path(raw_path)
-        query = request.scope.get("query_string", b"").decode("latin-1")
+        query = _query(request)
         body = await read_body(request, self._replay_cap)
         rt: Runtime = request.app.state.runtime
         token = await self._tokens.credentials(rt, connection_id)
         answer = await _send(request, token, path, query, body)
         if answer.status != 401:
             return _relay(answer)
+        try:
+            return await self._rejected(request, connection_id, token, answer, body, (path, query))
+        except BaseException:
+            answer.release()  # a refresh that failed (409, 503) must not leak the connection
+            raise
+
+    async def _rejected(
+        self,
+        request: Request,
+        connection_id: str,
+        token: Token,
+        answer: aiohttp.ClientResponse,
+        body: Body,
+        where: tuple[str, str],
+    ) -> Response:
+        """Salesforce's 401: report and retry once, or pass it back (see the module docstring)."""
         head = await _read_up_to(answer, _REJECTION_CAP)
         verdict = classify_401(head)
         if verdict is Rejection.POLICY:
             log.warning("proxy.session_not_valid_for_api", connection_id=connection_id)
         if verdict is not Rejection.EXPIRED:
             return _relay(answer, head)
+        rt: Runtime = request.app.state.runtime
         fresh = await self._tokens.token_rejected(rt, connection_id, token.access_token)
         if not body.replayable:
             log.info("proxy.token_rejected", connection_id=connection_id, retried=False)
             return _relay(answer, head)
         answer.release()
         log.info("proxy.token_rejected", connection_id=connection_id, retried=True)
-        return _relay(await _send(request, fresh, path, query, body))
+        return _relay(await _send(request, fresh, *where, body))
+
+
+def _query(request: Request) -> str:
+    query: bytes = request.scope.get("query_string", b"")
+    return query.decode("latin-1")
 
 
 def split_raw_path(scope: AsgiScope) -> tuple[str, str]:
