@@ -203,6 +203,14 @@ def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str)
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
+# -- the `api` process ---------------------------------------------------------------------
+
+
+def _host(name: str, raw: str) -> str:
+    if any(c in raw for c in " /\\@?#") or len(raw) > 253:
+        raise SettingsError(f"{name}={raw!r}: expected an address or host name, e.g. 127.0.0.1")
+    return raw
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker, beat and CLI read from the environment."""
@@ -333,13 +341,20 @@ class Settings:
         False,
         "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
     )
-    # -- the connect flow (issue 13) -----------------------------------------------------
+    # -- the `api` process (tokenworker api) --
+    api_host: str = _setting(
+        "API_HOST",
+        _host,
+        "127.0.0.1",
+        "Address the `api` process listens on (0.0.0.0 for every interface; put TLS in front).",
+    )
+    api_port: int = _setting("API_PORT", Count(65535), 8080, "Port of the `api` process.")
     public_url: str = _setting(
         "PUBLIC_URL",
         _public_url,
         "http://127.0.0.1:8080",
-        "Externally visible base URL of the api process; the OAuth callback is "
-        "PUBLIC_URL/oauth/callback (register it on the connected app).",
+        "The api's external base URL (https in production): the OAuth callback is "
+        "PUBLIC_URL/oauth/callback, the URL to register on the connected app.",
     )
     allowed_return_origins: tuple[str, ...] = _setting(
         "ALLOWED_RETURN_ORIGINS",

@@ -45,3 +45,33 @@ def test_a_failed_read_releases_the_lease_at_once(runtime_for: RuntimeFor) -> No
         await rt.close()
 
     run(scenario())
+
+
+def test_a_waiter_whose_need_is_met_stops_waiting_without_the_lease(
+    runtime_for: RuntimeFor,
+) -> None:
+    """`unneeded`: a reply read while the lease is held elsewhere that already meets the
+    waiter's need ends the wait at once, lease not taken; before that, the waiter waits."""
+
+    async def scenario() -> None:
+        import asyncio  # noqa: PLC0415
+
+        rt = runtime_for()
+        lease, record = rt.store.keys.lease("c-3"), rt.store.keys.conn("c-3")
+        await rt.redis.hset(record, mapping={"status": "old"})
+        holder, _ = await rt.leases.acquire_reading(lease, lambda p: p.hgetall(record))
+        assert holder is not None
+        waiter = asyncio.create_task(
+            rt.leases.acquire_reading(
+                lease, lambda p: p.hgetall(record), 5.0, lambda raw: raw[b"status"] == b"new"
+            )
+        )
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        await rt.redis.hset(record, "status", "new")
+        token, reply = await asyncio.wait_for(waiter, 2.0)
+        assert token is None and reply[b"status"] == b"new"
+        assert await rt.redis.get(lease) == holder.encode()  # still the holder's
+        await rt.close()
+
+    run(scenario())

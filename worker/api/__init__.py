@@ -11,5 +11,6 @@ Contract between the modules of this package (so they can be written apart):
 - `worker.api.auth.require(request, scope)` returns the calling `ApiKey` or raises
   `ApiError` (401 unauthorized / 403 forbidden); scopes are ordered read < connect < admin.
 - Every module with routes exposes `routes() -> list[starlette.routing.BaseRoute]`;
-  `worker.api.app.make_app` mounts them.
+  `worker.api.app.make_app` mounts them. A module holding process-wide resources (the
+  proxy's HTTP session) may also expose `async shutdown(app)`, awaited when the app stops.
 """

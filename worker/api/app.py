@@ -9,6 +9,7 @@ what each route module declares, so no model layer (pydantic) is needed.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -23,7 +24,14 @@ from starlette.routing import BaseRoute
 from config.settings import Settings
 from worker.api.errors import ApiError
 from worker.engine.runtime import Runtime
-from worker.errors import InputError, StoreError, TokenworkerError
+from worker.errors import (
+    InputError,
+    NotFoundError,
+    ReauthRequired,
+    SalesforceUnavailable,
+    StoreError,
+    TokenworkerError,
+)
 from worker.store.apikeys import ApiKeys
 
 log = structlog.get_logger("tokenworker.api")
@@ -46,6 +54,10 @@ def make_app(
         try:
             yield
         finally:
+            for module in modules:
+                shutdown = getattr(module, "shutdown", None)
+                if shutdown is not None:
+                    await shutdown(app)
             await runtime.close()
 
     routes: list[BaseRoute] = [route for module in modules for route in module.routes()]
@@ -79,11 +91,31 @@ async def _product_error(_: Request, exc: Exception) -> Response:
     """The one error tree mapped to statuses; the message is the error's own (never a secret)."""
     if isinstance(exc, InputError):
         return error_response(ApiError(400, "invalid_request", str(exc)))
+    if isinstance(exc, NotFoundError):
+        return error_response(ApiError(404, "not_found", str(exc)))
+    if isinstance(exc, ReauthRequired):
+        return error_response(ApiError(409, "reauth_required", str(exc), last_error=exc.last_error))
+    if isinstance(exc, SalesforceUnavailable):
+        return error_response(_unavailable(exc))
     if isinstance(exc, StoreError):
         log.error("api.store_error", problem=str(exc))
         return error_response(ApiError(503, "store_unavailable", "the store cannot be read"))
     log.error("api.error", error_type=type(exc).__name__, problem=str(exc))
     return error_response(ApiError(500, "internal_error", type(exc).__name__))
+
+
+def _unavailable(exc: SalesforceUnavailable) -> ApiError:
+    """503 with Retry-After (whole seconds, at least 1) and Salesforce's own words if any."""
+    seconds = max(1, math.ceil(exc.retry_after))
+    cause = exc.error.as_fields() if exc.error is not None else None
+    return ApiError(
+        503,
+        "salesforce_unavailable",
+        f"{exc}; retry in {seconds}s",
+        headers={"Retry-After": str(seconds)},
+        retry_after=seconds,
+        last_error=cause,
+    )
 
 
 def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:

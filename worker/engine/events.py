@@ -43,6 +43,8 @@ CONNECT_FAILED = "connection.connect_failed"  # denied, refused, expired or exch
 # The same Salesforce user approved the same app under another connection id too: Salesforce
 # keeps at most 5 approvals per user and app and silently revokes the oldest.
 DUPLICATE_USER = "connection.duplicate_user"
+# An operator or host application removed the connection (revoked at Salesforce first).
+CONNECTION_REMOVED = "connection.removed"
 
 # Events worth waking someone for; the rest are informational.
 ALERTS = frozenset(

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import structlog
 
@@ -39,6 +40,7 @@ from worker.errors import (
 )
 from worker.salesforce.client import SalesforceClient
 from worker.salesforce.responses import IntrospectionResult, TokenResponse
+from worker.store import codec
 from worker.store.connections import Store
 from worker.store.leases import Leases
 
@@ -54,6 +56,15 @@ UNREADABLE_EVENT_WINDOW = 3600
 # connection: a grant revoked right after its refresh reads exactly the same.
 INTROSPECTION_SEEN_WORKING = 600.0
 UNAVAILABLE_AFTER_CONNECTIONS = 2
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A caller that needs a token now (the API): refresh, unless `satisfied` holds of the
+    record read under the lease (another process refreshed it meanwhile, say)."""
+
+    satisfied: Callable[[Connection], bool]
+    reason: str
 
 
 class Refresher:
@@ -127,14 +138,30 @@ class Refresher:
         except STORE_DOWN as error:
             log.warning("store.unreachable", stage="give_back", problem=type(error).__name__)
 
+    async def refresh_unless(
+        self, connection_id: str, satisfied: Callable[[Connection], bool], reason: str
+    ) -> CheckResult:
+        """Single-flight refresh for a caller that needs a token: wait for the lease like an
+        explicit check, re-read under it, and refresh (the one refresh path: rotation-safe
+        save, events) only when `satisfied` is false of what is stored by then. SUPERSEDED
+        means it held: nothing was sent to Salesforce."""
+        return await self.check(connection_id, demand=Demand(satisfied, reason))
+
     async def check(
-        self, connection_id: str, *, force: bool = False, explicit: bool = False
+        self,
+        connection_id: str,
+        *,
+        force: bool = False,
+        explicit: bool = False,
+        demand: Demand | None = None,
     ) -> CheckResult:
         """One cycle. `force` refreshes whatever the token says; `explicit` (an operator asked)
-        runs even when the connection or its integration is paused and waits for the lease."""
+        runs even when the connection or its integration is paused and waits for the lease;
+        a `demand` is explicit and refreshes unless it is satisfied under the lease."""
+        explicit = explicit or force or demand is not None
         with structlog.contextvars.bound_contextvars(connection_id=connection_id):
             try:
-                return await self._check(connection_id, force, explicit or force)
+                return await self._check(connection_id, force, explicit, demand)
             except Throttled as throttled:
                 at = self.clock() + throttled.retry_in
                 await self.store.give_back([connection_id], at)  # not if deleted meanwhile
@@ -176,17 +203,24 @@ class Refresher:
                 error_description=str(error),
             )
 
-    async def _check(self, connection_id: str, force: bool, explicit: bool) -> CheckResult:
+    async def _check(
+        self, connection_id: str, force: bool, explicit: bool, demand: Demand | None
+    ) -> CheckResult:
         wait = self.lease_wait if explicit else 0.0
         lease = self.store.keys.lease(connection_id)
         read = self.store.connection_read(connection_id)
-        async with self.leases.hold(lease, read, wait) as (token, raw):
+        satisfied = None if demand is None else self._satisfies(connection_id, demand)
+        async with self.leases.hold(lease, read, wait, satisfied) as (token, raw):
+            if token is None and raw is not None:  # the holder did what the demand needs
+                return CheckResult(connection_id, Outcome.SUPERSEDED, reason="satisfied meanwhile")
             if token is None:
                 return CheckResult(connection_id, Outcome.CONTENDED, reason="lease held")
             conn = self.store.decode_connection(connection_id, raw)
             if conn is None:
                 await self.store.redis.zrem(self.store.keys.due, connection_id)
                 return CheckResult(connection_id, Outcome.NOT_FOUND)
+            if demand is not None and demand.satisfied(conn):
+                return CheckResult(connection_id, Outcome.SUPERSEDED, reason="satisfied meanwhile")
             integration = await self.integration(conn.integration)
             if integration is None:
                 return await self.recorder.orphan(conn)
@@ -200,10 +234,21 @@ class Refresher:
                     return paused
             self._lease[connection_id] = token
             try:
+                if demand is not None:
+                    return await self._refresh(conn, integration, demand.reason)
                 return await self._cycle(conn, integration, force)
             finally:
                 self._lease.pop(connection_id, None)
                 self._marked.pop(connection_id, None)
+
+    def _satisfies(self, connection_id: str, demand: Demand) -> Callable[[codec.Raw], bool]:
+        """Whether a record read while waiting for the lease already meets the demand."""
+
+        def check(raw: codec.Raw) -> bool:
+            conn = self.store.decode_connection(connection_id, raw)
+            return conn is not None and demand.satisfied(conn)
+
+        return check
 
     async def integration(self, name: str) -> Integration | None:
         cached = self._integrations.get(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,12 +49,17 @@ class Leases:
         return bool(await eval_script(self.auto, self._release, [key], [token]))
 
     async def acquire_reading(
-        self, key: str, read: Queue, wait: float = 0.0
+        self,
+        key: str,
+        read: Queue,
+        wait: float = 0.0,
+        unneeded: Callable[[Any], bool] | None = None,
     ) -> tuple[str | None, Any]:
         """(owner token, reply of `read`), or (None, None) if another holder kept the lease
         for `wait` seconds. `read` runs right behind the SET NX on the same pipeline: one round
         trip instead of two, and its reply comes after the lease was taken (Redis runs one
-        connection's commands in order)."""
+        connection's commands in order). While waiting, a reply for which `unneeded` is true
+        ends the wait without the lease: (None, reply) (what the holder did is enough)."""
         token = secrets.token_hex(16)
         deadline = time.monotonic() + wait
         delay = 0.05
@@ -69,6 +74,8 @@ class Leases:
                     await self.release(key, token)  # not held for the TTL by a failed read
                     raise reply
                 return token, reply
+            if unneeded is not None and not isinstance(reply, Exception) and unneeded(reply):
+                return None, reply
             if time.monotonic() >= deadline:
                 return None, None
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -76,11 +83,16 @@ class Leases:
 
     @asynccontextmanager
     async def hold(
-        self, key: str, read: Queue, wait: float = 0.0
+        self,
+        key: str,
+        read: Queue,
+        wait: float = 0.0,
+        unneeded: Callable[[Any], bool] | None = None,
     ) -> AsyncIterator[tuple[str | None, Any]]:
         """`async with leases.hold(key, read) as (token, reply):` token is None when not
-        acquired; `reply` is what `read` returned once the lease was ours."""
-        token, reply = await self.acquire_reading(key, read, wait)
+        acquired; `reply` is what `read` returned once the lease was ours (or, with `unneeded`,
+        the reply that made the lease unneeded)."""
+        token, reply = await self.acquire_reading(key, read, wait, unneeded)
         try:
             yield token, reply
         finally:
