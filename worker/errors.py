@@ -12,7 +12,14 @@
     ├── StoreError                      the store is unreadable or inconsistent
     │   ├── DecryptionError             no configured key opens a stored secret
     │   └── ConflictError               a compare-and-set lost to a newer version
+    ├── Unreachable                     the store or broker Redis did not answer in time
+    ├── NotFoundError                   no such connection or integration
+    ├── NoOutcome                       a task was queued but no worker answered in time
+    ├── WebhookError                    a webhook receiver refused an event (telemetry.webhooks)
     └── InputError                      an operator's input is malformed (names what and where)
+
+The CLI maps categories to exit codes (`worker.cli._base.EXIT_CODES`) and the HTTP API will
+map the same classes to statuses, so a new error joins a category rather than a list.
 
 Every `SalesforceError` carries Salesforce's own `error`, `error_description` and the HTTP
 status, so events can say exactly what Salesforce said. None of them ever carries a token.
@@ -110,3 +117,17 @@ class ConflictError(StoreError):
 
 class InputError(TokenworkerError):
     """Operator input is malformed; the message names the field and, for files, the line."""
+
+
+class Unreachable(TokenworkerError):
+    """The store or broker Redis did not answer; the message names which and where, with any
+    password masked."""
+
+
+class NotFoundError(TokenworkerError):
+    """The named connection or integration does not exist."""
+
+
+class NoOutcome(TokenworkerError):
+    """A queued task got no answer within the wait: no worker consumed it in time (it stays
+    queued)."""
