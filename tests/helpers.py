@@ -8,7 +8,7 @@ from typing import Any
 
 from worker.domain.models import Integration, Provider
 from worker.engine.runtime import Runtime
-from worker.service import ops
+from worker.service import connections, integrations
 
 # A sandbox integration for tests that need one without a store or an emulator.
 SANDBOX_INTEGRATION = Integration(
@@ -33,7 +33,7 @@ async def connect(
     with ids unique to this call."""
     tag = uuid.uuid4().hex[:6]
     client_id, secret = emu.client(rotation=rotation, introspect=introspect)
-    await ops.add_integration(rt, name, "salesforce", client_id, secret, emu.base_url)
+    await integrations.add(rt, name, "salesforce", client_id, secret, emu.base_url)
     grants = emu.grants(client_id, count, lifetime)
     lines = [
         json.dumps(
@@ -48,7 +48,7 @@ async def connect(
         )
         for n, g in enumerate(grants)
     ]
-    report = await ops.import_connections(rt, lines, skip_invalid=False, progress=False)
+    report = await connections.import_lines(rt, lines, skip_invalid=False)
     assert report.created == count, report.problems
     return [(f"c-{tag}-{n}", g) for n, g in enumerate(grants)]
 

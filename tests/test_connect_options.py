@@ -11,7 +11,7 @@ from tests.conftest import run
 from worker.domain.models import DEFAULT_PROMPT, DEFAULT_SCOPES, Integration, Provider
 from worker.engine.runtime import Runtime
 from worker.errors import InputError, NotFoundError
-from worker.service import ops
+from worker.service import integrations
 from worker.service.connect_options import check_prompt, check_scopes, set_connect_options
 from worker.store import codec
 from worker.store.crypto import Cipher, generate_key
@@ -84,7 +84,7 @@ def test_set_connect_options_changes_only_what_is_given(
     async def go() -> tuple[Integration, Integration | None]:
         rt = runtime_for()
         try:
-            await ops.add_integration(rt, "acme", "salesforce", "cid", "the-secret", None)
+            await integrations.add(rt, "acme", "salesforce", "cid", "the-secret", None)
             await set_connect_options(rt, "acme", scopes="api refresh_token id")
             updated = await set_connect_options(rt, "acme", ask_domain=True)
             with pytest.raises(InputError):

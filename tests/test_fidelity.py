@@ -17,7 +17,7 @@ from tests.helpers import connect, events_of, names_of
 from worker.domain.models import ConnectionStatus, IntegrationStatus
 from worker.domain.outcomes import Outcome
 from worker.engine.runtime import Runtime
-from worker.service import ops
+from worker.service import integrations
 
 RuntimeFor = Callable[..., Runtime]
 
@@ -92,7 +92,7 @@ class TestConfiguration:
                 conn = await rt.store.get_connection(cid)
                 assert conn is not None and conn.status is ConnectionStatus.ACTIVE
             emu.clear_faults()
-            _, resumed = await ops.add_integration(
+            added = await integrations.add(
                 rt,
                 "cfg",
                 "salesforce",
@@ -100,7 +100,7 @@ class TestConfiguration:
                 integration.client_secret,
                 emu.base_url,
             )
-            assert resumed == 3
+            assert added.resumed == 3
             assert await rt.store.due_count(time.time() + 1) >= 3
             after = await rt.refresher.check(pairs[0][0])
             assert after.outcome in (Outcome.FRESH, Outcome.REFRESHED)

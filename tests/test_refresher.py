@@ -176,9 +176,9 @@ class TestFailures:
             pairs = await connect(rt, emu, count=3)
             integration = await rt.store.get_integration("acme")
             assert integration is not None
-            from worker.service import ops  # noqa: PLC0415
+            from worker.service import integrations  # noqa: PLC0415
 
-            await ops.add_integration(
+            await integrations.add(
                 rt, "acme", "salesforce", integration.client_id, "wrong-secret", emu.base_url
             )
             results = [await rt.refresher.check(cid, force=False) for cid, _ in pairs]
@@ -417,7 +417,7 @@ class TestRotationSaved:
         stays stored; the old grant's rotated token is not written over it."""
 
         async def scenario() -> None:
-            from worker.service import ops  # noqa: PLC0415
+            from worker.service import connections  # noqa: PLC0415
 
             rt = runtime_for()
             [(cid, old)] = await connect(rt, emu, rotation=True)
@@ -429,8 +429,8 @@ class TestRotationSaved:
             try:
                 flight = asyncio.create_task(rt.refresher.check(cid, force=True))
                 await _await_token_call(emu, old["grant_id"])
-                report = await ops.import_connections(
-                    rt, [json.dumps(line)], skip_invalid=False, progress=False
+                report = await connections.import_lines(
+                    rt, [json.dumps(line)], skip_invalid=False
                 )
                 assert report.updated == 1, report
                 result = await flight

@@ -12,11 +12,17 @@
     ├── StoreError                      the store is unreadable or inconsistent
     │   ├── DecryptionError             no configured key opens a stored secret
     │   └── ConflictError               a compare-and-set lost to a newer version
-    ├── InputError                      an operator's input is malformed (names what and where)
+    ├── Unreachable                     the store or broker Redis did not answer in time
     ├── NotFoundError                   no such connection, integration, key or session
-    └── UnusableConnection              a caller asked for credentials that cannot be handed out
-        ├── ReauthRequired              the grant is dead: the customer must re-authorize
-        └── SalesforceUnavailable       no usable token now and Salesforce cannot be reached
+    ├── NoOutcome                       a task was queued but no worker answered in time
+    ├── WebhookError                    a webhook receiver refused an event (telemetry.webhooks)
+    ├── UnusableConnection              a caller asked for credentials that cannot be handed out
+    │   ├── ReauthRequired              the grant is dead: the customer must re-authorize
+    │   └── SalesforceUnavailable       no usable token now and Salesforce cannot be reached
+    └── InputError                      an operator's input is malformed (names what and where)
+
+The CLI maps categories to exit codes (`worker.cli._base.EXIT_CODES`) and the HTTP API will
+map the same classes to statuses, so a new error joins a category rather than a list.
 
 Every `SalesforceError` carries Salesforce's own `error`, `error_description` and the HTTP
 status, so events can say exactly what Salesforce said. None of them ever carries a token.
@@ -116,8 +122,18 @@ class InputError(TokenworkerError):
     """Operator input is malformed; the message names the field and, for files, the line."""
 
 
+class Unreachable(TokenworkerError):
+    """The store or broker Redis did not answer; the message names which and where, with any
+    password masked."""
+
+
 class NotFoundError(TokenworkerError):
     """No such connection, integration, API key or connect session (the message names it)."""
+
+
+class NoOutcome(TokenworkerError):
+    """A queued task got no answer within the wait: no worker consumed it in time (it stays
+    queued)."""
 
 
 class UnusableConnection(TokenworkerError):

@@ -25,7 +25,7 @@ from worker.api import connect as connect_routes
 from worker.api.app import make_app
 from worker.domain.models import Connection, ConnectionStatus
 from worker.engine.runtime import Runtime
-from worker.service import connect, ops
+from worker.service import connect, integrations
 from worker.service.connect_options import set_connect_options
 from worker.store.apikeys import Scope
 from worker.store.sessions import CONSUMED_GRACE, Sessions
@@ -171,7 +171,7 @@ def world(settings_for: Callable[..., Settings], emu: Emu) -> Iterator[World]:
         client_id, secret = emu.client()
         world.client_id = client_id
         world.call(
-            ops.add_integration, world.rt, "acme", "salesforce", client_id, secret, emu.base_url
+            integrations.add, world.rt, "acme", "salesforce", client_id, secret, emu.base_url
         )
         yield world
         world.browser.close()

@@ -26,10 +26,10 @@ from worker.api.errors import ApiError, invalid, not_found
 from worker.api.inputs import flag, json_object, number, path_id, query, whole
 from worker.domain.models import ConnectionStatus
 from worker.engine.runtime import Runtime
-from worker.errors import InputError
+from worker.errors import InputError, NotFoundError
+from worker.service import connections as connection_service
 from worker.service import credentials as creds
 from worker.service import management
-from worker.service.ops import show_connection
 from worker.store.apikeys import Scope
 from worker.store.keys import check_id
 
@@ -97,10 +97,11 @@ async def show(request: Request) -> Response:
     await require(request, Scope.READ)
     connection_id = path_id(request)
     query(request, set())
-    found = await show_connection(_rt(request), connection_id)
-    if found is None:
-        raise not_found("connection", connection_id)
-    return json(found)
+    try:
+        shown = await connection_service.show(_rt(request), connection_id)
+    except NotFoundError:
+        raise not_found("connection", connection_id) from None
+    return json(shown.as_dict())
 
 
 async def remove(request: Request) -> Response:

@@ -25,7 +25,7 @@ import httpx
 from config.settings import Settings
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.engine.runtime import Runtime
-from worker.service import ops
+from worker.service import connections, integrations
 from worker.service.status import status as fleet_status
 from worker.store.crypto import generate_key
 
@@ -118,7 +118,7 @@ async def _seed(settings: Settings, emulator_url: str) -> list[dict[str, Any]]:
             await admin.post(f"/_admin/grants/{grant['grant_id']}/expire")
     rt = Runtime.open(settings)
     try:
-        await ops.add_integration(
+        await integrations.add(
             rt, "demo", "salesforce", "demo-client", "demo-client-secret", emulator_url
         )
         lines = [
@@ -134,7 +134,7 @@ async def _seed(settings: Settings, emulator_url: str) -> list[dict[str, Any]]:
             )
             for n, g in enumerate(grants, start=1)
         ]
-        report = await ops.import_connections(rt, lines, skip_invalid=False, progress=False)
+        report = await connections.import_lines(rt, lines, skip_invalid=False)
         _say(
             f"imported {report.created} connections ({EXPIRED_AT_START} with expired access tokens)"
         )

@@ -20,6 +20,16 @@ class Outcome(str, Enum):
     NOT_FOUND = "not_found"  #: no such connection
     ERROR = "error"  #: the record could not be processed (e.g. no key decrypts it)
 
+    @property
+    def ok(self) -> bool:
+        """Did the check asked for do its work? The one definition, used by every caller.
+
+        CONTENDED is no failure of the connection, but the check asked for did not run:
+        another worker's did, and its outcome is not ours to report, so an operator's explicit
+        `check`/`refresh` that meets it exits 1 and can be retried.
+        """
+        return self in _SUCCEEDED
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -38,12 +48,16 @@ class CheckResult:
             "next_check_at": self.next_check_at,
         }
 
-    @property
-    def ok(self) -> bool:
-        return self.outcome in (
-            Outcome.FRESH,
-            Outcome.REFRESHED,
-            Outcome.CONTENDED,
-            Outcome.SKIPPED,
-            Outcome.SUPERSEDED,
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        """The inverse of `as_dict`: a result that crossed a task boundary as JSON."""
+        return cls(
+            connection_id=data["connection_id"],
+            outcome=Outcome(data["outcome"]),
+            reason=data.get("reason"),
+            error=data.get("error"),
+            next_check_at=data.get("next_check_at"),
         )
+
+
+_SUCCEEDED = frozenset({Outcome.FRESH, Outcome.REFRESHED, Outcome.SKIPPED, Outcome.SUPERSEDED})

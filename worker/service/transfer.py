@@ -43,6 +43,15 @@ class ImportReport:
     unchanged: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def add(self, outcome: str) -> None:
+        """Count one record's outcome, as `import_record` names it."""
+        if outcome == "created":
+            self.created += 1
+        elif outcome == "updated":
+            self.updated += 1
+        else:
+            self.unchanged += 1
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "created": self.created,

@@ -19,12 +19,13 @@ import httpx
 
 from config.settings import Settings
 from worker.engine.events import Forward
+from worker.errors import TokenworkerError
 
 TIMESTAMP_HEADER = "X-Tokenworker-Timestamp"
 SIGNATURE_HEADER = "X-Tokenworker-Signature"
 
 
-class WebhookError(Exception):
+class WebhookError(TokenworkerError):
     """The receiver did not accept the event; the delivery task retries."""
 
 

@@ -31,15 +31,16 @@ REQUIRED = (
 )
 
 
-def add_parser(sub: Any) -> None:
-    parser = sub.add_parser(
-        "bench",
-        help="run the scale benchmark (make bench)",
+def parser() -> argparse.ArgumentParser:
+    """`tokenworker bench`'s own parser: the CLI passes the arguments after `bench` through."""
+    parser = argparse.ArgumentParser(
+        prog="tokenworker bench",
         description=__doc__,
         epilog="example:\n  " + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_params.add_arguments(parser)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from config.settings import Settings
 from worker.dev.bench import seed
 from worker.dev.bench.emuadmin import EmulatorAdmin
 from worker.engine.runtime import Runtime
-from worker.service import ops
+from worker.service import integrations
 from worker.store.crypto import Cipher, generate_key
 from worker.store.keys import Keys
 
@@ -68,7 +68,7 @@ def add_integration(
     async def go() -> None:
         rt = Runtime.open(settings)
         try:
-            await ops.add_integration(rt, name, "salesforce", client_id, secret, emulator_url)
+            await integrations.add(rt, name, "salesforce", client_id, secret, emulator_url)
         finally:
             await rt.close()
 

@@ -11,8 +11,6 @@ from typing import Any, TextIO
 
 import redis
 
-from worker.cli import render
-
 
 @dataclass(frozen=True)
 class Target:
@@ -101,9 +99,16 @@ def table(figures: dict[str, Any], notes: dict[str, str], out: TextIO) -> None:
     for target in TARGETS:
         verdict = "-" if target.key not in passed else "pass" if passed[target.key] else "FAIL"
         rows.append([target.key, _shown(figures.get(target.key)), target.label, verdict])
-    render.table(["metric", "value", "target", "result"], rows, out)
+    _table(["metric", "value", "target", "result"], rows, out)
     for key, note in notes.items():
         out.write(f"  {key}: {note}\n")
+
+
+def _table(headers: list[str], rows: list[list[str]], out: TextIO) -> None:
+    """Columns padded to their widest cell; the bench's only table, so it draws its own."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for row in [[h.upper() for h in headers], *rows]:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def write(path: str, document: dict[str, Any]) -> None:

@@ -1,12 +1,23 @@
-"""Human output: tables, times, progress. JSON output never passes through here."""
+"""What the CLI writes: JSON, tables, fields, times, progress bars and unreadable records.
+
+stdout carries results (`--json` output only through `dump`); stderr carries progress and
+problems, so a pipe gets clean data.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from worker.errors import StoreError
+
+
+def dump(data: Any) -> None:
+    print(json.dumps(data, sort_keys=True, default=str))
 
 
 def when(ts: float | None, now: float | None = None) -> str:
@@ -92,3 +103,45 @@ class Progress:
             bar = "#" * int(share * 30)
             return f"{self.label} [{bar.ljust(30)}] {self.done}/{self.total}"
         return f"{self.label} {self.done}"
+
+
+class Bars:
+    """A service call's `OnProgress`, drawn as one Progress line per phase on stderr."""
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+        self.bar: Progress | None = None
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase != self.phase or self.bar is None:
+            self.finish()
+            self.phase, self.bar = phase, Progress(phase, total)
+        self.bar.set(done)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.finish()
+        self.phase, self.bar = None, None
+
+
+MAX_REPORTED = 20  # unreadable records named one by one on stderr; the rest are counted
+
+
+class Skipped:
+    """Unreadable records met by a fleet-wide command: each of the first MAX_REPORTED is
+    named on stderr (id and what is wrong), the rest only counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, connection_id: str, error: StoreError) -> None:
+        del connection_id  # the error's message names it
+        self.count += 1
+        if self.count <= MAX_REPORTED:
+            print(f"unreadable: {error}", file=sys.stderr)
+
+    def summary(self, what: str) -> None:
+        if self.count > MAX_REPORTED:
+            print(f"unreadable: ... and {self.count - MAX_REPORTED} more", file=sys.stderr)
+        if self.count:
+            print(f"{what} {self.count} unreadable connections", file=sys.stderr)
