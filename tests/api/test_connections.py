@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.api.conftest import Api
 from tests.api.test_credentials import calls, expire_soon
-from tests.conftest import Emu
+from tests.conftest import Emu, run
 from tests.helpers import connect, names_of
+from worker.api import events
 from worker.domain.models import ConnectionStatus, LastError
+from worker.engine.runtime import Runtime
+from worker.service import management
 from worker.service.ops import show_connection
 from worker.store.apikeys import Scope
 
@@ -123,11 +128,10 @@ class TestTokenRejected:
             ({"json": {"access_token": 42}}, 422, "access_token"),
             ({"json": {"access_token": ""}}, 422, "access_token"),
             ({"json": {"access_token": "x" * 70_000}}, 413, "body"),
-            (
-                {"content": b"{" + b" " * 70_000, "headers": {"content-length": "70002"}},
-                413,
-                "body",
-            ),
+            # a declared length over the cap is refused before the body is read
+            ({"content": b"{}", "headers": {"content-length": "70000"}}, 413, "body"),
+            # and a chunked body (no declared length) is cut off as it streams in
+            ({"content": iter([b'{"access_token": "', b"x" * 70_000, b'"}'])}, 413, "body"),
         ]
         for kw, status, field in cases:
             answer = api.post(path, Scope.CONNECT, **kw)
@@ -237,3 +241,27 @@ def test_every_route_needs_a_key(api: Api, method: str, path: str) -> None:
     """No key: 401 before anything else is looked at."""
     answer = api.client.request(method, path)
     assert answer.status_code == 401 and answer.json()["error"] == "unauthorized"
+
+
+def test_concurrent_admin_refreshes_make_one_token_call(
+    runtime_for: Callable[..., Runtime], emu: Emu
+) -> None:
+    """Two refreshes asked at once: one is sent, the other is answered by it."""
+
+    async def scenario() -> None:
+        rt = runtime_for()
+        [(cid, grant)] = await connect(rt, emu)
+        results = await asyncio.gather(*(management.refresh_connection(rt, cid) for _ in range(2)))
+        assert sorted(r.outcome.value for r in results) == ["refreshed", "superseded"]
+        assert emu.token_calls(grant["grant_id"]) == 1
+        await rt.close()
+
+    run(scenario())
+
+
+def test_event_streams_are_capped(api: Api) -> None:
+    """Past MAX_STREAMS open streams a new one is refused with 503 and Retry-After."""
+    api.client.app.state.open_streams = events.MAX_STREAMS  # type: ignore[attr-defined]
+    refused = api.get("/events/stream", Scope.READ)
+    assert refused.status_code == 503 and refused.json()["error"] == "too_many_streams"
+    assert refused.headers["retry-after"] == "5"

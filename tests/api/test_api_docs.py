@@ -32,6 +32,8 @@ def test_every_mounted_route_is_documented_with_its_scope(api: Api) -> None:
     for path, ops in doc["paths"].items():
         for op in ops.values():
             assert ("x-scope" in op) is (path not in open_paths), path
+            declared = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), path
     refs = set(re.findall(r'"#/components/schemas/(\w+)"', api.client.get("/openapi.json").text))
     assert refs <= set(doc["components"]["schemas"])
 
