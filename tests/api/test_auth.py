@@ -26,9 +26,7 @@ async def _needs_read(request: Request) -> object:
     return json({"name": key.name})
 
 
-PROBE = SimpleNamespace(
-    routes=lambda: [Route("/admin", _needs_admin), Route("/read", _needs_read)]
-)
+PROBE = SimpleNamespace(routes=lambda: [Route("/admin", _needs_admin), Route("/read", _needs_read)])
 
 
 @pytest.fixture

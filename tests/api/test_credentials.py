@@ -34,6 +34,15 @@ async def expire_soon(rt: Runtime, cid: str, left: float) -> None:
     )
 
 
+async def writes(rt: Runtime) -> int:
+    """Writes the store has served so far (a lease is a SET, a save an EVALSHA, ...)."""
+    stats = await rt.redis.info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        for name in ("set", "evalsha", "eval", "hset", "del", "zadd", "xadd")
+    )
+
+
 class TestFresh:
     def test_a_fresh_token_costs_no_call_to_salesforce(
         self, runtime_for: RuntimeFor, emu: Emu
@@ -92,6 +101,45 @@ class TestFresh:
             await expire_soon(rt, cid, 290)
             await svc.credentials(rt, cid)
             assert emu.token_calls(grant["grant_id"]) == 1
+            await rt.close()
+
+        run(scenario())
+
+    def test_a_fresh_read_writes_nothing(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+        """A fresh token is a plain read: no lease taken, nothing written to the store."""
+
+        async def scenario() -> None:
+            rt = runtime_for()
+            [(cid, grant)] = await connect(rt, emu, lifetime=3600)
+            await svc.credentials(rt, cid)  # integration cached, like any later read
+            before = await writes(rt)
+            for _ in range(5):
+                assert (await svc.credentials(rt, cid)).access_token == grant["access_token"]
+            assert await writes(rt) == before
+            await rt.close()
+
+        run(scenario())
+
+    def test_the_default_never_exceeds_half_the_session_lifetime(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """15-minute sessions with a 15-minute margin: a token with 10 minutes left is handed
+        out (the workers' margin is 7.5 minutes), not refreshed on every read."""
+
+        async def scenario() -> None:
+            rt = runtime_for(refresh_margin="900")
+            [(cid, grant)] = await connect(rt, emu, lifetime=900)
+            conn = await rt.store.get_connection(cid)
+            assert conn is not None
+            await rt.store.save_connection(
+                conn.evolve(
+                    expires_at=time.time() + 600,
+                    expiry_source=ExpirySource.INTROSPECTION,
+                    lifetime=900.0,
+                )
+            )
+            assert (await svc.credentials(rt, cid)).access_token == grant["access_token"]
+            assert emu.token_calls(grant["grant_id"]) == 0
             await rt.close()
 
         run(scenario())
@@ -200,7 +248,7 @@ class TestUnusable:
     def test_reauth_required_carries_salesforces_verdict(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
-        """A dead grant: ReauthRequired with last_error, and no call to Salesforce."""
+        """A dead grant: ReauthRequired with last_error, no call to Salesforce, no lease."""
 
         async def scenario() -> None:
             rt = runtime_for()
@@ -211,9 +259,10 @@ class TestUnusable:
             await rt.store.save_connection(
                 conn.evolve(status=ConnectionStatus.REAUTH_REQUIRED, last_error=last)
             )
-            before = calls(emu)
+            before, wrote = calls(emu), await writes(rt)
             with pytest.raises(ReauthRequired) as dead:
                 await svc.credentials(rt, cid)
+            assert await writes(rt) == wrote  # refused from the read alone: no lease taken
             assert dead.value.last_error is not None
             assert dead.value.last_error["error"] == "invalid_grant"
             assert calls(emu) == before
