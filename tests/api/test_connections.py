@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from worker.service.ops import show_connection
 
 from tests.api.conftest import Api
 from tests.api.test_credentials import calls, expire_soon
@@ -17,7 +18,6 @@ from worker.api import events
 from worker.domain.models import ConnectionStatus, LastError
 from worker.engine.runtime import Runtime
 from worker.service import management
-from worker.service.ops import show_connection
 from worker.store.apikeys import Scope
 
 
