@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from worker.service.ops import show_connection
 
 from tests.api.conftest import Api
 from tests.api.test_credentials import calls, expire_soon
@@ -17,6 +16,7 @@ from tests.helpers import connect, names_of
 from worker.api import events
 from worker.domain.models import ConnectionStatus, LastError
 from worker.engine.runtime import Runtime
+from worker.service import connections as connection_service
 from worker.service import management
 from worker.store.apikeys import Scope
 
@@ -169,7 +169,7 @@ class TestManagement:
     def test_show_is_the_cli_object_without_secrets(self, api: Api, emu: Emu) -> None:
         cid, grant = one(api, emu)
         answer = api.get(f"/connections/{cid}", Scope.READ)
-        assert answer.json() == api.call(show_connection, api.rt, cid)
+        assert answer.json() == api.call(connection_service.show, api.rt, cid).as_dict()
         assert grant["access_token"] not in answer.text
         assert grant["refresh_token"] not in answer.text
         assert api.get("/connections/nobody", Scope.READ).status_code == 404

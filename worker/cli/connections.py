@@ -13,7 +13,7 @@ from worker.cli import output
 from worker.cli._base import examples, with_runtime
 from worker.engine.runtime import Runtime
 from worker.errors import InputError
-from worker.service import connections
+from worker.service import connections, management
 from worker.service.paging import Page, page_connections
 from worker.service.transfer import ImportReport, decode_input
 
@@ -79,9 +79,16 @@ def register(sub: Any) -> None:
     show_.add_argument("--json", action="store_true")
     show_.set_defaults(handler=show)
     rm = conns.add_parser(
-        "remove", help="forget a connection", **examples("tokenworker connections remove c-42")
+        "remove",
+        help="revoke a connection's grant at Salesforce, then forget it",
+        **examples("tokenworker connections remove c-42"),
     )
     rm.add_argument("id")
+    rm.add_argument(
+        "--no-revoke",
+        action="store_true",
+        help="forget it without asking Salesforce to revoke the grant",
+    )
     rm.set_defaults(handler=remove)
 
 
@@ -223,6 +230,10 @@ def show(args: argparse.Namespace) -> int:
 
 
 def remove(args: argparse.Namespace) -> int:
-    with_runtime(lambda rt: connections.remove(rt, args.id))
-    print(f"removed {args.id}")
+    """The same path as `DELETE /connections/{id}`: revoked under the lease, then deleted and
+    `connection.removed` emitted; Salesforce unreachable: nothing deleted, exit 1."""
+    removal = with_runtime(
+        lambda rt: management.remove_connection(rt, args.id, revoke=not args.no_revoke)
+    )
+    print(f"removed {args.id} (revocation: {removal.revocation.value})")
     return 0

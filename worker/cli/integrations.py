@@ -13,6 +13,7 @@ from worker.cli._base import examples, with_runtime
 from worker.engine.runtime import Runtime
 from worker.errors import InputError
 from worker.service import integrations
+from worker.service.connect_options import check_prompt, check_scopes, set_connect_options
 
 
 def register(sub: Any) -> None:
@@ -35,6 +36,16 @@ def register(sub: Any) -> None:
     secret.add_argument("--client-secret-file", metavar="PATH", help="read the secret from a file")
     secret.add_argument("--client-secret-stdin", action="store_true", help="read it from stdin")
     add_.add_argument("--login-url", help="My Domain login URL (default: by provider)")
+    add_.add_argument(
+        "--scopes", help='OAuth scopes the connect flow asks for (default "api refresh_token")'
+    )
+    add_.add_argument("--prompt", help="Salesforce's prompt for the connect flow (default consent)")
+    add_.add_argument(
+        "--ask-domain",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the customer type their My Domain in the connect flow (validated first)",
+    )
     add_.set_defaults(handler=add)
     lst = ints.add_parser(
         "list", help="list integrations", **examples("tokenworker integrations list --json")
@@ -58,12 +69,21 @@ def read_secret(args: argparse.Namespace) -> str:
 
 
 def add(args: argparse.Namespace) -> int:
+    # Checked before anything is saved: a bad option leaves the integration as it was.
+    scopes = check_scopes(args.scopes) if args.scopes is not None else None
+    prompt = check_prompt(args.prompt) if args.prompt is not None else None
     secret = read_secret(args)
 
     async def work(rt: Runtime) -> integrations.Added:
-        return await integrations.add(
+        added = await integrations.add(
             rt, args.name, args.provider, args.client_id, secret, args.login_url
         )
+        if scopes is None and prompt is None and args.ask_domain is None:
+            return added
+        options = await set_connect_options(
+            rt, args.name, scopes=scopes, prompt=prompt, ask_domain=args.ask_domain
+        )
+        return integrations.Added(options, added.resumed)
 
     added = with_runtime(work)
     integration = added.integration

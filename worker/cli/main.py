@@ -13,11 +13,11 @@ import os
 import sys
 
 from config import logging as tw_logging
-from worker.cli import checks, connections, dev, integrations, keys, probes, watch
+from worker.cli import api, checks, connections, dev, integrations, keys, probes, watch
 from worker.cli._base import EXIT_INTERRUPTED, Handler, exit_code
 
 # One module per noun, each registering its own subcommands; `--help` lists them in this order.
-COMMANDS = (integrations, connections, checks, watch, probes, keys, dev)
+COMMANDS = (integrations, connections, checks, watch, probes, keys, api, dev)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,11 +56,6 @@ async def show(rt: Runtime, connection_id: str) -> Shown:
     return Shown(conn, integration, await rt.store.next_check_at(connection_id))
 
 
-async def remove(rt: Runtime, connection_id: str) -> None:
-    if not await rt.store.remove_connection(connection_id):
-        raise NotFoundError(f"no connection {connection_id!r}")
-
-
 async def import_lines(
     rt: Runtime, lines: list[str], skip_invalid: bool, on_progress: OnProgress = quiet
 ) -> ImportReport:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.domain.models import ConnectionStatus, Integration, IntegrationStatus, Provider
@@ -49,6 +49,13 @@ async def add(
         status=IntegrationStatus.ACTIVE,
         introspection_available=existing.introspection_available if existing else True,
     )
+    if existing is not None:  # an update keeps the connect-flow options it does not change
+        integration = replace(
+            integration,
+            scopes=existing.scopes,
+            prompt=existing.prompt,
+            ask_domain=existing.ask_domain,
+        )
     await rt.store.save_integration(integration)
     resumed = await resume(rt, name) if existing is not None else 0
     return Added(integration, resumed)
