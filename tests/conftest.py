@@ -145,3 +145,21 @@ def runtime_for(settings_for: Callable[..., Settings]) -> Callable[..., Runtime]
         return Runtime.open(settings_for(**overrides))
 
     return make
+
+
+BROWSER_SKIPPED = "browser tests NOT run"  # in tests/browser's module-level skip reason
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say loudly, last, when the browser tests were skipped (no chromium on this machine)."""
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        if BROWSER_SKIPPED in reason:
+            terminalreporter.write_sep(
+                "!",
+                f"BROWSER TESTS SKIPPED: {reason.removeprefix('Skipped: ')}",
+                red=True,
+                bold=True,
+            )
+            return
