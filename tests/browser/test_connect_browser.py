@@ -38,7 +38,7 @@ from tests.faults.harness import Proc, process_env, wait_until, with_runtime
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.dev.emulator.server import EmulatorThread
 from worker.engine.runtime import Runtime
-from worker.service import integrations as integration_service
+from worker.service import integrations as ints
 from worker.store.apikeys import ApiKeys, Scope
 
 CHROMIUM = shutil.which("chromium")
@@ -208,7 +208,7 @@ def stack(
     integration = f"acme-{uuid.uuid4().hex[:6]}"
 
     async def arrange(rt: Runtime) -> str:
-        await integration_service.add(rt, integration, "salesforce", client_id, secret, emu.base_url)
+        await ints.add(rt, integration, "salesforce", client_id, secret, emu.base_url)
         key, _ = await ApiKeys(rt.redis, rt.settings.key_prefix).create("host-app", Scope.CONNECT)
         return key
 
