@@ -51,7 +51,7 @@ def render(landing: Landing) -> Response:
         "Could not connect",
         f'<div data-testid="connect-result" data-status="error" data-error="{escape(code)}">'
         '<h1 class="error">Could not connect to Salesforce</h1>'
-        f"<p>{escape(landing.error_description or 'The connection was not made.')}</p>"
+        f"<p>{escape(_sentence(landing.error_description or 'The connection was not made.'))}</p>"
         f"<p>Error: <code>{escape(code)}</code></p></div>",
         STATUS_OF.get(code, 400),
     )
@@ -86,3 +86,10 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
         f"<body><main>{body}</main></body></html>"
     )
     return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+def _sentence(text: str) -> str:
+    """Salesforce's and our descriptions read as a sentence on a page a customer sees."""
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
