@@ -190,7 +190,8 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
         if not item:
             continue
         origin = origin_of(item)
-        if origin is None or urlsplit(item).path not in ("", "/"):
+        parts = urlsplit(item)
+        if origin is None or parts.path not in ("", "/") or parts.query or parts.fragment:
             raise SettingsError(
                 f"{name}: {item!r} is not an origin; expected scheme://host[:port], "
                 "e.g. https://app.example.com"

@@ -17,7 +17,7 @@ def settings(**values: str) -> Settings:
 def test_defaults() -> None:
     found = settings()
     assert (found.api_host, found.api_port) == ("127.0.0.1", 8080)
-    assert (found.public_url, found.allowed_return_origins) == ("", ())
+    assert (found.public_url, found.allowed_return_origins) == ("http://127.0.0.1:8080", ())
 
 
 def test_origins_are_normalised_and_only_origins() -> None:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from worker.api import pages
+from worker.api import pages, spec
 from worker.api.app import json as json_response
 from worker.api.auth import require
 from worker.api.errors import ApiError, invalid, not_found
@@ -147,3 +147,94 @@ async def _form(request: Request) -> dict[str, str]:
         return dict(parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=10))
     except ValueError:
         raise ApiError(400, "invalid_request", "too many form fields") from None
+
+
+_SESSION = spec.param("session_id", "path", "The connect session id.", spec.STRING)
+_BROWSER = "A page for the customer's browser (HTML or a redirect), no API key."
+
+
+def openapi() -> dict[str, Any]:
+    tag = "connect"
+    session = spec.obj(
+        {
+            "id": spec.STRING,
+            "status": {"enum": ["pending", "connected", "failed", "expired"]},
+            "connection_id": spec.STRING,
+            "integration": spec.STRING,
+            "expires_at": spec.NUMBER,
+            "error": spec.NULLABLE_STRING,
+            "error_description": spec.NULLABLE_STRING,
+        },
+        ("id", "status", "connection_id"),
+    )
+    return {
+        "paths": {
+            "/connect-sessions": {
+                "post": spec.operation(
+                    "Start connecting a customer's Salesforce org",
+                    "connect",
+                    (
+                        201,
+                        "send the customer's browser to connect_url",
+                        spec.obj(
+                            {
+                                "id": spec.STRING,
+                                "connect_url": spec.STRING,
+                                "expires_at": spec.NUMBER,
+                            },
+                            ("id", "connect_url", "expires_at"),
+                        ),
+                    ),
+                    tag=tag,
+                    description=(
+                        "Single-use and expiring (TOKENWORKER_CONNECT_SESSION_TTL). `return_to` "
+                        "must be on an origin in TOKENWORKER_ALLOWED_RETURN_ORIGINS; the browser "
+                        "lands there with `connection_id` and `status=connected` (or "
+                        "`status=error&error=CODE`)."
+                    ),
+                    body=spec.obj(
+                        {
+                            "integration": spec.STRING,
+                            "connection_id": spec.STRING,
+                            "return_to": spec.STRING,
+                            "force": {"type": "boolean"},
+                        },
+                        ("integration", "connection_id"),
+                    ),
+                    errors={400: "not JSON", 413: "body too large", 422: "a field is wrong"},
+                )
+            },
+            "/connect-sessions/{session_id}": {
+                "get": spec.operation(
+                    "Where a connect session stands",
+                    "connect",
+                    (
+                        200,
+                        "pending, connected, failed (with Salesforce's error) or expired",
+                        session,
+                    ),
+                    tag=tag,
+                    params=(_SESSION,),
+                    errors={404: "no such session"},
+                )
+            },
+            "/connect/{session_id}": {
+                method: spec.operation(
+                    "The connect_url: on to Salesforce's authorize page (or the My Domain form)",
+                    None,
+                    (302, _BROWSER, None),
+                    tag=tag,
+                    params=(_SESSION,),
+                )
+                for method in ("get", "post")
+            },
+            "/oauth/callback": {
+                "get": spec.operation(
+                    "Salesforce's redirect back after the customer's consent",
+                    None,
+                    (302, _BROWSER, None),
+                    tag=tag,
+                )
+            },
+        }
+    }

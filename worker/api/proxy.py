@@ -123,7 +123,7 @@ def openapi() -> dict[str, Any]:
         params=(spec.ID, path),
         errors=errors,
     )
-    methods = ("get", "post", "put", "patch", "delete")
+    methods = [m.lower() for m in METHODS if m != "HEAD"]
     return {"paths": {"/proxy/{id}/{path}": dict.fromkeys(methods, operation)}}
 
 
