@@ -66,7 +66,7 @@ def test_the_proxy_is_in_the_openapi_document(settings_for: Callable[..., Settin
 
     with TestClient(make_app(settings_for(), [proxy, docs])) as client:
         paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths["/proxy/{id}/{path}"]) == {"get", "post", "put", "patch", "delete"}
+    assert set(paths["/proxy/{id}/{path}"]) == {"get", "post", "put", "patch", "delete", "options"}
 
 
 def test_an_unknown_connection_is_404(client: TestClient, emu: Emu) -> None:
