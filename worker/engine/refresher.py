@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from worker.domain import policy
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import (
     Connection,
     ConnectionStatus,
@@ -38,7 +39,6 @@ from worker.errors import (
     TransientError,
 )
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.responses import IntrospectionResult, TokenResponse
 from worker.store.connections import Store
 from worker.store.leases import Leases
 

@@ -43,6 +43,20 @@ def redis_client(url: str) -> Redis:
     return Redis(connection_pool=pool, decode_responses=False)
 
 
+def timing(settings: Settings) -> policy.Timing:
+    """The durations the pure policy decides with, taken from the settings."""
+    return policy.Timing(
+        margin=settings.refresh_margin,
+        default_lifetime=settings.default_lifetime,
+        keepalive=settings.keepalive_interval,
+        retry_base=settings.retry_base,
+        retry_max=settings.retry_max,
+        escalate_after=settings.escalate_after,
+        escalate_after_failing=settings.escalate_after_failing,
+        daily_attempt_cap=settings.daily_attempt_cap,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -78,7 +92,7 @@ class Runtime:
             leases,
             client,
             sink,
-            policy.Timing.from_settings(settings),
+            timing(settings),
             lease_wait=settings.lease_ttl,
             concurrency=settings.concurrency,
             save_window=save_window(settings),

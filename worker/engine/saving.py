@@ -18,10 +18,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.settings import Settings
 from worker.domain import policy
+from worker.domain.answers import TokenResponse
 from worker.domain.models import Connection, ExpirySource, Integration
 from worker.errors import ConflictError, ResponseIntegrityError
 from worker.salesforce import hosts, signature
-from worker.salesforce.responses import TokenResponse
 from worker.store.connections import Store
 from worker.store.ratelimit import PERMIT_WAIT
 
