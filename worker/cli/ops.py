@@ -114,7 +114,7 @@ def metrics(args: argparse.Namespace) -> int:
 
 
 def config_reference(args: argparse.Namespace) -> int:
-    from worker.service.reference import render  # noqa: PLC0415
+    from config.reference import render  # noqa: PLC0415
 
     text = render()
     if args.check:

@@ -18,8 +18,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from config.settings import Settings
 from worker.domain import policy
 from worker.engine.events import EventSink, Forward
+from worker.engine.limits import save_window
 from worker.engine.refresher import Refresher
-from worker.engine.saving import save_window
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store.connections import Store
 from worker.store.crypto import Cipher
