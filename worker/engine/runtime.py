@@ -1,7 +1,7 @@
 """Builds the object graph from settings: one place where dependencies are wired.
 
 Everything async here is bound to the event loop it was opened in; a worker process opens one
-Runtime in its own long-lived loop after fork (see `worker.jobs.tasks`), the CLI opens one per
+Runtime in its own long-lived loop after fork (see `worker.jobs.process`), the CLI opens one per
 command.
 """
 
