@@ -1,8 +1,13 @@
-"""The Celery app: broker, queues, routes, beat schedule, time limits, logging signals.
+"""The Celery app shell: broker, queues, routes, the beat schedule, logging.
 
 Start a worker with `celery -A config.celery worker -Q sweep,refresh,ops` and beat with
-`celery -A config.celery beat -S worker.jobs.beat.LeaseScheduler` (see the Procfile). Settings come
-from the environment.
+`celery -A config.celery beat -S worker.jobs.beat.LeaseScheduler` (see the Procfile).
+
+Importing this module reads nothing: the configuration is built from the environment the
+first time Celery asks for it (`on_configure`), and a bad setting then stops the worker or
+beat with one line naming the variable. The tasks, their signal handlers, the task time
+limits and the beat scheduler live in `worker.jobs`, named here by string only: `config/`
+imports nothing from `worker`.
 """
 
 from __future__ import annotations
@@ -15,29 +20,30 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.settings import Settings, SettingsError
-from worker.engine.saving import BATCH_BUDGET, check_window, save_window
-from worker.jobs.beat import beat_config
-from worker.opsconfig import OpsSettings
 
-__all__ = ["BATCH_BUDGET", "app", "celery_config", "hard_time_limit", "soft_time_limit"]
+__all__ = ["BEAT_SCHEDULER", "app", "beat_config", "celery_config"]
 
 VISIBILITY_TIMEOUT = 3600  # seconds; every retry delay stays well under it (RETRY_MAX)
+BEAT_SCHEDULER = "worker.jobs.beat.LeaseScheduler"
 
 
-def soft_time_limit(settings: Settings) -> float:
-    """Seconds a task may run before Celery interrupts it: the last answer one of its checks
-    may wait for (`check_window`, 152 s with the defaults) plus the whole `save_window`
-    (120 s) during which a rotated token's save rides out a store outage. An interrupt
-    between a send and its save would lose that token, so this is a worst case: 272 s."""
-    return check_window(settings) + save_window(settings)
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """Beat: our lease-gated scheduler, renewing every `beat_loop_interval`, and the sweep."""
+    return {
+        "beat_scheduler": BEAT_SCHEDULER,
+        "beat_max_loop_interval": settings.beat_loop_interval,
+        "beat_schedule": {
+            "sweep": {
+                "task": "tokenworker.sweep",
+                "schedule": settings.sweep_interval,
+                # A sweep queued during an outage is worthless once the next one is due.
+                "options": {"expires": settings.sweep_interval, "queue": "sweep"},
+            }
+        },
+    }
 
 
-def hard_time_limit(settings: Settings) -> float:
-    """Seconds after which Celery kills the child: 30 s after the soft limit (302 s)."""
-    return soft_time_limit(settings) + 30
-
-
-def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.broker_url,
@@ -61,8 +67,6 @@ def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[st
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_soft_time_limit": soft_time_limit(settings),
-        "task_time_limit": hard_time_limit(settings),
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "broker_connection_retry_on_startup": True,
@@ -71,37 +75,31 @@ def celery_config(settings: Settings, ops: OpsSettings | None = None) -> dict[st
         "task_send_sent_event": True,
         # Each worker also consumes its own queue, where it sends itself liveness pings.
         "worker_direct": True,
-        **beat_config(ops or OpsSettings.from_env()),
-        "beat_schedule": {
-            "sweep": {
-                "task": "tokenworker.sweep",
-                "schedule": settings.sweep_interval,
-                # A sweep queued during an outage is worthless once the next one is due.
-                "options": {"expires": settings.sweep_interval, "queue": "sweep"},
-            }
-        },
+        **beat_config(settings),
+        # The one Settings every part of the process reads (`worker.jobs.process.settings`).
+        "tokenworker_settings": settings,
     }
-
-
-def make_app(settings: Settings) -> Celery:
-    app = Celery("tokenworker")
-    app.conf.update(celery_config(settings))
-    app.conf.tokenworker_settings = settings
-    return app
-
-
-@setup_logging.connect
-def _setup_logging(**_: Any) -> None:
-    tw_logging.configure(Settings.from_env(require_keys=False).log_format)
 
 
 def _settings() -> Settings:
     try:
-        OpsSettings.from_env()  # fail here, with the variable named, rather than mid-start
         return Settings.from_env()
     except SettingsError as error:
         raise SystemExit(f"tokenworker: {error}") from None
 
 
-app = make_app(_settings())
+app = Celery("tokenworker")
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.config_from_object(celery_config(_settings()))
+
+
+@setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    tw_logging.configure(app.conf.tokenworker_settings.log_format)
+
+
+# Registering the tasks imports `worker.jobs.tasks` (and its signal handlers); it reads nothing.
 app.autodiscover_tasks(["worker.jobs"], related_name="tasks", force=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from worker.domain.redaction import REDACTED, SECRET_NAMES, redact_text
+from config.redaction import REDACTED, SECRET_NAMES, redact_text
 
 SECRET_KEYS = SECRET_NAMES  # one set: the event builder refuses the same names
 

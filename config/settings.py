@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from config.urls import origin_of
+
 PREFIX = "TOKENWORKER_"
 
 
@@ -50,6 +52,14 @@ class Seconds:
         if not math.isfinite(value) or too_low or value > self.high:
             raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
         return value
+
+
+@dataclass(frozen=True)
+class WholeSeconds(Seconds):
+    """A duration in whole seconds (a fraction is dropped), for Redis expiries set in seconds."""
+
+    def __call__(self, name: str, raw: str) -> int:
+        return int(super().__call__(name, raw))
 
 
 @dataclass(frozen=True)
@@ -161,22 +171,6 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def origin_of(url: str) -> str | None:
-    """`scheme://host[:port]` of an http(s) URL (lower case, default port dropped), or None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    if parts.username is not None or parts.password is not None:
-        return None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    default = {"http": 80, "https": 443}[parts.scheme]
-    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
-
-
 def _public_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if origin_of(raw) is None or parts.query or parts.fragment:
@@ -200,8 +194,15 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _setting(env: str, parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+SETTINGS = "Settings"
+OPERATIONS = "Operations"
+
+
+def _setting(
+    env: str, parse: Callable[[str, str], Any], default: Any, doc: str, section: str = SETTINGS
+) -> Any:
+    meta = {"env": env, "parse": parse, "doc": doc, "section": section}
+    return field(default=default, metadata=meta)
 
 
 # -- the `api` process ---------------------------------------------------------------------
@@ -342,6 +343,25 @@ class Settings:
         False,
         "Refuse to start (instead of warning) when the store Redis lacks AOF or evicts keys.",
     )
+    # A beat lock over an hour would leave the fleet unswept that long after the leader dies; a
+    # ping over an hour makes every liveness probe fail (`health --max-age` defaults to 300 s).
+    beat_lock_timeout: int = _setting(
+        "BEAT_LOCK_TIMEOUT",
+        WholeSeconds(HOUR, low=2.0),
+        25,
+        "Seconds the active beat's Redis lock outlives its last renewal; a standby beat takes "
+        "over this long (plus up to 1 s) after the leader dies. Whole seconds (a fraction is "
+        "dropped).",
+        OPERATIONS,
+    )
+    ping_interval: float = _setting(
+        "PING_INTERVAL",
+        Seconds(HOUR, low=0.1),
+        30.0,
+        "Each worker sends itself a no-op ping task this often; consuming it records the "
+        "heartbeat that `tokenworker health --liveness` reads (keep it well under --max-age).",
+        OPERATIONS,
+    )
     # -- the `api` process (tokenworker api) --
     api_host: str = _setting(
         "API_HOST",
@@ -405,6 +425,13 @@ class Settings:
             )
         return cls(**values)
 
+    @property
+    def beat_loop_interval(self) -> int:
+        """The leading beat renews its lease at least this often (and a beat retries an
+        unreachable store this often at most): a fifth of the lease's lifetime, so a stalled
+        tick never lets a healthy leader's lease expire."""
+        return max(1, min(5, self.beat_lock_timeout // 5))
+
     def __repr__(self) -> str:
         shown = {
             item.name: getattr(self, item.name)
@@ -422,10 +449,13 @@ def described(doc: str, parse: object) -> str:
     return f"{doc} Allowed: {allowed}." if allowed else doc
 
 
-def reference() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) for every setting, for docs that cannot drift."""
+def reference(section: str | None = None) -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting (of one `section`, when given), for docs
+    that cannot drift."""
     rows = []
     for item in fields(Settings):
+        if section is not None and item.metadata["section"] != section:
+            continue
         default = item.default
         shown = "" if default in ("", ()) else str(default)
         meaning = described(item.metadata["doc"], item.metadata["parse"])

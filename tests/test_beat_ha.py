@@ -11,23 +11,29 @@ import pytest
 import redis
 from celery import Celery
 
+from config.celery import BEAT_SCHEDULER, beat_config
 from config.settings import Settings
 from tests.processes import Proc, celery_env, wait_for
 from worker.dev.embedded import EmbeddedRedis, free_port
-from worker.jobs.beat import SCHEDULER, STANDBY_POLL, Lease, LeaseScheduler, beat_config
-from worker.opsconfig import OpsSettings
+from worker.jobs.beat import STANDBY_POLL, Lease, LeaseScheduler
 from worker.store.keys import Keys
 
 LOCK_TIMEOUT = 4  # seconds; production uses 25 (TOKENWORKER_BEAT_LOCK_TIMEOUT)
 
 
 def test_the_lease_outlives_several_renewals_and_lives_under_the_prefix() -> None:
-    """The loop interval is a fifth of the lock timeout; the scheduler is ours."""
-    config = beat_config(OpsSettings())
-    assert config["beat_scheduler"] == SCHEDULER
-    assert config["tokenworker_beat_lock_timeout"] == 25
+    """The loop interval is a fifth of the lock timeout; the scheduler is ours, named by the
+    path `config.celery` gives Celery (config imports nothing from worker)."""
+    settings = Settings()
+    config = beat_config(settings)
+    assert config["beat_scheduler"] == BEAT_SCHEDULER
+    assert f"{LeaseScheduler.__module__}.{LeaseScheduler.__qualname__}" == BEAT_SCHEDULER
+    assert settings.beat_lock_timeout == 25
     assert config["beat_max_loop_interval"] == 5
-    assert OpsSettings(beat_lock_timeout=4).beat_loop_interval == 1
+    assert Settings(beat_lock_timeout=4).beat_loop_interval == 1
+    scheduler = _scheduler(Settings(key_prefix="tw-test:"))
+    assert scheduler.lease.key == "tw-test:beat:lock"
+    assert scheduler.lease.ttl_ms == 25_000
 
 
 @pytest.mark.integration
@@ -61,13 +67,11 @@ class TestLease:
         assert first.hold() is False
 
 
-def _scheduler(settings: Settings, ops: OpsSettings) -> LeaseScheduler:
+def _scheduler(settings: Settings) -> LeaseScheduler:
     """The scheduler of a bare app (config.celery needs the encryption keys) with our sweep."""
     app = Celery("beat-test")
-    app.conf.update(beat_config(ops), timezone="UTC", enable_utc=True)
+    app.conf.update(beat_config(settings), timezone="UTC", enable_utc=True)
     app.conf.tokenworker_settings = settings
-    sweep = {"task": "tokenworker.sweep", "schedule": settings.sweep_interval}
-    app.conf.beat_schedule = {"sweep": sweep}
     return LeaseScheduler(app)
 
 
@@ -89,8 +93,10 @@ class TestTick:
     """LeaseScheduler.tick against a real store, with the send itself replaced."""
 
     def _pair(self, url: str, prefix: str, sweep: float = 0.05) -> tuple[LeaseScheduler, _Sends]:
-        settings = Settings(redis_url=url, key_prefix=prefix, sweep_interval=sweep)
-        scheduler = _scheduler(settings, OpsSettings(beat_lock_timeout=LOCK_TIMEOUT))
+        settings = Settings(
+            redis_url=url, key_prefix=prefix, sweep_interval=sweep, beat_lock_timeout=LOCK_TIMEOUT
+        )
+        scheduler = _scheduler(settings)
         sends = _Sends()
         scheduler.apply_async = sends  # type: ignore[method-assign]
         scheduler.producer = None  # no broker connection in these tests
@@ -120,7 +126,7 @@ class TestTick:
         delays = [scheduler.tick() for _ in range(8)]
         assert sends.sent == []
         assert delays == sorted(delays) and delays[0] > 0  # a backoff, capped ...
-        assert max(delays) == OpsSettings(beat_lock_timeout=LOCK_TIMEOUT).beat_loop_interval
+        assert max(delays) == Settings(beat_lock_timeout=LOCK_TIMEOUT).beat_loop_interval
 
     def test_a_failed_send_stays_due_and_goes_out_when_the_broker_returns(
         self, redis_server: EmbeddedRedis, prefix: str
@@ -143,7 +149,7 @@ def _sends(proc: Proc) -> int:
 
 
 def _beat(env: dict[str, str]) -> Proc:
-    return Proc(env, "beat", "-S", SCHEDULER, "--loglevel", "INFO")
+    return Proc(env, "beat", "-S", BEAT_SCHEDULER, "--loglevel", "INFO")
 
 
 @pytest.mark.integration

@@ -47,7 +47,8 @@ def _unit(name: str) -> configparser.ConfigParser:
 
 @pytest.fixture(scope="module")
 def hard_time_limit() -> float:
-    """config/celery.py's task_time_limit with every setting at its default."""
+    """The hard task time limit (`worker.engine.limits`, applied by `worker.jobs`) that a
+    `celery -A config.celery worker` uses, with every setting at its default."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
     env["TOKENWORKER_ENCRYPTION_KEYS"] = TEST_KEYS
     done = subprocess.run(
@@ -58,6 +59,52 @@ def hard_time_limit() -> float:
         check=True,
     )
     return float(done.stdout.strip())
+
+
+def _bare_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
+    env.update(values)
+    return env
+
+
+def test_importing_the_celery_app_and_its_tasks_reads_no_setting() -> None:
+    """With a malformed setting, importing config.celery and the tasks still works: the
+    environment is read when Celery configures the app, which then stops with the message."""
+    shown = "import config.celery, worker.jobs.tasks as t; print('imported', flush=True); "
+    shown += "print(sorted(t.app.tasks))"
+    done = subprocess.run(
+        [sys.executable, "-c", shown],
+        env=_bare_env(TOKENWORKER_LEASE_TTL="abc"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout == "imported\n"
+    assert done.stderr.startswith("tokenworker: TOKENWORKER_LEASE_TTL='abc'"), done.stderr
+    assert done.returncode == 1
+
+
+@pytest.mark.parametrize("process", ["worker", "beat"])
+@pytest.mark.parametrize(
+    ("name", "value"), [("LEASE_TTL", "abc"), ("BEAT_LOCK_TIMEOUT", "1"), ("ENCRYPTION_KEYS", "")]
+)
+def test_a_bad_setting_stops_the_procfile_processes_with_one_line(
+    process: str, name: str, value: str
+) -> None:
+    """`celery -A config.celery worker|beat` refuses to start on a bad setting (the ops ones
+    included), saying which in one line, no traceback."""
+    env = _bare_env(**{"TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS, f"TOKENWORKER_{name}": value})
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config.celery", process],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"tokenworker: TOKENWORKER_{name}"), done.stderr
 
 
 def _node(args: list[str]) -> str:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import Connection, ExpirySource
 from worker.domain.policy import (
     MIN_DELAY,
@@ -19,7 +20,7 @@ from worker.domain.policy import (
     expiry_after_refresh,
     next_check_at,
 )
-from worker.salesforce.responses import IntrospectionResult, TokenResponse
+from worker.engine.runtime import timing
 
 now = 1_800_000_000.0
 TIMING = Timing(
@@ -61,8 +62,9 @@ def active(exp: float | None, iat: float | None = None) -> IntrospectionResult:
 
 
 class TestTiming:
-    def test_from_settings_copies_the_durations(self) -> None:
-        """Timing takes margin, lifetime, keep-alive and retry bounds from the settings."""
+    def test_the_runtime_copies_the_durations_from_the_settings(self) -> None:
+        """Timing takes margin, lifetime, keep-alive and retry bounds from the settings (the
+        engine's runtime builds it: the pure policy never reads the environment)."""
         settings = Settings.from_env(
             {
                 "TOKENWORKER_REFRESH_MARGIN": "120",
@@ -73,7 +75,7 @@ class TestTiming:
             },
             require_keys=False,
         )
-        assert Timing.from_settings(settings) == Timing(120.0, 3600.0, 86400.0, 5.0, 60.0)
+        assert timing(settings) == Timing(120.0, 3600.0, 86400.0, 5.0, 60.0)
 
 
 class TestDecideWithoutLooking:

@@ -478,7 +478,7 @@ class TestRotationSaved:
     ) -> None:
         """The figures the README gives: a 120 s save window, time limits 272/302 s with the
         defaults; a save may start as late as a check's last answer and still use it all."""
-        from worker.engine.saving import check_window, save_window  # noqa: PLC0415
+        from worker.engine.limits import check_window, save_window  # noqa: PLC0415
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWORKER_")}
         env["TOKENWORKER_ENCRYPTION_KEYS"] = TEST_KEYS

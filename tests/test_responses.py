@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.errors import (
     ConfigurationError,
     PermanentError,
@@ -18,8 +19,6 @@ from worker.errors import (
     TransientError,
 )
 from worker.salesforce.responses import (
-    IntrospectionResult,
-    TokenResponse,
     decode_json_object,
     epoch_seconds,
     error_from_response,

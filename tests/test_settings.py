@@ -8,7 +8,6 @@ from dataclasses import fields
 import pytest
 
 from config.settings import PREFIX, Settings, SettingsError, reference
-from worker.opsconfig import OpsSettings
 
 KEY = bytes(range(32))
 OLD_KEY = bytes(range(100, 132))
@@ -44,6 +43,8 @@ class TestDefaults:
             2000, 100, 50_000,
         )
         assert settings.require_persistence is False
+        assert (settings.beat_lock_timeout, settings.ping_interval) == (25, 30.0)
+        assert settings.beat_loop_interval == 5
 
     def test_blank_value_means_default(self) -> None:
         """A variable set to whitespace is treated as unset."""
@@ -277,5 +278,14 @@ class TestRanges:
     def test_ops_settings_have_ranges_too(self, name: str, value: str) -> None:
         """HA beat and ping timing refuse values beat or liveness could not live with."""
         with pytest.raises(SettingsError, match=rf"{PREFIX}{name}=.*and at most 3600 seconds"):
-            OpsSettings.from_env({PREFIX + name: value})
-        assert OpsSettings.from_env({f"{PREFIX}PING_INTERVAL": "0.3"}).ping_interval == 0.3
+            Settings.from_env({PREFIX + name: value}, require_keys=False)
+        small = Settings.from_env({f"{PREFIX}PING_INTERVAL": "0.3"}, require_keys=False)
+        assert small.ping_interval == 0.3
+
+    def test_the_beat_lock_timeout_is_whole_seconds(self) -> None:
+        """A fraction is dropped (the lock's expiry is set in seconds); the beat renews at
+        least every fifth of it, every second to every 5 s."""
+        assert load(BEAT_LOCK_TIMEOUT="4.9").beat_lock_timeout == 4
+        assert [load(BEAT_LOCK_TIMEOUT=t).beat_loop_interval for t in ("2", "4", "12", "3600")] == [
+            1, 1, 2, 5,
+        ]

@@ -97,7 +97,7 @@ def process_env(store_url: str, broker_url: str, prefix: str, **overrides: str) 
             "TOKENWORKER_SWEEP_INTERVAL": f"{SWEEP_INTERVAL:g}",
             "TOKENWORKER_LEASE_TTL": f"{LEASE_TTL:g}",
             "TOKENWORKER_HTTP_TIMEOUT": f"{HTTP_TIMEOUT:g}",
-            # HA beat and liveness (read by worker.opsconfig where present): fast takeover.
+            # HA beat and liveness: fast takeover.
             "TOKENWORKER_BEAT_LOCK_TIMEOUT": "4",
             "TOKENWORKER_PING_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",

@@ -17,9 +17,9 @@ MARK = "ORPHANS_PENDING"
 
 @task_postrun.connect
 def _report(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    from worker.jobs import tasks  # noqa: PLC0415
+    from worker.jobs import process  # noqa: PLC0415
 
-    loop = tasks._state.get("loop")
+    loop = process.CURRENT.loop
     if loop is None or loop.is_closed():
         return
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]

@@ -5,7 +5,7 @@ and sweeps must resume within one sweep interval of Redis answering again. The m
 exporter must outlive the same outage and report the store down, then up.
 
 Timing (tests/faults/harness.py): sweep every 2 s, TOKENWORKER_BEAT_LOCK_TIMEOUT=4, so the
-leader renews and a standby polls at least every second (worker.opsconfig.beat_loop_interval).
+leader renews and a standby polls at least every second (`Settings.beat_loop_interval`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from config.settings import Settings
 from tests.faults.harness import (
     SWEEP_INTERVAL,
     Fleet,
@@ -27,14 +28,13 @@ from tests.faults.harness import (
     wait_until,
 )
 from worker.dev.embedded import EmbeddedRedis, free_port
-from worker.opsconfig import OpsSettings
 from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
 
 LOCK_TIMEOUT = 4  # TOKENWORKER_BEAT_LOCK_TIMEOUT in process_env
 # A beat retries an unreachable store at least this often (it backs off up to this).
-RETRY_CAP = OpsSettings(beat_lock_timeout=LOCK_TIMEOUT).beat_loop_interval
+RETRY_CAP = Settings(beat_lock_timeout=LOCK_TIMEOUT).beat_loop_interval
 # Slack for two loaded cores: process wake-up, the broker reconnect, the log write.
 SLACK = 1.5
 SENT = "Sending due task sweep"

@@ -147,7 +147,7 @@ def metrics(args: argparse.Namespace) -> int:
 
 def config_reference(args: argparse.Namespace) -> int:
     """Exit 1 when --check FILE is stale."""
-    from worker.service.reference import render  # noqa: PLC0415
+    from config.reference import render  # noqa: PLC0415
 
     text = render()
     if not args.check:

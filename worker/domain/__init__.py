@@ -1,1 +1,1 @@
-"""Pure: models, outcomes, the refresh policy, what counts as a secret. No I/O."""
+"""Pure: models, outcomes, Salesforce's answers once parsed, the refresh policy. No I/O."""

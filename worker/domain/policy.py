@@ -9,9 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from config.settings import Settings
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import Connection, ExpirySource
-from worker.salesforce.responses import IntrospectionResult, TokenResponse
 
 RATE_LIMIT_BACKOFF = 3600.0  # Salesforce blocks a user's logins for the rest of the hour
 MIN_DELAY = 1.0
@@ -29,19 +28,6 @@ class Timing:
     escalate_after: int = 5
     escalate_after_failing: float = 21600.0
     daily_attempt_cap: int = 100
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Timing:
-        return cls(
-            margin=settings.refresh_margin,
-            default_lifetime=settings.default_lifetime,
-            keepalive=settings.keepalive_interval,
-            retry_base=settings.retry_base,
-            retry_max=settings.retry_max,
-            escalate_after=settings.escalate_after,
-            escalate_after_failing=settings.escalate_after_failing,
-            daily_attempt_cap=settings.daily_attempt_cap,
-        )
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from config.redaction import SECRET_NAMES
 from worker.domain.models import Connection, Integration
-from worker.domain.redaction import SECRET_NAMES
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline
 

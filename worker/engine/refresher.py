@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker.domain import policy
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import (
     Connection,
     ConnectionStatus,
@@ -39,7 +40,6 @@ from worker.errors import (
     TransientError,
 )
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.responses import IntrospectionResult, TokenResponse
 from worker.store import codec
 from worker.store.connections import Store
 from worker.store.leases import Leases

@@ -1,7 +1,7 @@
 """Builds the object graph from settings: one place where dependencies are wired.
 
 Everything async here is bound to the event loop it was opened in; a worker process opens one
-Runtime in its own long-lived loop after fork (see `worker.jobs.tasks`), the CLI opens one per
+Runtime in its own long-lived loop after fork (see `worker.jobs.process`), the CLI opens one per
 command.
 """
 
@@ -18,8 +18,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from config.settings import Settings
 from worker.domain import policy
 from worker.engine.events import EventSink, Forward
+from worker.engine.limits import save_window
 from worker.engine.refresher import Refresher
-from worker.engine.saving import save_window
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store.connections import Store
 from worker.store.crypto import Cipher
@@ -41,6 +41,20 @@ def redis_client(url: str) -> Redis:
         health_check_interval=30,
     )
     return Redis(connection_pool=pool, decode_responses=False)
+
+
+def timing(settings: Settings) -> policy.Timing:
+    """The durations the pure policy decides with, taken from the settings."""
+    return policy.Timing(
+        margin=settings.refresh_margin,
+        default_lifetime=settings.default_lifetime,
+        keepalive=settings.keepalive_interval,
+        retry_base=settings.retry_base,
+        retry_max=settings.retry_max,
+        escalate_after=settings.escalate_after,
+        escalate_after_failing=settings.escalate_after_failing,
+        daily_attempt_cap=settings.daily_attempt_cap,
+    )
 
 
 @dataclass
@@ -78,7 +92,7 @@ class Runtime:
             leases,
             client,
             sink,
-            policy.Timing.from_settings(settings),
+            timing(settings),
             lease_wait=settings.lease_ttl,
             concurrency=settings.concurrency,
             save_window=save_window(settings),

@@ -16,27 +16,16 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config.settings import Settings
 from worker.domain import policy
+from worker.domain.answers import TokenResponse
 from worker.domain.models import Connection, ExpirySource, Integration
 from worker.errors import ConflictError, ResponseIntegrityError
 from worker.salesforce import hosts, signature
-from worker.salesforce.responses import TokenResponse
 from worker.store.connections import Store
-from worker.store.ratelimit import PERMIT_WAIT
 
 log = structlog.get_logger("tokenworker.tokens")
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SAVE_RETRY_MAX_DELAY = 2.0  # a returning store is noticed within 2 s
-SAVE_WINDOW = 120.0
-# Seconds after which a check_batch starts no new check and gives the rest back, due at once.
-# A healthy batch of 2,000 ids takes about a second; this bounds a batch against a slow
-# Salesforce, and with it the task time limits and how long a warm shutdown waits.
-BATCH_BUDGET = 60.0
-# The most Salesforce calls one check makes: introspect, the lost-answer introspection of the
-# refresh token, the refresh, one retry after losing a concurrent refresh, and introspecting
-# the new token to learn its lifetime (plus, rarely, its refresh token: see the refresher).
-CALLS_PER_CHECK = 6
 
 
 @dataclass(frozen=True)
@@ -123,7 +112,7 @@ async def save_refresh(
 ) -> Connection:
     """Save a refreshed record built from the answer to sending the refresh token `sent`.
 
-    Store unreachable: retried for `window` seconds (see `save_window`), since this answer may
+    Store unreachable: retried for `window` seconds (`limits.SAVE_WINDOW`), since this answer may
     be the only copy of a rotated token. A lost compare-and-set re-reads the record: if it
     still holds `sent`, the writer that won did not replace the grant (a status, a mark, a
     schedule) and our answer is applied onto its version: our token fields win, they are the
@@ -153,23 +142,3 @@ async def save_refresh(
         if time.monotonic() > deadline:
             raise ConflictError(f"connection {conn.id}: still losing the save after {window:g}s")
         conn = conn.evolve(version=latest.version)
-
-
-def save_window(settings: Settings) -> float:
-    """Seconds `save_refresh` keeps retrying an answered refresh through a store outage: 120 s,
-    whatever the settings (about three times the 36 s of the fixed attempt count it replaces).
-    The task time limits add it to `check_window`, so no limit interrupts a save within it."""
-    del settings  # one figure to document; the time limits are derived from it
-    return SAVE_WINDOW
-
-
-def check_window(settings: Settings) -> float:
-    """Seconds from a task's start to the last answer one of its checks may wait for.
-
-    A check starts at most max(BATCH_BUDGET, LEASE_TTL) seconds in (a batch starts none after
-    its budget; an explicit check waits at most LEASE_TTL for the lease). Once started, each
-    of its calls may wait PERMIT_WAIT for a permit and HTTP_TIMEOUT for the answer, plus the
-    ~1.5 s pause before the retry. 152 s with the defaults.
-    """
-    start = max(BATCH_BUDGET, settings.lease_ttl)
-    return start + CALLS_PER_CHECK * (settings.http_timeout + PERMIT_WAIT) + 2.0

@@ -10,9 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from config.settings import Settings
 from worker.store.connections import Store
+
+
+class SweepSettings(Protocol):
+    """What a sweep reads (`config.settings.Settings` has it; the engine never reads the
+    environment itself)."""
+
+    @property
+    def lease_ttl(self) -> float: ...
+
+    @property
+    def sweep_interval(self) -> float: ...
+
+    @property
+    def sweep_limit(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -25,14 +42,14 @@ class SweepResult:
         return {"claimed": self.claimed, "batches": self.batches, "skipped": self.skipped}
 
 
-def claim_window(settings: Settings) -> float:
+def claim_window(settings: SweepSettings) -> float:
     """How long claimed ids stay out of reach before they come due again."""
     return max(2 * settings.lease_ttl, 2 * settings.sweep_interval)
 
 
 async def sweep(
     store: Store,
-    settings: Settings,
+    settings: SweepSettings,
     now: float,
     dispatch: Callable[[list[str]], None],
     *,
@@ -56,7 +73,7 @@ async def sweep(
     return SweepResult(claimed, batches)
 
 
-async def _first_in_window(store: Store, settings: Settings) -> bool:
+async def _first_in_window(store: Store, settings: SweepSettings) -> bool:
     """False when another scheduled sweep ran less than half an interval ago (two beats)."""
     ttl_ms = max(1, int(settings.sweep_interval * 500))
     return bool(await store.redis.set(store.keys.sweep_guard, b"1", nx=True, px=ttl_ms))

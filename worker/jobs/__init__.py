@@ -1,1 +1,1 @@
-"""Every Celery touchpoint: tasks, signals and the beat scheduler."""
+"""Every Celery touchpoint: tasks, signals, the worker process's loop and Runtime, beat."""

@@ -28,10 +28,8 @@ import structlog
 from celery.beat import ScheduleEntry, Scheduler
 
 from config.settings import Settings
-from worker.opsconfig import OpsSettings
 from worker.store.keys import Keys
 
-SCHEDULER = "worker.jobs.beat.LeaseScheduler"
 STANDBY_POLL = 1.0  # seconds between a standby's attempts to take the lease
 FIRST_RETRY = 0.25  # seconds before the first retry of an unreachable store or broker
 
@@ -54,15 +52,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def beat_config(ops: OpsSettings) -> dict[str, Any]:
-    """Celery settings for the scheduler; its lease key comes from TOKENWORKER_KEY_PREFIX."""
-    return {
-        "beat_scheduler": SCHEDULER,
-        "beat_max_loop_interval": ops.beat_loop_interval,
-        "tokenworker_beat_lock_timeout": ops.beat_lock_timeout,
-    }
 
 
 class Lease:
@@ -119,8 +108,7 @@ class LeaseScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=self.renew_every, socket_connect_timeout=2
         )
-        timeout = float(app.conf.tokenworker_beat_lock_timeout)
-        self.lease = Lease(client, Keys(settings.key_prefix).beat, timeout)
+        self.lease = Lease(client, Keys(settings.key_prefix).beat, settings.beat_lock_timeout)
         self.leading = False
         self.store = Outage("store", self.renew_every)
         self.broker = Outage("broker", self.renew_every)

@@ -22,14 +22,13 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import structlog
 
+from config.redaction import REDACTED
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import Integration
-from worker.domain.redaction import REDACTED
 from worker.errors import ConfigurationError, TransientError
 from worker.salesforce import hosts
 from worker.salesforce.responses import (
     MAX_BODY_BYTES,
-    IntrospectionResult,
-    TokenResponse,
     decode_json_object,
     error_from_response,
     parse_introspection,

@@ -14,10 +14,10 @@ import secrets
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urlsplit
 
+from worker.domain.answers import TokenResponse
 from worker.domain.models import Integration
 from worker.salesforce import hosts
 from worker.salesforce.client import SalesforceClient
-from worker.salesforce.responses import TokenResponse
 
 CALLBACK_PATH = "/oauth/callback"
 _VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")  # RFC 7636 4.1

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
-from worker.domain.redaction import redact_text
+from config.redaction import redact_text
+from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.errors import (
     ConfigurationError,
     PermanentError,
@@ -25,30 +25,6 @@ MAX_BODY_BYTES = 64 * 1024
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{8,4096}$")
 _MIN_EPOCH = 946_684_800.0  # 2000-01-01: anything earlier is garbage, not a timestamp
 _MAX_EPOCH = 32_503_680_000.0  # 3000-01-01
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """A successful refresh_token grant."""
-
-    access_token: str = field(repr=False)
-    refresh_token: str | None = field(repr=False)
-    instance_url: str | None
-    identity_url: str | None
-    issued_at: float | None
-    issued_at_raw: str | None
-    signature: str | None = field(repr=False)
-    expires_in: float | None
-    scope: str | None
-
-
-@dataclass(frozen=True)
-class IntrospectionResult:
-    """What introspection says about one token."""
-
-    active: bool
-    exp: float | None = None
-    iat: float | None = None
 
 
 def epoch_seconds(value: Any) -> float | None:

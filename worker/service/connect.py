@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from config.settings import origin_of
+from config.redaction import redact_text
+from config.urls import origin_of
 from worker.domain.models import Integration
-from worker.domain.redaction import redact_text
 from worker.engine import events
 from worker.engine.runtime import Runtime
 from worker.errors import InputError, NotFoundError

@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 
+from worker.domain.answers import TokenResponse
 from worker.domain.models import Connection, ConnectionStatus, Integration
 from worker.engine import events
 from worker.engine.runtime import Runtime
 from worker.engine.saving import apply_refresh
 from worker.errors import ConflictError, SalesforceError, StoreError, Throttled
 from worker.salesforce import hosts, oauth
-from worker.salesforce.responses import TokenResponse
 from worker.store.sessions import ConnectSession, Sessions, SessionStatus
 
 log = structlog.get_logger("tokenworker.connect")

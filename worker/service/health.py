@@ -2,10 +2,11 @@
 
 Liveness proves consumption, not a live PID (a Celery worker can sit connected and silent after
 a Redis reconnect). Every task a worker process finishes records `<prefix>heartbeat[node] = now`
-(`worker.telemetry.metrics.on_task_postrun`), and each worker's main process sends itself a no-op
-`tokenworker.ping` every TOKENWORKER_PING_INTERVAL seconds through its own direct queue
-(`worker_direct`), so even an idle worker keeps its heartbeat fresh exactly as long as it
-consumes. A probe only reads the heartbeat: it needs neither the broker nor the encryption keys.
+(`worker.telemetry.metrics.Recorder.flush`), and each worker's main process runs a `Pinger`
+that sends itself a no-op `tokenworker.ping` every TOKENWORKER_PING_INTERVAL seconds through
+its own direct queue (`worker_direct`), so even an idle worker keeps its heartbeat fresh exactly
+as long as it consumes (the Celery signals that drive both are in `worker.jobs.signals`). A
+probe only reads the heartbeat: it needs neither the broker nor the encryption keys.
 Readiness: the store and the broker answer, and the store persists and does not evict.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,6 @@ from typing import Any
 import redis
 import structlog
 
-from worker.opsconfig import OpsSettings
 from worker.store.keys import Keys
 
 PING_TASK = "tokenworker.ping"
@@ -157,52 +156,8 @@ class Pinger:
             self._stop.wait(self.interval)
 
 
-_PINGERS: list[Pinger] = []
-
-
-def on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """Celery `worker_ready` (main process): forget long-gone workers, start self-pings."""
-    consumer = sender
-    app, node = consumer.app, consumer.hostname
-    settings = app.conf.tokenworker_settings
-    interval = OpsSettings.from_env().ping_interval
-    _forget_silent_workers(settings.redis_url, Keys(settings.key_prefix), time.time())
-    queue = f"{node}.dq2"  # Celery's worker_direct queue of this node
-
-    def send() -> object:
-        # Its own short-lived connection: the worker's pooled ones belong to the consumer's
-        # event loop thread. No result (the backend would subscribe for it from here).
-        with app.connection_for_write() as connection:
-            return app.send_task(
-                PING_TASK,
-                queue=queue,
-                expires=max(2 * interval, 10.0),
-                connection=connection,
-                retry=False,
-                ignore_result=True,
-            )
-
-    _PINGERS.append(Pinger(send, interval).start())
-
-
-def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    """Celery `worker_shutdown`, sent once the warm shutdown has finished every task: stop
-    pinging and remove this node's heartbeat, so a replaced worker leaves no stale entry."""
-    while _PINGERS:
-        _PINGERS.pop().stop()
-    if sender is None:
-        return
-    settings = sender.app.conf.tokenworker_settings
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        client.hdel(Keys(settings.key_prefix).heartbeat, sender.hostname)
-    except redis.RedisError as error:
-        log.warning("heartbeat.unremoved", problem=f"{type(error).__name__}: {error}")
-    finally:
-        client.close()
-
-
-def _forget_silent_workers(url: str, keys: Keys, now: float) -> None:
+def forget_silent_workers(url: str, keys: Keys, now: float) -> None:
+    """Remove the heartbeats of workers gone for FORGET_AFTER (each worker start does this)."""
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         stale = [n for n, at in heartbeats(client, keys).items() if now - at > FORGET_AFTER]
@@ -210,5 +165,16 @@ def _forget_silent_workers(url: str, keys: Keys, now: float) -> None:
             client.hdel(keys.heartbeat, *stale)
     except redis.RedisError as error:
         log.warning("heartbeat.prune_failed", problem=f"{type(error).__name__}: {error}")
+    finally:
+        client.close()
+
+
+def remove_heartbeat(url: str, keys: Keys, node: str) -> None:
+    """Remove `node`'s heartbeat (a clean stop), so a replaced worker leaves no stale entry."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.hdel(keys.heartbeat, node)
+    except redis.RedisError as error:
+        log.warning("heartbeat.unremoved", problem=f"{type(error).__name__}: {error}")
     finally:
         client.close()

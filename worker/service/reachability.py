@@ -6,7 +6,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from config.settings import Settings
 from worker.errors import Unreachable
 
 PROBE_TIMEOUT = 3.0  # seconds to connect and answer PING; a healthy Redis takes milliseconds
@@ -33,15 +32,15 @@ def unreachable(where: str, url: str, error: BaseException) -> Unreachable:
     )
 
 
-def require_reachable(settings: Settings) -> None:
+def require_reachable(store_url: str, broker_url: str) -> None:
     """Raise Unreachable unless the store and the broker answer PING within seconds.
 
     Whatever enqueues checks first: Celery would retry an unreachable result backend for
     ~20 s and then end in a traceback instead of one line.
     """
-    places = {"store": settings.redis_url}
-    if settings.broker_url != settings.redis_url:
-        places["broker"] = settings.broker_url
+    places = {"store": store_url}
+    if broker_url != store_url:
+        places["broker"] = broker_url
     for where, url in places.items():
         client = redis.Redis.from_url(
             url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT

@@ -5,7 +5,8 @@ status codes) and adds it to one Redis hash after every task, in the same round 
 records the worker's heartbeat. The totals are therefore fleet-wide, survive child restarts and
 `max_tasks_per_child`, and any one `tokenworker metrics` process serves them
 (`worker.telemetry.exporter`): no PROMETHEUS_MULTIPROC_DIR, no exporter per host. A failed write
-keeps the tally for the next task; metrics never fail a task.
+keeps the tally for the next task; metrics never fail a task. `worker.jobs.signals` calls
+`record_task` and `RECORDER.flush` when a task finishes.
 
 Hash fields are `name|label=value|...`; histogram buckets are stored per bucket (not
 cumulative) as `<name>_bucket|...|le=<bound>`, with `_sum` and `_count` beside them.
@@ -13,7 +14,6 @@ cumulative) as `<name>_bucket|...|le=<bound>`, with `_sum` and `_count` beside t
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -156,17 +156,3 @@ class Recorder:
 
 
 RECORDER = Recorder()
-
-
-def on_task_postrun(
-    task: Any = None, state: str | None = None, retval: Any = None, **_: Any
-) -> None:
-    """Celery `task_postrun` (in the child that ran the task): tally and heartbeat."""
-    if task is None:
-        return
-    settings = task.app.conf.tokenworker_settings
-    now = time.time()
-    record_task(RECORDER.tally, task.name, state, retval, now)
-    RECORDER.flush(
-        settings.redis_url, Keys(settings.key_prefix), getattr(task.request, "hostname", None), now
-    )

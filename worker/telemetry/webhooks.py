@@ -13,16 +13,28 @@ import hmac
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from config.settings import Settings
 from worker.engine.events import Forward
 from worker.errors import TokenworkerError
 
 TIMESTAMP_HEADER = "X-Tokenworker-Timestamp"
 SIGNATURE_HEADER = "X-Tokenworker-Signature"
+
+
+class WebhookSettings(Protocol):
+    """What delivery reads (`config.settings.Settings` has it)."""
+
+    @property
+    def webhook_url(self) -> str: ...
+
+    @property
+    def webhook_secret(self) -> str: ...
+
+    @property
+    def http_timeout(self) -> float: ...
 
 
 class WebhookError(TokenworkerError):
@@ -44,7 +56,9 @@ def verify(secret: str, timestamp: str, body: bytes, header: str, tolerance: flo
     return fresh and hmac.compare_digest(expected, header.encode("utf-8", "replace"))
 
 
-def forwarder(settings: Settings, enqueue: Callable[[dict[str, Any]], object]) -> Forward | None:
+def forwarder(
+    settings: WebhookSettings, enqueue: Callable[[dict[str, Any]], object]
+) -> Forward | None:
     """The EventSink hook: enqueue a delivery task per event, when a webhook URL is set."""
     if not settings.webhook_url:
         return None
@@ -56,7 +70,7 @@ def forwarder(settings: Settings, enqueue: Callable[[dict[str, Any]], object]) -
 
 
 async def deliver(
-    settings: Settings, event: dict[str, Any], http: httpx.AsyncClient | None = None
+    settings: WebhookSettings, event: dict[str, Any], http: httpx.AsyncClient | None = None
 ) -> None:
     body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
     timestamp = str(int(time.time()))

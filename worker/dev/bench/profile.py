@@ -75,13 +75,13 @@ AREAS = {  # top-level package of the frame on top of a sample -> where the CPU 
     "worker": "tokenworker code",
     "config": "tokenworker code",
 }
-LOOP = "uvloop's event loop itself (C, under worker/jobs/tasks.py run)"
+LOOP = "uvloop's event loop itself (C, under worker/jobs/process.py run)"
 
 
 def _area(frame: str) -> str:
     match = _FRAME.match(frame.strip())
     path = match.group("file") if match else frame
-    if path.startswith("worker/jobs/tasks.py") and match and match.group("func") == "run":
+    if path.startswith("worker/jobs/process.py") and match and match.group("func") == "run":
         return LOOP
     return AREAS.get(path.split("/", 1)[0], "other (stdlib: dataclasses, urllib, contextlib...)")
 
