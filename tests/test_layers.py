@@ -7,8 +7,8 @@
 - Celery (celery, kombu, billiard) is imported only by `jobs/` (and by `dev/bench`, which
   drives a Celery pool); the Celery app, `config.celery`, only by `jobs/`.
 - The environment (`config.settings`, `config.reference`) is read only by the composition
-  roots: `engine/runtime.py`, `telemetry/exporter.py`, `jobs/`, `api/`, `cli/` and `dev/`. Everything
-  else is handed the values it needs.
+  roots: `engine/runtime.py`, `telemetry/exporter.py`, `jobs/`, `api/`, `cli/` and `dev/`.
+  Everything else is handed the values it needs.
 - `config/` (the environment, logging, redaction and the Celery app shell) imports nothing from
   `worker`; `config.logging` and `config.redaction` hold no environment, so any layer but the
   pure domain may use them.
