@@ -69,6 +69,13 @@ async def stream(request: Request) -> Response:
     params = query(request, {"after"})
     after = _stream_id(request.headers.get("last-event-id"), "Last-Event-ID")
     after = _stream_id(params.get("after"), "after") or after
+    return sse_response(request, after)
+
+
+def sse_response(request: Request, after: str | None, named: bool = True) -> Response:
+    """The event stream from `after` (None: from now on), refused with 503 past MAX_STREAMS.
+    `named=False` leaves out the `event:` line, so a browser's `onmessage` sees every event
+    (the ops console)."""
     state = request.app.state
     if getattr(state, "open_streams", 0) >= MAX_STREAMS:
         raise ApiError(
@@ -78,7 +85,7 @@ async def stream(request: Request) -> Response:
             headers={"Retry-After": "5"},
         )
     return StreamingResponse(
-        _tail(request, after),
+        _tail(request, after, named),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -94,7 +101,7 @@ async def _last_id(client: Redis, key: str) -> str:
     return row_id.decode() if isinstance(row_id, bytes) else str(row_id)
 
 
-async def _tail(request: Request, after: str | None) -> AsyncIterator[str]:
+async def _tail(request: Request, after: str | None, named: bool) -> AsyncIterator[str]:
     rt: Runtime = request.app.state.runtime
     state = request.app.state
     state.open_streams = getattr(state, "open_streams", 0) + 1
@@ -109,7 +116,7 @@ async def _tail(request: Request, after: str | None) -> AsyncIterator[str]:
             )
             for row_id, event in rows:
                 position = row_id
-                yield _frame(row_id, event)
+                yield _frame(row_id, event, named)
             if rows:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
@@ -121,9 +128,10 @@ async def _tail(request: Request, after: str | None) -> AsyncIterator[str]:
             await client.aclose()
 
 
-def _frame(row_id: str, event: dict[str, Any]) -> str:
+def _frame(row_id: str, event: dict[str, Any], named: bool = True) -> str:
     data = jsonlib.dumps(event, separators=(",", ":"))
-    return f"id: {row_id}\nevent: {event.get('event', 'message')}\ndata: {data}\n\n"
+    name = f"event: {event.get('event', 'message')}\n" if named else ""
+    return f"id: {row_id}\n{name}data: {data}\n\n"
 
 
 def routes() -> list[BaseRoute]:

@@ -19,11 +19,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from config.settings import Settings
-from worker.api import connect, connections, docs, events, proxy
+from worker.api import connect, connections, console, docs, events, proxy
 from worker.api.app import make_app
 
-# Route modules in mount order (the console joins here).
-MODULES: tuple[ModuleType, ...] = (connections, connect, proxy, events, docs)
+# Route modules in mount order.
+MODULES: tuple[ModuleType, ...] = (connections, connect, proxy, events, docs, console)
 GRACEFUL_SHUTDOWN = 10
 
 

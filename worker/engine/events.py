@@ -45,6 +45,8 @@ CONNECT_FAILED = "connection.connect_failed"  # denied, refused, expired or exch
 DUPLICATE_USER = "connection.duplicate_user"
 # An operator or host application removed the connection (revoked at Salesforce first).
 CONNECTION_REMOVED = "connection.removed"
+# Someone pressed a button in the ops console: `action`, `actor` (the API key's name), `outcome`.
+CONSOLE_ACTION = "console.action"
 
 # Events worth waking someone for; the rest are informational.
 ALERTS = frozenset(

@@ -70,15 +70,23 @@ async def list_connections(
     integration: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    prefix: str | None = None,
 ) -> ConnectionPage:
     """One page of connections (no secrets), sorted by id, after `cursor` (the previous page's
     `next_cursor`). An id cursor, not an offset: removals and additions between two pages
-    neither skip nor repeat the others."""
+    neither skip nor repeat the others. `prefix` keeps the ids starting with it (a bisection
+    of the sorted ids: only the page is read)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InputError(f"limit: expected 1 to {MAX_PAGE}, got {limit}")
     if cursor is not None:
         check_id("cursor", cursor)
     ids = await matching_ids(rt, status, integration)
+    if prefix:
+        low = bisect.bisect_left(ids, prefix)
+        high = low
+        while high < len(ids) and ids[high].startswith(prefix):
+            high += 1
+        ids = ids[low:high]
     start = bisect.bisect_right(ids, cursor) if cursor is not None else 0
     chosen = ids[start : start + limit]
     found = await rt.store.read_connections(chosen)
