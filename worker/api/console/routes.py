@@ -416,7 +416,8 @@ def action(name: str) -> guard.Handler:
 
 
 def routes() -> list[BaseRoute]:
-    return [
+    """The console's pages (not part of the API: left out of /openapi.json)."""
+    found: list[BaseRoute] = [
         Route("/console", guard.page(overview), methods=["GET"]),
         Route("/console/", guard.page(overview), methods=["GET"]),
         Route("/console/sign-in", sign_in_form, methods=["GET"]),
@@ -435,3 +436,7 @@ def routes() -> list[BaseRoute]:
         Route("/console/events/stream", guard.page(event_stream), methods=["GET"]),
         Route("/console/static/{name}", static, methods=["GET"]),
     ]
+    for route in found:
+        assert isinstance(route, Route)
+        route.include_in_schema = False
+    return found
