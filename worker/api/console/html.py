@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -203,13 +204,22 @@ def event_item(row_id: str, event: Mapping[str, Any]) -> str:
         for k in ("integration", "action", "actor", "outcome", "error", "error_description")
         if event.get(k) not in (None, "")
     )
-    ts = event.get("ts")
-    stamp = f'<time datetime="{esc(ts)}" title="{esc(ts)}">{esc(ts)}</time>' if ts else ""
+    stamp = when(_epoch(event.get("ts")))
     return (
         f'<li data-event="{esc(name)}" data-connection-id="{esc(cid)}" data-id="{esc(row_id)}" '
         f'class="ev{" alert" if name in ALERTS else ""}">{stamp} <code>{esc(name)}</code>'
         f"{who} {details}</li>"
     )
+
+
+def _epoch(ts: object) -> float | None:
+    """An event's ISO `ts` as epoch seconds (None when absent or malformed)."""
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def event_feed(

@@ -179,11 +179,8 @@
     li.setAttribute('data-event', ev.event || '');
     li.setAttribute('data-connection-id', ev.connection_id || '');
     li.setAttribute('data-id', id);
-    var t = document.createElement('time');
-    t.setAttribute('datetime', ev.ts || '');
-    t.title = ev.ts || '';
-    t.textContent = ev.ts || '';
-    li.appendChild(t);
+    var parsed = Date.parse(ev.ts || '');
+    li.appendChild(timeNode(isNaN(parsed) ? null : parsed / 1000));
     li.appendChild(document.createTextNode(' '));
     var code = document.createElement('code');
     code.textContent = ev.event || '';
@@ -218,7 +215,7 @@
       feed.insertBefore(li, feed.firstChild);
       while (feed.children.length > 200) feed.removeChild(feed.lastChild);
       applyFilter();
-      if (ev.connection_id) poll();
+      if (ev.connection_id) { poll(); pollCounts(); }
     };
   }
   if (filter) filter.addEventListener('change', applyFilter);
