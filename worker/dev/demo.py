@@ -196,6 +196,7 @@ def _run(env: dict[str, str], emulator_url: str, children: Children, duration: f
         _wait_http(api + "/healthz", "the api")
         key = asyncio.run(_admin_key(settings))
         _say(f"HTTP API {api} (docs {api}/docs); an admin API key: {key}")
+        _say(f"ops console {api}/console (sign in with that key)")
         _say(
             f"try: curl -s -H 'Authorization: Bearer {key}' "
             f"{api}/connections/customer-01/credentials"
