@@ -30,9 +30,11 @@ lint: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/tokenworker bench --quick
+	$(BIN)/tokenworker bench --api --quick --output bench-api-results.json
 
 bench-full: $(VENV)/.test-installed
 	$(BIN)/tokenworker bench
+	$(BIN)/tokenworker bench --api --output bench-api-results.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -47,3 +47,30 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
     assert results["params"]["mode"] == "smoke"
     assert "METRIC" in done.stdout and "idle_sweep_ms_1m" in done.stdout
     assert _leftovers() <= before
+
+
+def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
+    """`tokenworker bench --api --smoke`: the api, a worker and the load generator run; every
+    figure of the api table is written, fresh reads cost no Salesforce call."""
+    from worker.dev.bench.api import REQUIRED as API_REQUIRED  # noqa: PLC0415
+
+    before = _leftovers()
+    output = tmp_path / "bench-api.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "--api", "--smoke", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for key in API_REQUIRED:
+        assert isinstance(results[key], int | float) and not isinstance(results[key], bool), key
+    assert results["reads_per_s"] > 0 and results["p99_ms"] > 0
+    assert results["salesforce_calls"] == 0
+    assert results["details"]["closed_loop"]["errors"] == {}
+    assert results["nango_reads_per_s"] == 8 / 0.05
+    assert results["params"]["mode"] == "api-smoke"
+    assert "reads_per_s" in done.stdout and "nango_reads_per_s" in done.stdout
+    assert _leftovers() <= before

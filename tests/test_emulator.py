@@ -180,6 +180,34 @@ def test_rotation_issues_new_refresh_token_and_reuse_revokes_grant(http: httpx.C
     assert http.get("/_admin/stats").json()["reuse_revocations"] == 1
 
 
+def test_every_resent_refresh_token_is_counted(http: httpx.Client) -> None:
+    """`refresh_token_resends` counts token calls whose refresh token was sent before, with
+    or without rotation (without it, resending is the normal case)."""
+    add_client(http, rotation=True)
+    grant = new_grant(http)
+    first = refresh(http, grant["refresh_token"]).json()
+    assert http.get("/_admin/stats").json()["refresh_token_resends"] == 0
+    refresh(http, grant["refresh_token"])  # consumed: a resend (and a reuse)
+    refresh(http, first["refresh_token"])  # the grant is dead, but this one was never sent
+    assert http.get("/_admin/stats").json()["refresh_token_resends"] == 1
+
+
+def test_token_truth_tells_expiry_without_extending_the_session(
+    emu: EmulatorThread, http: httpx.Client
+) -> None:
+    """POST /_admin/tokens: known, active and exp of each token, in order; no extension."""
+    grant = new_grant(http, lifetime=2)
+    truth = http.post("/_admin/tokens", json={"tokens": [grant["access_token"], "00Dnope"]})
+    first, unknown = truth.json()["tokens"]
+    assert first["known"] is True and first["active"] is True
+    assert first["exp"] == pytest.approx(time.time() + 2, abs=1)
+    assert unknown == {"known": False, "active": False, "exp": None}
+    time.sleep(1.2)  # past half-life: a REST call now would extend the session
+    again = http.post("/_admin/tokens", json={"tokens": [grant["access_token"]]})
+    assert again.json()["tokens"][0]["exp"] == first["exp"]
+    assert http.post("/_admin/tokens", json={"tokens": "x"}).status_code == 400
+
+
 def test_previous_access_tokens_stay_valid_after_refresh(http: httpx.Client) -> None:
     """A refresh does not end the sessions issued before it."""
     grant = new_grant(http)
@@ -643,6 +671,7 @@ def test_stats_count_every_call_including_faulted(http: httpx.Client) -> None:
         "revoke_calls": 1,
         "data_calls": 1,
         "reuse_revocations": 0,
+        "refresh_token_resends": 1,  # no rotation: the same refresh token, sent again
         "concurrent_refresh_rejections": 0,
         "authorize_calls": 0,
         "consents_allowed": 0,

@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from worker.dev.bench.scenarios import Run  # noqa: PLC0415
     from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
 
-    params = bench_params.from_args(args)
     configure("json", level=logging.WARNING)  # the in-process scenarios' events stay quiet
+    if args.api:
+        return _run_api(args)
+    params = bench_params.from_args(args)
     restore = sigterm_as_exit()
     started = time.monotonic()
     say(f"{params.mode} run; results to {args.output}")
@@ -79,4 +81,40 @@ def run(args: argparse.Namespace) -> int:
     report.write(args.output, document)
     say(f"done in {document['seconds']:g}s; wrote {args.output}")
     report.table(figures, bench.notes, sys.stdout)
+    return 0
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    """`bench --api`: the api scenario alone, its document written like the main run's."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from worker.dev.bench import api, report  # noqa: PLC0415
+    from worker.dev.bench.progress import say  # noqa: PLC0415
+    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
+
+    params = api.PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.api_processes:
+        params = replace(params, api_processes=args.api_processes)
+    restore = sigterm_as_exit()
+    started = time.monotonic()
+    say(f"{params.mode} run; results to {args.output}")
+    try:
+        with Workspace() as ws:
+            figures, notes, details = api.run(ws, params, args.profile)
+            machine = report.machine(ws.redis().url)
+    finally:
+        restore()
+    document: dict[str, Any] = {
+        **figures,
+        "passed": report.verdicts(figures, report.API_TARGETS),
+        "notes": notes,
+        "machine": machine,
+        "params": params.as_dict(),
+        "command": "tokenworker " + " ".join(sys.argv[1:]),
+        "seconds": round(time.monotonic() - started, 1),
+        "details": details,
+    }
+    report.write(args.output, document)
+    say(f"done in {document['seconds']:g}s; wrote {args.output}")
+    report.table(figures, notes, sys.stdout, report.API_TARGETS)
     return 0

@@ -116,6 +116,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-celery", action="store_true", help="throughput in this process, not on Celery"
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the Celery worker into DIR")
+    parser.add_argument(
+        "--api",
+        action="store_true",
+        help="instead: credential reads of fresh tokens through the api process (issue 13)",
+    )
+    parser.add_argument(
+        "--api-processes", type=int, help="--api: api processes serving the load (default 2)"
+    )
 
 
 def from_args(args: argparse.Namespace) -> BenchParams:

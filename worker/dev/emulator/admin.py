@@ -119,6 +119,7 @@ class AdminApi:
             ("DELETE", "faults"): self._clear_faults,
             ("GET", "stats"): self._stats,
             ("POST", "stats/reset"): self._reset_stats,
+            ("POST", "tokens"): self._tokens,
         }
         self._grant_actions: dict[tuple[str, str], Callable[[Grant], Response]] = {
             ("GET", ""): self._grant_view,
@@ -378,6 +379,7 @@ class AdminApi:
             "revoke_calls": stats.revoke_calls,
             "data_calls": stats.data_calls,
             "reuse_revocations": stats.reuse_revocations,
+            "refresh_token_resends": stats.refresh_token_resends,
             "concurrent_refresh_rejections": stats.concurrent_refresh_rejections,
             "authorize_calls": stats.authorize_calls,
             "consents_allowed": stats.consents_allowed,
@@ -391,6 +393,15 @@ class AdminApi:
         if asked or len(self.state.grants) <= BY_GRANT_LIMIT:
             payload["token_calls_by_grant"] = dict(stats.token_calls_by_grant)
         return _reply(payload)
+
+    def _tokens(self, request: Request) -> Response:
+        """The org's truth about access tokens (POST, so tokens never sit in a URL):
+        `{"tokens": [...]}` -> `{"tokens": [{known, active, exp}, ...]}` in the same order.
+        Unlike a REST call this never extends a session."""
+        tokens = _object(request).get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise AdminError(400, "tokens must be a list of strings")
+        return _reply({"tokens": [self.state.access_truth(token) for token in tokens]})
 
     def _reset_stats(self, request: Request) -> Response:
         self.state.reset_stats()

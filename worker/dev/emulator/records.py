@@ -130,4 +130,7 @@ class Stats:
     api_usage: int = 0  # successful REST calls, as Sforce-Limit-Info reports them
     reuse_revocations: int = 0
     concurrent_refresh_rejections: int = 0
+    # Token calls carrying a refresh token some earlier call already carried (with rotation
+    # on, every one is a bug of the client: a second send of a consumed token).
+    refresh_token_resends: int = 0
     token_calls_by_grant: Counter[str] = field(default_factory=Counter)

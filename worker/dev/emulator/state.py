@@ -119,6 +119,8 @@ class State:
         self._access: dict[str, AccessToken] = {}
         # Every refresh token ever issued, current or consumed: reuse detection needs the old.
         self._refresh: dict[str, Grant] = {}
+        # Every refresh token a token call ever carried (kept across stats resets).
+        self._sent_refresh: set[str] = set()
         self._access_prefix = self.org_id[:15] + "!AQ"
         self._seq = 0
         self._entropy = _Entropy()
@@ -292,6 +294,14 @@ class State:
     def find_access(self, token: str) -> AccessToken | None:
         return self._access.get(token)
 
+    def access_truth(self, token: str) -> dict[str, object]:
+        """What the org knows of an access token, without using it (no session extension):
+        unknown (never issued, or expired and forgotten), or its expiry and whether it is live."""
+        access = self._access.get(token)
+        if access is None:
+            return {"known": False, "active": False, "exp": None}
+        return {"known": True, "active": access.active(self.clock()), "exp": access.exp}
+
     def grant_of_refresh_token(self, token: str) -> Grant | None:
         return self._refresh.get(token)
 
@@ -382,6 +392,10 @@ class State:
         if endpoint == "token":
             stats.token_calls += 1
             grant = self._refresh.get(refresh_token) if refresh_token else None
+            if refresh_token:
+                if refresh_token in self._sent_refresh:
+                    stats.refresh_token_resends += 1
+                self._sent_refresh.add(refresh_token)
             if grant is not None:
                 stats.token_calls_by_grant[grant.grant_id] += 1
         elif endpoint == "introspect":

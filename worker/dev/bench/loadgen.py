@@ -1,0 +1,202 @@
+"""A lean HTTP/1.1 load generator: keep-alive connections, one request in flight on each,
+raw asyncio protocols on uvloop, in its own process(es).
+
+Why not httpx or aiohttp: on a 2-core box every CPU cycle the generator spends is taken from
+the api it measures. A client that writes prebuilt request bytes and reads `Content-Length`
+bodies costs a few microseconds per request (aiohttp: tens), so the figures are the api's.
+
+Each process runs `clients` connections spread over the api ports; requests started in the
+measured window [start + warmup, start + warmup + duration) are timed (send to last byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+
+@dataclass
+class LoadResult:
+    """One generator process's share of the measured window."""
+
+    reads: int = 0  # 200s with credentials in the window
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # this process's CPU time during the window
+    last_done: float = 0.0  # epoch seconds of the last answer counted
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower()
+        at = head.find(b"content-length:")
+        if at < 0:
+            waiter.set_exception(ConnectionError("no content-length"))
+            return
+        stop = head.find(b"\r\n", at)
+        length = int(head[at + 15 : stop if stop >= 0 else len(head)])
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        status = int(head[9:12])
+        body = bytes(self.buf[end + 4 : total])
+        del self.buf[:total]
+        waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.waiter = self.loop.create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+def requests_for(host: str, port: int, paths: list[str], key: str) -> list[bytes]:
+    return [
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {key}\r\nAccept: */*\r\n\r\n"
+        ).encode()
+        for path in paths
+    ]
+
+
+async def _cpu_window(begin: float, end: float, cpu: list[float]) -> None:
+    """This process's CPU seconds at the window's start and end, appended to `cpu`."""
+    await asyncio.sleep(max(0.0, begin - time.time()))
+    cpu.append(sum(os.times()[:2]))
+    await asyncio.sleep(max(0.0, end - time.time()))
+    cpu.append(sum(os.times()[:2]))
+
+
+async def _generate(
+    ports: list[int],
+    paths: list[str],
+    key: str,
+    clients: int,
+    offset: int,
+    start: float,
+    warmup: float,
+    duration: float,
+    rate: float | None,
+) -> LoadResult:
+    loop = asyncio.get_running_loop()
+    result = LoadResult()
+    by_port = {port: requests_for("127.0.0.1", port, paths, key) for port in ports}
+    begin, end = start + warmup, start + warmup + duration
+    cpu: list[float] = []
+
+    async def client(n: int) -> None:
+        port = ports[(offset + n) % len(ports)]
+        requests = by_port[port]
+        _, conn = await loop.create_connection(lambda: _Conn(loop), "127.0.0.1", port)
+        i = (offset + n) * 7919
+        # Paced: this client's k-th request is due at a fixed time, and its latency runs from
+        # then (a late answer delays the next send, but that wait is counted: no coordinated
+        # omission). Closed loop: the next request goes as soon as the answer is in.
+        interval = clients / rate if rate else 0.0
+        due = start + (n / clients) * interval
+        while True:
+            now = time.time()
+            if interval:
+                if due > now:
+                    await asyncio.sleep(due - now)
+                sent = due
+                due += interval
+            else:
+                sent = now
+            if sent >= end:
+                break
+            data = requests[i % len(requests)]
+            i += 1
+            try:
+                status, body = await conn.request(data)
+            except ConnectionError as error:
+                result.errors[str(error)] = result.errors.get(str(error), 0) + 1
+                _, conn = await loop.create_connection(lambda: _Conn(loop), "127.0.0.1", port)
+                continue
+            if sent < begin:
+                continue
+            if status == 200 and b'"access_token"' in body:
+                done = time.time()
+                result.reads += 1
+                result.latencies_ms.append((done - sent) * 1000.0)
+                result.last_done = max(result.last_done, done)
+            else:
+                name = f"HTTP {status}"
+                result.errors[name] = result.errors.get(name, 0) + 1
+        assert conn.transport is not None
+        conn.transport.close()
+
+    await asyncio.sleep(max(0.0, start - time.time()))
+    await asyncio.gather(_cpu_window(begin, end, cpu), *(client(n) for n in range(clients)))
+    result.cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else 0.0
+    return result
+
+
+def _process(args: tuple[Any, ...], out: Any) -> None:
+    import uvloop  # noqa: PLC0415
+
+    out.put(uvloop.run(_generate(*args)))
+
+
+def run(
+    ports: list[int],
+    paths: list[str],
+    key: str,
+    clients: int,
+    processes: int,
+    warmup: float,
+    duration: float,
+    rate: float | None = None,
+) -> list[LoadResult]:
+    """`clients` keep-alive connections over `processes` processes, closed loop or paced to
+    `rate` requests/s in all; blocks until the window ends and returns each process's result."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 2.0  # every process started and connected before the clock runs
+    share = [clients // processes + (1 if n < clients % processes else 0) for n in range(processes)]
+    procs = []
+    offset = 0
+    for n in range(processes):
+        part = rate * share[n] / clients if rate else None
+        args = (ports, paths, key, share[n], offset, start, warmup, duration, part)
+        offset += share[n]
+        proc = ctx.Process(target=_process, args=(args, out), daemon=True)
+        proc.start()
+        procs.append(proc)
+    results: list[LoadResult] = []
+    deadline = time.monotonic() + 2.0 + warmup + duration + 60.0
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            if time.monotonic() > deadline or any(not p.is_alive() for p in procs):
+                raise RuntimeError("a load generator process failed or stalled") from None
+    for proc in procs:
+        proc.join(10)
+    return results
