@@ -399,23 +399,25 @@ class TestRotationSafety:
         """Worker A stalls past its lease; B refreshes; A's refresh is aborted, the grant lives."""
 
         a, b = runtime_for(), runtime_for()
-        [(cid, grant)] = await connect(a, emu, rotation=True)
-        emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
-        emu.fault(endpoint="introspect", delay_s=1.0)
-        slow = asyncio.create_task(a.refresher.check(cid))
-        await asyncio.sleep(0.3)  # A holds the lease and waits on introspection
-        await a.redis.delete(a.store.keys.lease(cid))  # A's lease "expires"
-        b_result = await b.refresher.check(cid, force=True)
-        a_result = await slow
-        view = emu.grant(grant["grant_id"])
-        stored = await b.store.get_connection(cid)
-        assert b_result.outcome is Outcome.REFRESHED
-        assert a_result.outcome is Outcome.CONTENDED
-        assert a_result.reason == "lease lost before refresh"
-        assert view["revoked"] is False and view["refresh_count"] == 1
-        assert stored is not None and stored.refresh_token == view["refresh_token"]
-        await a.close()
-        await b.close()
+        try:
+            [(cid, grant)] = await connect(a, emu, rotation=True)
+            emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
+            emu.fault(endpoint="introspect", delay_s=1.0)
+            slow = asyncio.create_task(a.refresher.check(cid))
+            await asyncio.sleep(0.3)  # A holds the lease and waits on introspection
+            await a.redis.delete(a.store.keys.lease(cid))  # A's lease "expires"
+            b_result = await b.refresher.check(cid, force=True)
+            a_result = await slow
+            view = emu.grant(grant["grant_id"])
+            stored = await b.store.get_connection(cid)
+            assert b_result.outcome is Outcome.REFRESHED
+            assert a_result.outcome is Outcome.CONTENDED
+            assert a_result.reason == "lease lost before refresh"
+            assert view["revoked"] is False and view["refresh_count"] == 1
+            assert stored is not None and stored.refresh_token == view["refresh_token"]
+        finally:
+            await a.close()
+            await b.close()
 
 
 class TestKeepAlive:

@@ -195,22 +195,24 @@ class TestConcurrency:
     ) -> None:
         """Two workers checking one due connection at once: one refresh, one contended."""
 
-        emu.post("/_admin/config", {"latency_ms": 200})
+        first, second = runtime_for(), runtime_for()
         try:
-            first, second = runtime_for(), runtime_for()
-            [(cid, grant)] = await connect(first, emu, rotation=True)
-            emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
-            results = await asyncio.gather(
-                first.refresher.check(cid), second.refresher.check(cid)
-            )
+            emu.post("/_admin/config", {"latency_ms": 200})
+            try:
+                [(cid, grant)] = await connect(first, emu, rotation=True)
+                emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
+                results = await asyncio.gather(
+                    first.refresher.check(cid), second.refresher.check(cid)
+                )
+            finally:
+                emu.post("/_admin/config", {"latency_ms": 0})
+            outcomes = sorted(r.outcome.value for r in results)
+            assert outcomes == ["contended", "refreshed"]
+            assert emu.token_calls(grant["grant_id"]) == 1
+            assert emu.grant(grant["grant_id"])["revoked"] is False
         finally:
-            emu.post("/_admin/config", {"latency_ms": 0})
-        outcomes = sorted(r.outcome.value for r in results)
-        assert outcomes == ["contended", "refreshed"]
-        assert emu.token_calls(grant["grant_id"]) == 1
-        assert emu.grant(grant["grant_id"])["revoked"] is False
-        await first.close()
-        await second.close()
+            await first.close()
+            await second.close()
 
     async def test_rotation_grant_survives_many_cycles(
         self, runtime_for: RuntimeFor, emu: Emu

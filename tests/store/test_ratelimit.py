@@ -24,19 +24,21 @@ async def test_two_processes_share_one_budget(runtime_for: RuntimeFor) -> None:
     about 2 s; another integration's bucket is untouched."""
 
     a, b = runtime_for(), runtime_for()
-    first = RateLimiter(a.redis, a.store.keys, 20.0)
-    second = RateLimiter(b.redis, b.store.keys, 20.0)
-    started = time.monotonic()
-    await asyncio.gather(
-        *(first.take("acme") for _ in range(30)), *(second.take("acme") for _ in range(30))
-    )
-    elapsed = time.monotonic() - started
-    assert elapsed >= 1.7, elapsed
-    other = RateLimiter(a.redis, a.store.keys, 20.0, max_wait=0.0)
-    for _ in range(20):  # a full bucket of its own: none of these waits
-        await other.take("globex")
-    await a.close()
-    await b.close()
+    try:
+        first = RateLimiter(a.redis, a.store.keys, 20.0)
+        second = RateLimiter(b.redis, b.store.keys, 20.0)
+        started = time.monotonic()
+        await asyncio.gather(
+            *(first.take("acme") for _ in range(30)), *(second.take("acme") for _ in range(30))
+        )
+        elapsed = time.monotonic() - started
+        assert elapsed >= 1.7, elapsed
+        other = RateLimiter(a.redis, a.store.keys, 20.0, max_wait=0.0)
+        for _ in range(20):  # a full bucket of its own: none of these waits
+            await other.take("globex")
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_no_permit_in_time_is_throttled_with_a_retry_hint(runtime_for: RuntimeFor) -> None:
