@@ -8,6 +8,7 @@ other's data and nothing needs flushing.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -37,6 +38,21 @@ FAST = {
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an `async def test_...` to completion in a fresh event loop, as `run` does.
+
+    Ten lines instead of pytest-asyncio: no new dependency, and the fixtures stay plain
+    sync functions (the async clients a test needs are built inside its own loop, by the
+    test, through factories such as `runtime_for`).
+    """
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    run(pyfuncitem.obj(**arguments))
+    return True
 
 
 @pytest.fixture(scope="session")

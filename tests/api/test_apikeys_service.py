@@ -6,18 +6,17 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import run
 from worker.engine.runtime import Runtime
 from worker.errors import InputError, NotFoundError
 from worker.service import apikeys
 from worker.store.apikeys import ApiKeys, Scope
 
 
-def test_create_list_revoke(runtime_for: Callable[..., Runtime]) -> None:
+async def test_create_list_revoke(runtime_for: Callable[..., Runtime]) -> None:
     """The key is returned once and works; list shows no key; revoke ends it."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         key, record = await apikeys.create(rt, "billing-app", "connect")
         assert record.as_dict()["scope"] == "connect" and key.startswith("tw_")
         found = await ApiKeys(rt.redis, rt.settings.key_prefix).lookup(key)
@@ -28,14 +27,13 @@ def test_create_list_revoke(runtime_for: Callable[..., Runtime]) -> None:
         assert await ApiKeys(rt.redis, rt.settings.key_prefix).lookup(key) is None
         with pytest.raises(NotFoundError):
             await apikeys.revoke(rt, "billing-app")
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_bad_input_names_the_option(runtime_for: Callable[..., Runtime]) -> None:
-    async def scenario() -> None:
-        rt = runtime_for()
+async def test_bad_input_names_the_option(runtime_for: Callable[..., Runtime]) -> None:
+    rt = runtime_for()
+    try:
         with pytest.raises(InputError, match="--scope"):
             await apikeys.create(rt, "x", "root")
         with pytest.raises(InputError, match="--name"):
@@ -43,6 +41,5 @@ def test_bad_input_names_the_option(runtime_for: Callable[..., Runtime]) -> None
         await apikeys.create(rt, "x", "read")
         with pytest.raises(InputError, match="--name"):
             await apikeys.create(rt, "x", "read")
+    finally:
         await rt.close()
-
-    run(scenario())

@@ -11,7 +11,7 @@ import pytest
 
 from tests.api.conftest import Api
 from tests.api.test_credentials import calls, expire_soon
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect, names_of
 from worker.api import events
 from worker.domain.models import ConnectionStatus, LastError
@@ -243,20 +243,19 @@ def test_every_route_needs_a_key(api: Api, method: str, path: str) -> None:
     assert answer.status_code == 401 and answer.json()["error"] == "unauthorized"
 
 
-def test_concurrent_admin_refreshes_make_one_token_call(
+async def test_concurrent_admin_refreshes_make_one_token_call(
     runtime_for: Callable[..., Runtime], emu: Emu
 ) -> None:
     """Two refreshes asked at once: one is sent, the other is answered by it."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         [(cid, grant)] = await connect(rt, emu)
         results = await asyncio.gather(*(management.refresh_connection(rt, cid) for _ in range(2)))
         assert sorted(r.outcome.value for r in results) == ["refreshed", "superseded"]
         assert emu.token_calls(grant["grant_id"]) == 1
+    finally:
         await rt.close()
-
-    run(scenario())
 
 
 def test_event_streams_are_capped(api: Api) -> None:

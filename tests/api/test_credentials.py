@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect, names_of
 from worker.domain.models import ConnectionStatus, ExpirySource, IntegrationStatus, LastError
 from worker.engine.runtime import Runtime
@@ -44,13 +44,13 @@ async def writes(rt: Runtime) -> int:
 
 
 class TestFresh:
-    def test_a_fresh_token_costs_no_call_to_salesforce(
+    async def test_a_fresh_token_costs_no_call_to_salesforce(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A token valid past the margin comes from the store alone, with its facts."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             before = calls(emu)
             got = await svc.credentials(rt, cid)
@@ -61,17 +61,16 @@ class TestFresh:
             assert got.expiry_source == "assumed"
             assert got.expires_at == pytest.approx(time.time() + 3600, abs=10)
             assert grant["access_token"] not in repr(got)
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_min_ttl_beyond_the_stored_expiry_refreshes_once(
+    async def test_min_ttl_beyond_the_stored_expiry_refreshes_once(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A token valid for less than min_ttl is never handed out: one refresh, a new token."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             await expire_soon(rt, cid, 600)
             assert (await svc.credentials(rt, cid, min_ttl=500)).access_token == grant[
@@ -83,17 +82,16 @@ class TestFresh:
             assert got.expires_at - time.time() >= 700
             assert emu.token_calls(grant["grant_id"]) == 1
             assert "token.refreshed" in await names_of(rt)
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_the_default_min_ttl_is_the_workers_margin(
+    async def test_the_default_min_ttl_is_the_workers_margin(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Within TOKENWORKER_REFRESH_MARGIN (300 s here) of expiry a default read refreshes."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             await expire_soon(rt, cid, 310)
             await svc.credentials(rt, cid)
@@ -101,33 +99,31 @@ class TestFresh:
             await expire_soon(rt, cid, 290)
             await svc.credentials(rt, cid)
             assert emu.token_calls(grant["grant_id"]) == 1
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_fresh_read_writes_nothing(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_a_fresh_read_writes_nothing(self, runtime_for: RuntimeFor, emu: Emu) -> None:
         """A fresh token is a plain read: no lease taken, nothing written to the store."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             await svc.credentials(rt, cid)  # integration cached, like any later read
             before = await writes(rt)
             for _ in range(5):
                 assert (await svc.credentials(rt, cid)).access_token == grant["access_token"]
             assert await writes(rt) == before
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_the_default_never_exceeds_half_the_session_lifetime(
+    async def test_the_default_never_exceeds_half_the_session_lifetime(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """15-minute sessions with a 15-minute margin: a token with 10 minutes left is handed
         out (the workers' margin is 7.5 minutes), not refreshed on every read."""
 
-        async def scenario() -> None:
-            rt = runtime_for(refresh_margin="900")
+        rt = runtime_for(refresh_margin="900")
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=900)
             conn = await rt.store.get_connection(cid)
             assert conn is not None
@@ -140,15 +136,16 @@ class TestFresh:
             )
             assert (await svc.credentials(rt, cid)).access_token == grant["access_token"]
             assert emu.token_calls(grant["grant_id"]) == 0
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_min_ttl_above_half_the_lifetime_is_refused(self, runtime_for: RuntimeFor) -> None:
+    async def test_min_ttl_above_half_the_lifetime_is_refused(
+        self, runtime_for: RuntimeFor
+    ) -> None:
         """No refresh could meet it for long: refused, naming the limit."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             from tests.helpers import SANDBOX_INTEGRATION  # noqa: PLC0415
             from worker.domain.models import Connection  # noqa: PLC0415
 
@@ -159,20 +156,19 @@ class TestFresh:
                 await svc.credentials(rt, "c-ttl", min_ttl=451)
             assert refused.value.limit == 450
             assert (await svc.credentials(rt, "c-ttl", min_ttl=450)).access_token == "at"
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestSingleFlight:
-    def test_a_refresh_done_by_the_lease_holder_is_not_repeated(
+    async def test_a_refresh_done_by_the_lease_holder_is_not_repeated(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A read that finds the lease taken waits, re-reads under it, and uses what the
         holder stored: no refresh token is sent."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant), (_, other)] = await connect(rt, emu, count=2, lifetime=3600)
             await expire_soon(rt, cid, 10)
             lease = rt.store.keys.lease(cid)
@@ -190,18 +186,17 @@ class TestSingleFlight:
             got = await asyncio.wait_for(reader, 5)
             assert got.access_token == other["access_token"]
             assert emu.token_calls(grant["grant_id"]) == 0
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_hundred_reports_of_one_rejected_token_cause_one_refresh(
+    async def test_a_hundred_reports_of_one_rejected_token_cause_one_refresh(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """100 concurrent token_rejected calls with the stored token: exactly one token call,
         and every caller gets the one new token."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600, rotation=True)
             old = grant["access_token"]
             answers = await asyncio.wait_for(
@@ -210,17 +205,16 @@ class TestSingleFlight:
             assert emu.token_calls(grant["grant_id"]) == 1
             assert {a.access_token for a in answers} != {old}
             assert len({a.access_token for a in answers}) == 1
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_token_already_replaced_returns_the_current_one_without_a_call(
+    async def test_a_token_already_replaced_returns_the_current_one_without_a_call(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Reporting an old token answers with the stored one; Salesforce is not asked."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             fresh = await svc.token_rejected(rt, cid, grant["access_token"])
             before = calls(emu)
@@ -228,30 +222,28 @@ class TestSingleFlight:
             assert again.access_token == fresh.access_token
             assert calls(emu) == before
             assert emu.token_calls(grant["grant_id"]) == 1
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestUnusable:
-    def test_unknown_connection_is_not_found(self, runtime_for: RuntimeFor) -> None:
-        async def scenario() -> None:
-            rt = runtime_for()
+    async def test_unknown_connection_is_not_found(self, runtime_for: RuntimeFor) -> None:
+        rt = runtime_for()
+        try:
             with pytest.raises(NotFoundError):
                 await svc.credentials(rt, "nobody")
             with pytest.raises(NotFoundError):
                 await svc.token_rejected(rt, "nobody", "x")
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_reauth_required_carries_salesforces_verdict(
+    async def test_reauth_required_carries_salesforces_verdict(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A dead grant: ReauthRequired with last_error, no call to Salesforce, no lease."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu)
             conn = await rt.store.get_connection(cid)
             assert conn is not None
@@ -266,34 +258,32 @@ class TestUnusable:
             assert dead.value.last_error is not None
             assert dead.value.last_error["error"] == "invalid_grant"
             assert calls(emu) == before
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_revoked_grant_found_by_the_read_is_reauth_required(
+    async def test_a_revoked_grant_found_by_the_read_is_reauth_required(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """The refresh the read makes learns the grant is dead: 409, not 503."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
             await expire_soon(rt, cid, 10)
             with pytest.raises(ReauthRequired):
                 await svc.credentials(rt, cid)
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_salesforce_down_is_unavailable_and_not_retried_before_the_backoff(
+    async def test_salesforce_down_is_unavailable_and_not_retried_before_the_backoff(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A failed refresh: SalesforceUnavailable with retry_after; the next read inside the
         backoff answers the same without sending the refresh token again."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             await expire_soon(rt, cid, 10)
             emu.fault(endpoint="token", mutate="html_503", count=None)
@@ -305,17 +295,16 @@ class TestUnusable:
                 await svc.credentials(rt, cid)
             assert 0 < second.value.retry_after <= first.value.retry_after
             assert emu.token_calls(grant["grant_id"]) == 1
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_misconfigured_integration_is_unavailable_without_a_call(
+    async def test_a_misconfigured_integration_is_unavailable_without_a_call(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Its connections are paused for the workers; reads do not hammer Salesforce."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu)
             await expire_soon(rt, cid, 10)
             last = LastError("invalid_client", "invalid client credentials", 400, time.time())
@@ -325,6 +314,5 @@ class TestUnusable:
                 await svc.credentials(rt, cid)
             assert paused.value.error is not None and paused.value.error.error == "invalid_client"
             assert calls(emu) == before
+        finally:
             await rt.close()
-
-        run(scenario())

@@ -163,25 +163,22 @@ class TestStream:
         assert all(line == "" or line.startswith(":") for line in rest)
 
 
-def test_a_hundred_concurrent_reports_over_http_make_one_refresh(
+async def test_a_hundred_concurrent_reports_over_http_make_one_refresh(
     live: Running, runtime_for: RuntimeFor, emu: Emu
 ) -> None:
-    async def scenario() -> None:
-        rt = runtime_for()
-        [(cid, grant)] = await connect(rt, emu, rotation=True)
-        made, _ = await apikeys.create(rt, "reporter", "connect")
-        await rt.close()
-        auth = {"Authorization": f"Bearer {made}"}
-        body = {"access_token": grant["access_token"]}
-        async with httpx.AsyncClient(base_url=live.base, headers=auth, timeout=30) as http:
-            answers = await asyncio.gather(
-                *(http.post(f"/connections/{cid}/token-rejected", json=body) for _ in range(100))
-            )
-        assert {a.status_code for a in answers} == {200}
-        assert len({a.json()["access_token"] for a in answers}) == 1
-        assert emu.token_calls(grant["grant_id"]) == 1
-
-    run(scenario())
+    rt = runtime_for()
+    [(cid, grant)] = await connect(rt, emu, rotation=True)
+    made, _ = await apikeys.create(rt, "reporter", "connect")
+    await rt.close()
+    auth = {"Authorization": f"Bearer {made}"}
+    body = {"access_token": grant["access_token"]}
+    async with httpx.AsyncClient(base_url=live.base, headers=auth, timeout=30) as http:
+        answers = await asyncio.gather(
+            *(http.post(f"/connections/{cid}/token-rejected", json=body) for _ in range(100))
+        )
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["access_token"] for a in answers}) == 1
+    assert emu.token_calls(grant["grant_id"]) == 1
 
 
 def test_the_api_process_logs_no_key_or_token(

@@ -1,5 +1,6 @@
-"""The faults suite's harness: real processes in their own process groups, CLI runs, polling
-with deadlines, Redis snapshots, and a ledger of every secret and every captured output that
+"""The faults suite's harness, over the shared one in tests/processes.py (processes in their
+own process groups, CLI runs, runtimes, polling with deadlines): fleets of workers and beats,
+Redis snapshots, and a ledger of every secret and every captured output that
 the final secrecy scan (tests/faults/test_secrets_scan.py) reads.
 
 Timing used across the suite (small on purpose, so recovery bounds are seconds):
@@ -8,7 +9,6 @@ sweep every 2 s, lease 5 s, HTTP timeout 2 s, hence a claim window of max(2 x 5,
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -17,11 +17,10 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +30,14 @@ import redis
 
 from tests.conftest import FAST, TEST_KEYS
 from tests.helpers import connect
+from tests.processes import (
+    Proc,
+    celery_argv,
+    wait_until,
+    with_runtime,
+    worker_args,
+)
+from tests.processes import cli as run_cli
 from worker.dev.embedded import EmbeddedRedis
 from worker.engine.runtime import Runtime
 
@@ -40,7 +47,6 @@ SWEEP_INTERVAL = 2.0
 LEASE_TTL = 5.0
 HTTP_TIMEOUT = 2.0
 CLAIM_WINDOW = max(2 * LEASE_TTL, 2 * SWEEP_INTERVAL)  # worker.engine.sweep.claim_window
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -66,18 +72,6 @@ class Ledger:
         path.touch()
         self.files.append(path)
         return path
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(interval)
 
 
 # -- environments and runtimes ----------------------------------------------------------
@@ -107,25 +101,6 @@ def process_env(store_url: str, broker_url: str, prefix: str, **overrides: str) 
     )
     env.update({f"TOKENWORKER_{k.upper()}": v for k, v in overrides.items()})
     return env
-
-
-def open_runtime(env: dict[str, str]) -> Runtime:
-    from config.settings import Settings  # noqa: PLC0415
-
-    return Runtime.open(Settings.from_env(env))
-
-
-def with_runtime(env: dict[str, str], work: Callable[[Runtime], Awaitable[T]]) -> T:
-    """Run `work` with a fresh Runtime in its own event loop, closing it after."""
-
-    async def go() -> T:
-        rt = open_runtime(env)
-        try:
-            return await work(rt)
-        finally:
-            await rt.close()
-
-    return asyncio.run(go())
 
 
 def seed(env: dict[str, str], emu: Any, **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -158,53 +133,6 @@ def events_for(env: dict[str, str], connection_id: str | None = None) -> list[di
 # -- processes --------------------------------------------------------------------------
 
 
-class Proc:
-    """A child process that leads its own process group (a Celery worker and its prefork
-    children share it), logging to a file the ledger scans."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        with open(log, "ab") as handle:
-            self.popen = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=ROOT,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL the whole group at once: parent and children get no chance to clean up."""
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, grace: float = 15.0) -> None:
-        if self.popen.poll() is None:
-            self.signal_group(signal.SIGCONT)
-            self.signal_group(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(grace)
-        # Whatever is left in the group (orphaned prefork children too) goes now.
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, size: int = 4000) -> str:
-        return self.log()[-size:]
-
-
 class Fleet:
     """The worker and beat processes of one test; every group is stopped at teardown."""
 
@@ -221,21 +149,16 @@ class Fleet:
         self, env: dict[str, str], concurrency: int = 2, queues: str = "sweep,refresh,ops"
     ) -> Worker:
         node = f"f{uuid.uuid4().hex[:8]}"
-        argv = [
-            sys.executable, "-m", "celery", "-A", "config.celery", "worker",
-            "-Q", queues, "-c", str(concurrency), "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip", "-n", f"{node}@%h",
-        ]  # fmt: skip
-        proc = self.start("worker", argv, env)
+        proc = self.start(
+            "worker", celery_argv(*worker_args(f"{node}@%h", concurrency, queues)), env
+        )
         return Worker(proc, f"{node}@{socket.gethostname()}", env)
 
     def beat(self, env: dict[str, str]) -> Proc:
         schedule = self.ledger.directory / f"beat-{uuid.uuid4().hex[:8]}"
-        argv = [
-            sys.executable, "-m", "celery", "-A", "config.celery", "beat",
-            "-s", str(schedule), "--loglevel", "INFO",
-        ]  # fmt: skip
-        return self.start("beat", argv, env)
+        return self.start(
+            "beat", celery_argv("beat", "-s", str(schedule), "--loglevel", "INFO"), env
+        )
 
     def stop_all(self) -> None:
         for proc in self.procs:
@@ -299,16 +222,7 @@ def cli(
     timeout: float = 90.0,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m worker.cli ARGS` as an operator runs it; its output goes to the ledger."""
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    done = run_cli(env, *args, stdin=stdin, timeout=timeout)
     ledger.text(f"cli {' '.join(args)} (stdout)", done.stdout)
     ledger.text(f"cli {' '.join(args)} (stderr)", done.stderr)
     return done

@@ -18,16 +18,8 @@ import redis
 
 from config.settings import Settings
 from tests.conftest import Emu
-from tests.faults.harness import (
-    ROOT,
-    SWEEP_INTERVAL,
-    Fleet,
-    Ledger,
-    open_runtime,
-    seed,
-    stored,
-    wait_until,
-)
+from tests.faults.harness import SWEEP_INTERVAL, Fleet, Ledger, seed, stored, wait_until
+from tests.processes import ROOT, open_runtime
 from worker.engine.sweep import SweepResult, sweep
 from worker.store.keys import Keys
 

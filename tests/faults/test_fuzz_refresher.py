@@ -2,7 +2,8 @@
 Salesforce's token and introspection endpoints, replayed by a real local HTTP server and read
 through the production exchange (`AiohttpExchange`, what `Runtime.open` builds), through
 `Refresher.check` with the real store on the real Redis. The parsers' own properties are in
-tests/test_responses.py; this checks what the whole cycle does with what they let through.
+tests/salesforce/test_responses.py; this checks what the whole cycle does with what they let
+through.
 
 Properties: no exception escapes the check; a forced refresh ends in the RIGHT class for the
 answer it got (`_expected`, written from the rules, not from the code: a usable 200 refreshes,

@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from tests.conftest import TEST_KEYS, Emu
-from tests.faults.harness import ROOT, Ledger, cli, seed, stored, wait_until, with_runtime
+from tests.faults.harness import Ledger, cli, seed, stored, wait_until, with_runtime
+from tests.processes import ROOT
 from worker.domain.models import Connection, Integration, Provider
 from worker.engine.runtime import Runtime
 from worker.salesforce.responses import epoch_seconds

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Emu
-from tests.faults.harness import Ledger, open_runtime, process_env, seed
+from tests.faults.harness import Ledger, process_env, seed
+from tests.processes import open_runtime
 from worker.dev.embedded import EmbeddedRedis
 from worker.domain.outcomes import Outcome
 

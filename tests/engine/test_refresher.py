@@ -14,7 +14,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config.settings import Settings
-from tests.conftest import TEST_KEYS, Emu, run
+from tests.conftest import TEST_KEYS, Emu
 from tests.helpers import connect, events_of, names_of
 from worker.domain.models import ConnectionStatus, ExpirySource
 from worker.domain.outcomes import Outcome
@@ -26,16 +26,16 @@ RuntimeFor = Callable[..., Runtime]
 
 
 class TestDecisions:
-    def test_near_expiry_is_refreshed_exactly_once(
+    async def test_near_expiry_is_refreshed_exactly_once(
         self, settings_for: Callable[..., Settings], emu: Emu
     ) -> None:
         """A token with less than the margin left is refreshed once; the next check leaves it."""
         offset = [3400.0]  # the first check happens "3400 s later": 200 s of 3600 left
 
-        async def scenario() -> None:
-            rt = Runtime.open(
-                settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
-            )
+        rt = Runtime.open(
+            settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
+        )
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             first = await rt.refresher.check(cid)
             offset[0] = 0.0
@@ -44,34 +44,32 @@ class TestDecisions:
             assert first.reason == "near_expiry"
             assert second.outcome is Outcome.FRESH, second
             assert emu.token_calls(grant["grant_id"]) == 1
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_margin_never_exceeds_half_the_session_lifetime(
+    async def test_margin_never_exceeds_half_the_session_lifetime(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """15-minute sessions with a 15-minute margin are not refreshed at every check."""
 
-        async def scenario() -> None:
-            rt = runtime_for(refresh_margin="900")
+        rt = runtime_for(refresh_margin="900")
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=900)
             result = await rt.refresher.check(cid)
             assert result.outcome is Outcome.FRESH
             assert result.next_check_at is not None
             assert result.next_check_at >= time.time() + 400
             assert emu.token_calls(grant["grant_id"]) == 0
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_fresh_token_is_left_alone_and_rescheduled_at_exp_minus_margin(
+    async def test_fresh_token_is_left_alone_and_rescheduled_at_exp_minus_margin(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """An active token far from expiry is not refreshed; the next check is exp - margin."""
 
-        async def scenario() -> None:
-            rt = runtime_for(refresh_margin="300")
+        rt = runtime_for(refresh_margin="300")
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             result = await rt.refresher.check(cid)
             conn = await rt.store.get_connection(cid)
@@ -84,17 +82,16 @@ class TestDecisions:
             target = conn.expires_at - 300
             assert target - 60 <= due <= target
             assert await names_of(rt) == []
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_session_extended_by_activity_reschedules_without_refresh(
+    async def test_session_extended_by_activity_reschedules_without_refresh(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """When activity moved exp later, the check reschedules to the new exp, no refresh."""
 
-        async def scenario() -> None:
-            rt = runtime_for(refresh_margin="60")
+        rt = runtime_for(refresh_margin="60")
+        try:
             [(cid, grant)] = await connect(rt, emu, lifetime=600)
             await rt.refresher.check(cid)
             before = await rt.store.get_connection(cid)
@@ -107,19 +104,18 @@ class TestDecisions:
             assert after.expires_at is not None and before.expires_at is not None
             assert after.expires_at > before.expires_at
             assert emu.token_calls(grant["grant_id"]) == 0
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestFailures:
-    def test_revoked_refresh_token_ends_reauth_required_with_one_event(
+    async def test_revoked_refresh_token_ends_reauth_required_with_one_event(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A revoked grant: status reauth_required, unscheduled, one event with invalid_grant."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
             result = await rt.refresher.check(cid)
@@ -135,17 +131,16 @@ class TestFailures:
             assert events[0]["error"] == "invalid_grant"
             assert events[0]["error_description"] == "expired access/refresh token"
             assert events[0]["http_status"] == 400
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_transient_failure_marks_failing_and_schedules_backoff(
+    async def test_transient_failure_marks_failing_and_schedules_backoff(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A 503 on refresh: failing, one token.refresh_failed event, retry after backoff."""
 
-        async def scenario() -> None:
-            rt = runtime_for(retry_base="10", retry_max="60")
+        rt = runtime_for(retry_base="10", retry_max="60")
+        try:
             [(cid, grant)] = await connect(rt, emu)
             emu.fault(endpoint="token", mutate="html_503", count=1)
             started = time.time()
@@ -162,17 +157,16 @@ class TestFailures:
             recovered = await rt.refresher.check(cid, force=True)
             assert recovered.outcome is Outcome.REFRESHED
             assert (await names_of(rt))[-1] == "connection.recovered"
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_bad_client_secret_misconfigures_the_integration_once(
+    async def test_bad_client_secret_misconfigures_the_integration_once(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """invalid_client on refresh pauses the integration with exactly one event."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             pairs = await connect(rt, emu, count=3)
             integration = await rt.store.get_integration("acme")
             assert integration is not None
@@ -191,21 +185,20 @@ class TestFailures:
             for cid, _ in pairs:
                 conn = await rt.store.get_connection(cid)
                 assert conn is not None and conn.status is ConnectionStatus.ACTIVE
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestConcurrency:
-    def test_two_concurrent_refreshes_make_one_token_call(
+    async def test_two_concurrent_refreshes_make_one_token_call(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Two workers checking one due connection at once: one refresh, one contended."""
 
-        async def scenario() -> None:
+        first, second = runtime_for(), runtime_for()
+        try:
             emu.post("/_admin/config", {"latency_ms": 200})
             try:
-                first, second = runtime_for(), runtime_for()
                 [(cid, grant)] = await connect(first, emu, rotation=True)
                 emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
                 results = await asyncio.gather(
@@ -217,16 +210,17 @@ class TestConcurrency:
             assert outcomes == ["contended", "refreshed"]
             assert emu.token_calls(grant["grant_id"]) == 1
             assert emu.grant(grant["grant_id"])["revoked"] is False
+        finally:
             await first.close()
             await second.close()
 
-        run(scenario())
-
-    def test_rotation_grant_survives_many_cycles(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_rotation_grant_survives_many_cycles(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
         """With rotation on, 25 refreshes keep the grant alive and the newest token stored."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, rotation=True)
             for _ in range(25):
                 result = await rt.refresher.check(cid, force=True)
@@ -236,18 +230,17 @@ class TestConcurrency:
             assert view["revoked"] is False and view["refresh_count"] == 25
             assert conn is not None and conn.refresh_token == view["refresh_token"]
             assert conn.refresh_token != grant["refresh_token"]
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_batch_past_its_budget_gives_the_rest_back_due_at_once(
+    async def test_a_batch_past_its_budget_gives_the_rest_back_due_at_once(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A slow Salesforce: checks started within the budget finish; the others are not
         sent, and go back to the due index due now instead of waiting out their claim."""
 
-        async def scenario() -> None:
-            rt = runtime_for(concurrency="2")
+        rt = runtime_for(concurrency="2")
+        try:
             ids = [cid for cid, _ in await connect(rt, emu, count=6)]
             claimed_until = time.time() + 3600  # what a sweep's claim does to the score
             await rt.redis.zadd(rt.store.keys.due, dict.fromkeys(ids, claimed_until))
@@ -270,33 +263,31 @@ class TestConcurrency:
             for cid in checked:
                 due = await rt.store.next_check_at(cid)
                 assert due is not None and now < due < claimed_until
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_deleted_connection_is_not_given_back(
+    async def test_a_deleted_connection_is_not_given_back(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Giving back only touches ids still in the due index: a deleted one stays deleted."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu)
             assert await rt.store.remove_connection(cid)
             await rt.store.give_back([cid], time.time())
             assert await rt.store.next_check_at(cid) is None
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_connection_removed_before_the_mark_is_never_refreshed(
+    async def test_a_connection_removed_before_the_mark_is_never_refreshed(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """`connections remove` landing between the lease and the "sent" mark: the mark does
         not recreate the record and the removed grant's refresh token is never sent."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             mark = rt.store.mark_refreshing
 
@@ -309,19 +300,18 @@ class TestConcurrency:
             assert result.outcome is Outcome.NOT_FOUND, result
             assert emu.token_calls(grant["grant_id"]) == 0
             assert await rt.store.get_connection(cid) is None
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestSecrecy:
-    def test_raw_redis_values_hold_no_plaintext_secret(
+    async def test_raw_redis_values_hold_no_plaintext_secret(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """After import and refreshes, no Redis value contains a token or the client secret."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             pairs = await connect(rt, emu, count=3, rotation=True)
             for cid, _ in pairs:
                 await rt.refresher.check(cid, force=True)
@@ -342,9 +332,8 @@ class TestSecrecy:
             assert dump, "the scenario stored nothing"
             for secret in secrets:
                 assert secret.encode() not in dump
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 async def _dump_prefix(rt: Runtime) -> bytes:
@@ -377,14 +366,14 @@ async def _await_token_call(emu: Emu, grant_id: str, timeout: float = 10.0) -> N
 
 
 class TestRotationSaved:
-    def test_a_rotated_token_is_saved_before_anything_else_is_awaited(
+    async def test_a_rotated_token_is_saved_before_anything_else_is_awaited(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Between the refresh answer and its save the check awaits nothing: a callback
         queued the moment the answer returns runs only after the save has started."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu, rotation=True)
             order: list[str] = []
             answered = [False]
@@ -406,20 +395,19 @@ class TestRotationSaved:
             result = await rt.refresher.check(cid, force=True)
             assert result.outcome is Outcome.REFRESHED, result
             assert order[:2] == ["save", "next loop step"], order
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_reimport_during_a_refresh_keeps_the_imported_grant(
+    async def test_a_reimport_during_a_refresh_keeps_the_imported_grant(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """D2: a customer's new grant imported while the old grant's refresh is in flight
         stays stored; the old grant's rotated token is not written over it."""
 
-        async def scenario() -> None:
-            from worker.service import connections  # noqa: PLC0415
+        from worker.service import connections  # noqa: PLC0415
 
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, old)] = await connect(rt, emu, rotation=True)
             integration = await rt.store.get_integration("acme")
             assert integration is not None
@@ -442,18 +430,17 @@ class TestRotationSaved:
             assert emu.grant(old["grant_id"])["refresh_token"] != stored.refresh_token
             assert result.outcome is Outcome.SUPERSEDED, result
             assert "token.refreshed" not in await names_of(rt)
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_write_that_keeps_the_grant_does_not_cost_the_rotated_token(
+    async def test_a_write_that_keeps_the_grant_does_not_cost_the_rotated_token(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Another writer bumps the version during the flight but keeps the refresh token we
         sent: our answer is applied onto its version (the rotated token is not dropped)."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, rotation=True)
             emu.post("/_admin/config", {"latency_ms": 500})
             try:
@@ -469,9 +456,8 @@ class TestRotationSaved:
             assert result.outcome is Outcome.REFRESHED, result
             assert stored is not None and stored.status is ConnectionStatus.ACTIVE
             assert stored.refresh_token == emu.grant(grant["grant_id"])["refresh_token"]
+        finally:
             await rt.close()
-
-        run(scenario())
 
     def test_the_save_window_fits_inside_the_task_time_limits(
         self, settings_for: Callable[..., Settings]
@@ -496,14 +482,14 @@ class TestRotationSaved:
 
 
 class TestStoreBlips:
-    def test_a_store_error_in_one_check_is_that_checks_outcome(
+    async def test_a_store_error_in_one_check_is_that_checks_outcome(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """D1: a dead pooled connection met by one check fails that check only; the batch
         returns every result and leaves no coroutine behind in the loop."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             pairs = await connect(rt, emu, count=4, rotation=True)
             ids = [cid for cid, _ in pairs]
             broken = rt.store.keys.lease(ids[1])
@@ -528,13 +514,12 @@ class TestStoreBlips:
             assert leftovers == []
             due = await rt.store.next_check_at(ids[1])
             assert due is not None and due <= time.time() + 5  # due again soon
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestIntrospectionVerdicts:
-    def test_a_grant_revoked_right_after_its_refresh_is_not_an_integration_problem(
+    async def test_a_grant_revoked_right_after_its_refresh_is_not_an_integration_problem(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A fresh token reading inactive because the grant was revoked a moment later (the
@@ -542,8 +527,8 @@ class TestIntrospectionVerdicts:
         integration read active, nor for a single connection; the integration keeps
         introspecting and the dead connections are looked at again soon."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             *pairs, (working, _) = await connect(rt, emu, count=3)
             assert (await rt.refresher.check(working)).outcome is Outcome.FRESH
             grant_of = {cid: grant["grant_id"] for cid, grant in pairs}
@@ -566,18 +551,17 @@ class TestIntrospectionVerdicts:
             for cid, _ in pairs:
                 due = await rt.store.next_check_at(cid)
                 assert due is not None and due <= time.time() + 10  # looked at again soon
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_a_record_under_a_missing_key_is_reported_once(
+    async def test_a_record_under_a_missing_key_is_reported_once(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A record sealed under a key the worker lacks: one connection.unreadable event
         (the problem, no secret) however often it is checked; the worker goes on."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(fine, grant), (sealed, _)] = await connect(rt, emu, count=2)
             record = await rt.store.get_connection(sealed)
             assert record is not None
@@ -594,6 +578,5 @@ class TestIntrospectionVerdicts:
             assert "not among TOKENWORKER_ENCRYPTION_KEYS" in events[0]["error_description"]
             assert grant["refresh_token"] not in json.dumps(events[0])
             assert record.refresh_token not in json.dumps(events[0])
+        finally:
             await rt.close()
-
-        run(scenario())

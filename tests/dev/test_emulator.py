@@ -801,7 +801,7 @@ def test_bad_requests_are_refused_and_closed(emu: EmulatorThread, wire: bytes, s
 def test_run_forever_prints_url_and_stops_on_sigterm() -> None:
     """The CLI entry point prints its URL to stderr, serves, and exits 0 on SIGTERM."""
     code = "from worker.dev.emulator import run_forever; run_forever('127.0.0.1', 0, 60, 0, True)"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=env
     )

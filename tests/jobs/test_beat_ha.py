@@ -13,7 +13,7 @@ from celery import Celery
 
 from config.celery import BEAT_SCHEDULER, beat_config
 from config.settings import Settings
-from tests.processes import Proc, celery_env, wait_for
+from tests.processes import Proc, celery_env, wait_until
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.jobs.beat import STANDBY_POLL, Lease, LeaseScheduler
 from worker.store.keys import Keys
@@ -149,7 +149,7 @@ def _sends(proc: Proc) -> int:
 
 
 def _beat(env: dict[str, str]) -> Proc:
-    return Proc(env, "beat", "-S", BEAT_SCHEDULER, "--loglevel", "INFO")
+    return Proc.celery(env, "beat", "-S", BEAT_SCHEDULER, "--loglevel", "INFO")
 
 
 @pytest.mark.integration
@@ -169,11 +169,11 @@ def test_a_standby_beat_waits_then_takes_over_from_a_killed_leader(
     leader = _beat(env)
     standby: Proc | None = None
     try:
-        wait_for(lambda: _sends(leader) >= 1, 20, "the first beat to send a sweep")
+        wait_until(lambda: _sends(leader) >= 1, 20, "the first beat to send a sweep")
         standby = _beat(env)
-        wait_for(lambda: "beat: Starting" in standby.log(), 20, "the second beat to start")
+        wait_until(lambda: "beat: Starting" in standby.log(), 20, "the second beat to start")
         before = _sends(leader)
-        wait_for(lambda: _sends(leader) >= before + 3, 10, "the leader to keep scheduling")
+        wait_until(lambda: _sends(leader) >= before + 3, 10, "the leader to keep scheduling")
         assert _sends(standby) == 0
         assert "beat.leading" not in standby.log()
         # Nobody consumes, so every sweep sent is there; one is logged once the broker has it.
@@ -182,9 +182,9 @@ def test_a_standby_beat_waits_then_takes_over_from_a_killed_leader(
         assert logged <= published <= _sends(leader) + 1
 
         leader.signal(signal.SIGKILL)
-        leader.process.wait(10)
+        leader.popen.wait(10)
         killed = time.monotonic()
-        wait_for(lambda: _sends(standby) >= 1, LOCK_TIMEOUT + 10, "the standby to take over")
+        wait_until(lambda: _sends(standby) >= 1, LOCK_TIMEOUT + 10, "the standby to take over")
         failover = time.monotonic() - killed
         assert failover <= LOCK_TIMEOUT + STANDBY_POLL + 1
         assert redis.Redis.from_url(env["TOKENWORKER_REDIS_URL"]).exists(lock)

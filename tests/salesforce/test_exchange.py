@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -29,7 +28,7 @@ def test_no_proxy_configured_means_direct(monkeypatch: pytest.MonkeyPatch) -> No
     assert AiohttpExchange(10.0)._proxy_of("https://test.salesforce.com/x") is None
 
 
-def test_a_failing_observer_never_costs_the_answer() -> None:
+async def test_a_failing_observer_never_costs_the_answer() -> None:
     """Observers (metrics) run before the caller saves the answer: one that raises is logged
     and the token response still reaches the caller."""
 
@@ -42,11 +41,8 @@ def test_a_failing_observer_never_costs_the_answer() -> None:
     def broken(call: str, seconds: float, status: int) -> None:
         raise RuntimeError("metrics bug")
 
-    async def scenario() -> None:
-        client = SalesforceClient(httpx.AsyncClient(transport=httpx.MockTransport(answer)), 5.0)
-        client.observers.append(broken)
-        facts = await client.introspect(INTEGRATION, "00Dxx!access")
-        assert facts.active is True and facts.exp == 1_900_000_000
-        await client.aclose()
-
-    asyncio.run(scenario())
+    client = SalesforceClient(httpx.AsyncClient(transport=httpx.MockTransport(answer)), 5.0)
+    client.observers.append(broken)
+    facts = await client.introspect(INTEGRATION, "00Dxx!access")
+    assert facts.active is True and facts.exp == 1_900_000_000
+    await client.aclose()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect, events_of, names_of
 from worker.domain.models import ConnectionStatus, IntegrationStatus
 from worker.domain.outcomes import Outcome
@@ -37,13 +37,13 @@ class TestPermanent:
             "inactive organization",
         ],
     )
-    def test_dead_grant_is_reauth_required_without_retry(
+    async def test_dead_grant_is_reauth_required_without_retry(
         self, runtime_for: RuntimeFor, emu: Emu, description: str
     ) -> None:
         """invalid_grant with a dead-grant description: reauth_required, unscheduled, one event."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             _oauth_error(emu, "invalid_grant", description)
             result = await rt.refresher.check(cid, force=True)
@@ -55,9 +55,8 @@ class TestPermanent:
             assert await rt.store.next_check_at(cid) is None
             assert [e["event"] for e in events] == ["connection.reauth_required"]
             assert events[0]["error_description"] == description
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestConfiguration:
@@ -69,14 +68,14 @@ class TestConfiguration:
             ("invalid_grant", "ip restricted"),
         ],
     )
-    def test_integration_misconfigured_once_and_connections_pause(
+    async def test_integration_misconfigured_once_and_connections_pause(
         self, runtime_for: RuntimeFor, emu: Emu, error: str, description: str
     ) -> None:
         """A configuration error: one integration.misconfigured, connections keep their status
         and are skipped until the integration is updated, then resume by themselves."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             pairs = await connect(rt, emu, count=3, name="cfg")
             _oauth_error(emu, error, description, count=None)
             first = await rt.refresher.check(pairs[0][0], force=True)
@@ -104,17 +103,16 @@ class TestConfiguration:
             assert await rt.store.due_count(time.time() + 1) >= 3
             after = await rt.refresher.check(pairs[0][0])
             assert after.outcome in (Outcome.FRESH, Outcome.REFRESHED)
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_introspection_401_is_a_configuration_error(
+    async def test_introspection_401_is_a_configuration_error(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Introspection answering 401 invalid_client misconfigures the integration."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu, name="intro401")
             await rt.refresher.check(cid)  # learns the expiry
             emu.fault(
@@ -127,9 +125,8 @@ class TestConfiguration:
             assert result.outcome is Outcome.MISCONFIGURED
             assert result.reason == "introspect"
             assert (await names_of(rt)).count("integration.misconfigured") == 1
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestTransient:
@@ -153,13 +150,13 @@ class TestTransient:
             ({"delay_s": 3.0}, "timeout"),
         ],
     )
-    def test_transient_failure_leaves_the_stored_token_untouched(
+    async def test_transient_failure_leaves_the_stored_token_untouched(
         self, runtime_for: RuntimeFor, emu: Emu, fault: dict[str, Any], expected_error: str
     ) -> None:
         """Each broken answer is transient: failing, one token.refresh_failed, token untouched."""
 
-        async def scenario() -> None:
-            rt = runtime_for(http_timeout="1", lease_ttl="5")
+        rt = runtime_for(http_timeout="1", lease_ttl="5")
+        try:
             [(cid, _)] = await connect(rt, emu, rotation=True)
             before = await rt.store.get_connection(cid)
             emu.fault(endpoint="token", **fault)
@@ -174,15 +171,14 @@ class TestTransient:
             assert [e["event"] for e in events] == ["token.refresh_failed"]
             assert events[0]["error"] == expected_error
             assert events[0]["stage"] == "refresh"
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_retry_after_is_honoured(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_retry_after_is_honoured(self, runtime_for: RuntimeFor, emu: Emu) -> None:
         """A 503 with Retry-After: 120 schedules the retry no sooner than 120 s."""
 
-        async def scenario() -> None:
-            rt = runtime_for(retry_base="2", retry_max="60")
+        rt = runtime_for(retry_base="2", retry_max="60")
+        try:
             [(cid, _)] = await connect(rt, emu)
             emu.fault(
                 endpoint="token",
@@ -195,15 +191,16 @@ class TestTransient:
             result = await rt.refresher.check(cid, force=True)
             assert result.outcome is Outcome.FAILED
             assert result.next_check_at is not None and result.next_check_at >= started + 120
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_rate_limit_backs_off_at_least_an_hour(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_rate_limit_backs_off_at_least_an_hour(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
         """rate_limit_exceeded: failing, next attempt at least an hour away."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, _)] = await connect(rt, emu)
             _oauth_error(emu, "rate_limit_exceeded", "number of logins exceeded")
             started = time.time()
@@ -212,17 +209,16 @@ class TestTransient:
             assert result.outcome is Outcome.FAILED
             assert due is not None and due >= started + 3600
             assert await names_of(rt) == ["token.refresh_failed"]
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_concurrent_refresh_loser_retries_and_is_never_reauth(
+    async def test_concurrent_refresh_loser_retries_and_is_never_reauth(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """'expired authorization code' re-reads the store and retries; it succeeds."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             _oauth_error(emu, "invalid_grant", "expired authorization code")
             result = await rt.refresher.check(cid, force=True)
@@ -231,17 +227,16 @@ class TestTransient:
             assert conn is not None and conn.status is ConnectionStatus.ACTIVE
             assert emu.token_calls(grant["grant_id"]) == 2
             assert await names_of(rt) == ["token.refreshed"]
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_introspection_outage_far_from_expiry_is_retried_without_refresh(
+    async def test_introspection_outage_far_from_expiry_is_retried_without_refresh(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A 503 from introspection with a known, distant expiry: failing, no refresh."""
 
-        async def scenario() -> None:
-            rt = runtime_for(refresh_margin="60")
+        rt = runtime_for(refresh_margin="60")
+        try:
             [(cid, grant)] = await connect(rt, emu)
             await rt.refresher.check(cid)  # learns exp (an hour away)
             calls = emu.token_calls(grant["grant_id"])
@@ -251,17 +246,18 @@ class TestTransient:
             assert result.reason == "introspect"
             assert emu.token_calls(grant["grant_id"]) == calls
             assert (await names_of(rt))[-1] == "token.refresh_failed"
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestEscalation:
-    def test_escalates_once_and_recovers_once(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_escalates_once_and_recovers_once(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
         """Three failures with ESCALATE_AFTER=2: one escalation; the success after: one recovery."""
 
-        async def scenario() -> None:
-            rt = runtime_for(escalate_after="2")
+        rt = runtime_for(escalate_after="2")
+        try:
             [(cid, _)] = await connect(rt, emu)
             emu.fault(endpoint="token", mutate="html_503", count=3)
             for _ in range(3):
@@ -275,15 +271,16 @@ class TestEscalation:
             assert names.index("connection.escalated") == 2  # right after the 2nd failure
             conn = await rt.store.get_connection(cid)
             assert conn is not None and conn.failures == 0 and conn.escalated_at is None
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_daily_cap_defers_to_the_next_utc_day(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_daily_cap_defers_to_the_next_utc_day(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
         """After DAILY_ATTEMPT_CAP failures today, the next attempt is tomorrow (UTC)."""
 
-        async def scenario() -> None:
-            rt = runtime_for(daily_attempt_cap="2")
+        rt = runtime_for(daily_attempt_cap="2")
+        try:
             [(cid, _)] = await connect(rt, emu)
             emu.fault(endpoint="token", mutate="html_503", count=2)
             first = await rt.refresher.check(cid, force=True)
@@ -291,20 +288,19 @@ class TestEscalation:
             tomorrow = (int(time.time() // 86400) + 1) * 86400
             assert first.next_check_at is not None and first.next_check_at < tomorrow
             assert second.next_check_at is not None and second.next_check_at >= tomorrow
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestIntrospection:
-    def test_app_without_introspect_all_tokens_falls_back_to_age(
+    async def test_app_without_introspect_all_tokens_falls_back_to_age(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A just-issued token reading inactive: introspection.unavailable once, age-based
         schedule; when introspection works again: introspection.restored."""
 
-        async def scenario() -> None:
-            rt = runtime_for(default_lifetime="1800", refresh_margin="300")
+        rt = runtime_for(default_lifetime="1800", refresh_margin="300")
+        try:
             pairs = await connect(rt, emu, count=2, introspect=False, name="nointro")
             for cid, _ in pairs:
                 await rt.refresher.check(cid)
@@ -323,20 +319,19 @@ class TestIntrospection:
             assert (await names_of(rt)).count("introspection.restored") == 1
             restored = await rt.store.get_integration("nointro")
             assert restored is not None and restored.introspection_available is True
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestIntegrity:
-    def test_bad_signature_keeps_only_the_rotated_refresh_token(
+    async def test_bad_signature_keeps_only_the_rotated_refresh_token(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A signature mismatch: token.signature_invalid, the response's access token unused,
         the rotated refresh token kept (the old one is already dead), the grant alive."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu, rotation=True)
             before = await rt.store.get_connection(cid)
             emu.fault(endpoint="token", mutate="bad_signature")
@@ -351,15 +346,16 @@ class TestIntegrity:
             again = await rt.refresher.check(cid, force=True)
             assert again.outcome is Outcome.REFRESHED
             assert emu.grant(grant["grant_id"])["revoked"] is False
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_foreign_instance_url_is_not_stored(self, runtime_for: RuntimeFor, emu: Emu) -> None:
+    async def test_foreign_instance_url_is_not_stored(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
         """An instance_url off Salesforce's domains is rejected and reported; the old one stays."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             emu.fault(endpoint="token", mutate="foreign_instance_url")
             result = await rt.refresher.check(cid, force=True)
@@ -368,17 +364,16 @@ class TestIntegrity:
             assert result.outcome is Outcome.REFRESHED
             assert conn is not None and conn.instance_url == grant["instance_url"].rstrip("/")
             assert names == ["connection.instance_url_rejected", "token.refreshed"]
+        finally:
             await rt.close()
 
-        run(scenario())
-
-    def test_changed_instance_url_is_stored_and_reported(
+    async def test_changed_instance_url_is_stored_and_reported(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A refresh returning a new valid instance_url stores it and emits instance_url_changed."""
 
-        async def scenario() -> None:
-            rt = runtime_for()
+        rt = runtime_for()
+        try:
             [(cid, grant)] = await connect(rt, emu)
             conn = await rt.store.get_connection(cid)
             assert conn is not None
@@ -393,19 +388,18 @@ class TestIntegrity:
                 "token.refreshed",
             ]
             assert events[0]["previous"] == "http://localhost:1"
+        finally:
             await rt.close()
-
-        run(scenario())
 
 
 class TestRotationSafety:
-    def test_a_writer_that_lost_its_lease_never_sends_the_token(
+    async def test_a_writer_that_lost_its_lease_never_sends_the_token(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """Worker A stalls past its lease; B refreshes; A's refresh is aborted, the grant lives."""
 
-        async def scenario() -> None:
-            a, b = runtime_for(), runtime_for()
+        a, b = runtime_for(), runtime_for()
+        try:
             [(cid, grant)] = await connect(a, emu, rotation=True)
             emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
             emu.fault(endpoint="introspect", delay_s=1.0)
@@ -421,20 +415,19 @@ class TestRotationSafety:
             assert a_result.reason == "lease lost before refresh"
             assert view["revoked"] is False and view["refresh_count"] == 1
             assert stored is not None and stored.refresh_token == view["refresh_token"]
+        finally:
             await a.close()
             await b.close()
 
-        run(scenario())
-
 
 class TestKeepAlive:
-    def test_fresh_token_is_refreshed_when_keepalive_is_due(
+    async def test_fresh_token_is_refreshed_when_keepalive_is_due(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:
         """A token with an hour left is still refreshed once the keep-alive interval passed."""
 
-        async def scenario() -> None:
-            rt = runtime_for(keepalive_interval="30", refresh_margin="60")
+        rt = runtime_for(keepalive_interval="30", refresh_margin="60")
+        try:
             [(cid, grant)] = await connect(rt, emu)
             conn = await rt.store.get_connection(cid)
             assert conn is not None
@@ -446,6 +439,5 @@ class TestKeepAlive:
             fresh = await rt.refresher.check(cid)
             assert fresh.outcome is Outcome.FRESH
             assert fresh.next_check_at is not None and fresh.next_check_at <= time.time() + 31
+        finally:
             await rt.close()
-
-        run(scenario())

@@ -11,7 +11,7 @@ from celery import Celery
 
 from tests.conftest import Emu
 from tests.helpers import connect
-from tests.processes import Proc, celery_env, wait_for, wait_ready, with_runtime
+from tests.processes import Proc, celery_env, wait_ready, wait_until, with_runtime
 from worker.dev.embedded import EmbeddedRedis
 from worker.store.keys import Keys
 
@@ -39,9 +39,9 @@ def test_sigterm_mid_refresh_keeps_the_rotated_refresh_token(
         app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
         app.send_task("tokenworker.refresh_connection", args=[cid], queue="ops")
         app.close()
-        wait_for(lambda: emu.token_calls(grant["grant_id"]) >= 1, 20, "the refresh to be sent")
+        wait_until(lambda: emu.token_calls(grant["grant_id"]) >= 1, 20, "the refresh to be sent")
         worker.signal(signal.SIGTERM)
-        code = worker.process.wait(40)
+        code = worker.popen.wait(40)
     finally:
         emu.post("/_admin/config", {"latency_ms": 0})
         worker.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect
 from worker.dev.emulator.records import DEFAULT_RACE_WINDOW_MS
 from worker.domain.models import Connection, ConnectionStatus
@@ -71,15 +71,15 @@ async def _credentials(rt: Runtime) -> tuple[str, str]:
     return integration.client_id, integration.client_secret
 
 
-def test_loser_stops_when_another_writer_stored_a_newer_token(
+async def test_loser_stops_when_another_writer_stored_a_newer_token(
     runtime_for: RuntimeFor, emu: Emu, wide_race_window: None
 ) -> None:
     """The loser re-reads the record, finds the winner's token and stops: one send of ours,
     the winner's tokens kept, no mark of ours left on them, nothing revoked. Retrying with the
     token it read before (mutation M7) sends a consumed token again."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         [(cid, grant)] = await connect(rt, emu, rotation=True)
         client_id, secret = await _credentials(rt)
         before = _stats(emu)
@@ -109,12 +109,11 @@ def test_loser_stops_when_another_writer_stored_a_newer_token(
         assert stored.refresh_started_at is None, "our mark was left on the winner's record"
         assert after["reuse_revocations"] == before["reuse_revocations"]
         assert emu.grant(grant["grant_id"])["revoked"] is False
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_loser_never_resends_a_token_the_winner_consumed(
+async def test_loser_never_resends_a_token_the_winner_consumed(
     runtime_for: RuntimeFor, emu: Emu, wide_race_window: None
 ) -> None:
     """The winner (the host application) consumed the token and stored nothing here: the
@@ -122,8 +121,8 @@ def test_loser_never_resends_a_token_the_winner_consumed(
     once the race window is over, revoking the winner's grant too). The mark stays, so the
     next attempt asks again before any send and ends in reauth_required."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         [(cid, grant)] = await connect(rt, emu, rotation=True)
         client_id, secret = await _credentials(rt)
 
@@ -144,19 +143,18 @@ def test_loser_never_resends_a_token_the_winner_consumed(
         assert stored is not None and stored.status is ConnectionStatus.REAUTH_REQUIRED
         assert emu.token_calls(grant["grant_id"]) == 2
         assert emu.grant(grant["grant_id"])["revoked"] is False
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_loser_without_rotation_retries_once_and_refreshes(
+async def test_loser_without_rotation_retries_once_and_refreshes(
     runtime_for: RuntimeFor, emu: Emu, wide_race_window: None
 ) -> None:
     """Without rotation the token is still good after the race (it introspects active): the
     loser sends it once more and succeeds."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         [(cid, grant)] = await connect(rt, emu, rotation=False)
         body = '{"error":"invalid_grant","error_description":"expired authorization code"}'
         emu.fault(endpoint="token", mutate="error", status=400, body=body)
@@ -165,6 +163,5 @@ def test_loser_without_rotation_retries_once_and_refreshes(
         assert result.outcome is Outcome.REFRESHED, result
         assert stored is not None and stored.refresh_started_at is None
         assert emu.token_calls(grant["grant_id"]) == 2
+    finally:
         await rt.close()
-
-    run(scenario())

@@ -7,15 +7,14 @@ from collections.abc import Callable
 import pytest
 from redis.exceptions import ResponseError
 
-from tests.conftest import run
 from worker.engine.runtime import Runtime
 
 RuntimeFor = Callable[..., Runtime]
 
 
-def test_the_read_comes_back_only_with_the_lease(runtime_for: RuntimeFor) -> None:
-    async def scenario() -> None:
-        rt = runtime_for()
+async def test_the_read_comes_back_only_with_the_lease(runtime_for: RuntimeFor) -> None:
+    rt = runtime_for()
+    try:
         lease, record = rt.store.keys.lease("c-1"), rt.store.keys.conn("c-1")
         await rt.redis.hset(record, mapping={"status": "active"})
         async with rt.leases.hold(lease, lambda p: p.hgetall(record)) as (token, reply):
@@ -25,38 +24,36 @@ def test_the_read_comes_back_only_with_the_lease(runtime_for: RuntimeFor) -> Non
             async with rt.leases.hold(lease, lambda p: p.hgetall(record)) as (other, seen):
                 assert (other, seen) == (None, None)  # held: no token, and no data either
         assert await rt.redis.exists(lease) == 0  # released on the way out
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_a_failed_read_releases_the_lease_at_once(runtime_for: RuntimeFor) -> None:
+async def test_a_failed_read_releases_the_lease_at_once(runtime_for: RuntimeFor) -> None:
     """A read that errors (here: HGETALL on a string) does not leave the lease held for its
     TTL; the next holder gets it straight away."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         lease, record = rt.store.keys.lease("c-2"), rt.store.keys.conn("c-2")
         await rt.redis.set(record, "not a hash")
         with pytest.raises(ResponseError):
             async with rt.leases.hold(lease, lambda p: p.hgetall(record)):
                 pytest.fail("the body must not run without the read")
         assert await rt.redis.exists(lease) == 0
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_a_waiter_whose_need_is_met_stops_waiting_without_the_lease(
+async def test_a_waiter_whose_need_is_met_stops_waiting_without_the_lease(
     runtime_for: RuntimeFor,
 ) -> None:
     """`unneeded`: a reply read while the lease is held elsewhere that already meets the
     waiter's need ends the wait at once, lease not taken; before that, the waiter waits."""
 
-    async def scenario() -> None:
-        import asyncio  # noqa: PLC0415
+    import asyncio  # noqa: PLC0415
 
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         lease, record = rt.store.keys.lease("c-3"), rt.store.keys.conn("c-3")
         await rt.redis.hset(record, mapping={"status": "old"})
         holder, _ = await rt.leases.acquire_reading(lease, lambda p: p.hgetall(record))
@@ -72,6 +69,5 @@ def test_a_waiter_whose_need_is_met_stops_waiting_without_the_lease(
         token, reply = await asyncio.wait_for(waiter, 2.0)
         assert token is None and reply[b"status"] == b"new"
         assert await rt.redis.get(lease) == holder.encode()  # still the holder's
+    finally:
         await rt.close()
-
-    run(scenario())

@@ -155,14 +155,12 @@ class TestForwarder:
         settings = Settings.from_env({}, require_keys=False)
         assert forwarder(settings, lambda event: None) is None
 
-    def test_enqueues_each_event(self) -> None:
+    async def test_enqueues_each_event(self) -> None:
         """With a webhook URL each forwarded event is handed to the enqueue function."""
         queued: list[dict[str, Any]] = []
         forward = forwarder(webhook_settings(), queued.append)
         assert forward is not None
 
-        async def scenario() -> None:
-            await forward(EVENT)
+        await forward(EVENT)
 
-        asyncio.run(scenario())
         assert queued == [EVENT]

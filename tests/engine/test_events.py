@@ -113,59 +113,42 @@ async def emit_all(
 
 
 class TestEventSink:
-    def test_emit_returns_and_stores_the_event(self) -> None:
+    async def test_emit_returns_and_stores_the_event(self) -> None:
         """emit() stores the built event on the stream, stamped by the sink's clock."""
-
-        async def scenario() -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-            redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-            keys = Keys("t:")
-            sink = EventSink(redis, keys, clock=lambda: now)
-            event = await sink.emit(events.TOKEN_REFRESHED, CONN, INTEGRATION, attempt=1)
-            return event, await read_events(redis, keys, limit=10)
-
-        event, stored = asyncio.run(scenario())
+        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        keys = Keys("t:")
+        sink = EventSink(redis, keys, clock=lambda: now)
+        event = await sink.emit(events.TOKEN_REFRESHED, CONN, INTEGRATION, attempt=1)
+        stored = await read_events(redis, keys, limit=10)
         assert [item for _, item in stored] == [event]
         assert event["ts"] == "2027-01-15T08:00:00.000Z"
 
-    def test_read_events_oldest_first(self) -> None:
+    async def test_read_events_oldest_first(self) -> None:
         """Events come back in the order they were emitted."""
         names = [events.TOKEN_REFRESHED, events.TOKEN_REFRESH_FAILED, events.RECOVERED]
+        redis, keys = await emit_all(names)
+        rows = await read_events(redis, keys, limit=10)
+        assert [event["event"] for _, event in rows] == names
 
-        async def scenario() -> list[tuple[str, dict[str, Any]]]:
-            redis, keys = await emit_all(names)
-            return await read_events(redis, keys, limit=10)
-
-        assert [event["event"] for _, event in asyncio.run(scenario())] == names
-
-    def test_limit_keeps_the_newest(self) -> None:
+    async def test_limit_keeps_the_newest(self) -> None:
         """limit=N returns the newest N events, still oldest first."""
         names = [f"test.event{n}" for n in range(5)]
+        redis, keys = await emit_all(names)
+        rows = await read_events(redis, keys, limit=2)
+        assert [event["event"] for _, event in rows] == names[-2:]
 
-        async def scenario() -> list[tuple[str, dict[str, Any]]]:
-            redis, keys = await emit_all(names)
-            return await read_events(redis, keys, limit=2)
-
-        assert [event["event"] for _, event in asyncio.run(scenario())] == names[-2:]
-
-    def test_after_returns_only_later_events(self) -> None:
+    async def test_after_returns_only_later_events(self) -> None:
         """after=<stream id> continues from that event, exclusive, oldest first."""
         names = [f"test.event{n}" for n in range(4)]
+        redis, keys = await emit_all(names)
+        first = await read_events(redis, keys, limit=4)
+        rows = await read_events(redis, keys, limit=10, after=first[1][0])
+        assert [event["event"] for _, event in rows] == names[2:]
 
-        async def scenario() -> list[tuple[str, dict[str, Any]]]:
-            redis, keys = await emit_all(names)
-            first = await read_events(redis, keys, limit=4)
-            return await read_events(redis, keys, limit=10, after=first[1][0])
-
-        assert [event["event"] for _, event in asyncio.run(scenario())] == names[2:]
-
-    def test_empty_stream(self) -> None:
+    async def test_empty_stream(self) -> None:
         """No events yet: an empty list."""
-
-        async def scenario() -> list[tuple[str, dict[str, Any]]]:
-            redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-            return await read_events(redis, Keys("t:"), limit=10)
-
-        assert asyncio.run(scenario()) == []
+        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        assert await read_events(redis, Keys("t:"), limit=10) == []
 
     def test_only_webhook_events_are_forwarded(self) -> None:
         """Failures and recoveries go to the webhook; routine refreshes do not."""

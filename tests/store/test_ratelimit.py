@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect
 from worker.domain.outcomes import Outcome
 from worker.engine.runtime import Runtime
@@ -19,12 +19,12 @@ from worker.store.ratelimit import RateLimiter
 RuntimeFor = Callable[..., Runtime]
 
 
-def test_two_processes_share_one_budget(runtime_for: RuntimeFor) -> None:
+async def test_two_processes_share_one_budget(runtime_for: RuntimeFor) -> None:
     """Two limiters (two worker processes) at 20/s: 60 calls need the burst of 20 plus
     about 2 s; another integration's bucket is untouched."""
 
-    async def scenario() -> None:
-        a, b = runtime_for(), runtime_for()
+    a, b = runtime_for(), runtime_for()
+    try:
         first = RateLimiter(a.redis, a.store.keys, 20.0)
         second = RateLimiter(b.redis, b.store.keys, 20.0)
         started = time.monotonic()
@@ -36,65 +36,61 @@ def test_two_processes_share_one_budget(runtime_for: RuntimeFor) -> None:
         other = RateLimiter(a.redis, a.store.keys, 20.0, max_wait=0.0)
         for _ in range(20):  # a full bucket of its own: none of these waits
             await other.take("globex")
+    finally:
         await a.close()
         await b.close()
 
-    run(scenario())
 
-
-def test_no_permit_in_time_is_throttled_with_a_retry_hint(runtime_for: RuntimeFor) -> None:
-    async def scenario() -> None:
-        rt = runtime_for()
+async def test_no_permit_in_time_is_throttled_with_a_retry_hint(runtime_for: RuntimeFor) -> None:
+    rt = runtime_for()
+    try:
         limiter = RateLimiter(rt.redis, rt.store.keys, 1.0, max_wait=0.2)
         await limiter.take("acme")
         with pytest.raises(Throttled) as caught:
             await limiter.take("acme")
         assert caught.value.integration == "acme"
         assert 0.1 <= caught.value.retry_in <= 1.0
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_unused_permits_expire_so_a_process_cannot_save_up_a_burst(
+async def test_unused_permits_expire_so_a_process_cannot_save_up_a_burst(
     runtime_for: RuntimeFor,
 ) -> None:
     """At 100/s a process takes 5 permits at once; after a second idle the 4 it did not use
     are gone, and the bucket (not the process) decides."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         limiter = RateLimiter(rt.redis, rt.store.keys, 100.0, max_wait=0.0)
         await limiter.take("acme")
         await asyncio.sleep(1.1)
         await rt.redis.hset(rt.store.keys.rate("acme"), mapping={"tokens": "0", "at": "9e12"})
         with pytest.raises(Throttled):
             await limiter.take("acme")  # the 4 left over were dropped
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_zero_means_no_limit_and_no_redis_call(runtime_for: RuntimeFor) -> None:
-    async def scenario() -> None:
-        rt = runtime_for()
+async def test_zero_means_no_limit_and_no_redis_call(runtime_for: RuntimeFor) -> None:
+    rt = runtime_for()
+    try:
         limiter = RateLimiter(rt.redis, rt.store.keys, 0.0, max_wait=0.0)
         for _ in range(100):
             await limiter.take("acme")
         assert await rt.redis.exists(rt.store.keys.rate("acme")) == 0
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_a_throttled_refresh_is_deferred_unsent_and_unmarked(
+async def test_a_throttled_refresh_is_deferred_unsent_and_unmarked(
     runtime_for: RuntimeFor, emu: Emu
 ) -> None:
     """Out of permits, a refresh is not sent and not marked as sent (which would make the next
     check treat it as a lost answer); the connection is due again within the retry hint."""
 
-    async def scenario() -> None:
-        rt = runtime_for(rate_limit="1")
+    rt = runtime_for(rate_limit="1")
+    try:
         assert isinstance(rt.client.admission, RateLimiter)
         rt.client.admission.max_wait = 0.0
         [(fresh, _), (due, grant)] = await connect(rt, emu, count=2)
@@ -114,20 +110,19 @@ def test_a_throttled_refresh_is_deferred_unsent_and_unmarked(
         # skipped, not reported as a deferral of a refresh that happened.
         assert third.outcome is Outcome.REFRESHED, third
         assert emu.token_calls(grant["grant_id"]) == 1
+    finally:
         await rt.close()
 
-    run(scenario())
 
-
-def test_a_throttled_retry_clears_the_mark_of_the_answered_send(
+async def test_a_throttled_retry_clears_the_mark_of_the_answered_send(
     runtime_for: RuntimeFor, emu: Emu
 ) -> None:
     """The concurrent-refresh loser ('expired authorization code') retries; when the retry
     gets no permit, the first send was answered, so nothing is in flight: the mark goes, and
     the next check refreshes instead of asking whether an answer was lost."""
 
-    async def scenario() -> None:
-        rt = runtime_for(rate_limit="0.1")  # one permit, the next in 10 s
+    rt = runtime_for(rate_limit="0.1")  # one permit, the next in 10 s
+    try:
         assert isinstance(rt.client.admission, RateLimiter)
         rt.client.admission.max_wait = 0.0
         [(cid, grant)] = await connect(rt, emu)
@@ -143,6 +138,5 @@ def test_a_throttled_retry_clears_the_mark_of_the_answered_send(
         await rt.redis.delete(rt.store.keys.rate("acme"))  # a fresh second: permits again
         again = await rt.refresher.check(cid, force=True)
         assert again.outcome is Outcome.REFRESHED, again
+    finally:
         await rt.close()
-
-    run(scenario())

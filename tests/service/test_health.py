@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.processes import Proc, celery_env, cli, wait_for, wait_ready
+from tests.processes import Proc, celery_env, cli, wait_ready, wait_until
 from worker.dev.embedded import free_port, redis_server_binary
 from worker.service.health import FORGET_AFTER, current, heartbeats, liveness, node_name, readiness
 from worker.store.keys import Keys
@@ -104,7 +104,7 @@ def volatile_redis() -> Iterator[str]:
     )
     client = redis.Redis(port=port)
     try:
-        wait_for(lambda: _answers(client), 10, "the volatile redis-server")
+        wait_until(lambda: _answers(client), 10, "the volatile redis-server")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
@@ -153,15 +153,15 @@ def test_liveness_follows_consumption_not_the_process(redis_server: Any) -> None
     worker = Proc.worker(env, node, concurrency=1)
     try:
         wait_ready(env, worker)
-        wait_for(lambda: cli(env, *probe).returncode == 0, 15, "the idle worker to be live")
+        wait_until(lambda: cli(env, *probe).returncode == 0, 15, "the idle worker to be live")
         assert cli(env, "health", "--liveness").returncode == 0
         worker.signal(signal.SIGSTOP)
-        failed = wait_for(
+        failed = wait_until(
             lambda: (done := cli(env, *probe)).returncode == 1 and done, 10, "the probe to fail"
         )
         assert "last consumed" in failed.stdout
         worker.signal(signal.SIGCONT)
-        wait_for(lambda: cli(env, *probe).returncode == 0, 15, "the resumed worker to be live")
+        wait_until(lambda: cli(env, *probe).returncode == 0, 15, "the resumed worker to be live")
     finally:
         code = worker.stop()
         log = worker.log()

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.settings import Settings
 from tests.conftest import Emu, run
 from tests.helpers import connect
-from tests.processes import Proc, celery_env, cli, wait_for, wait_ready, with_runtime
+from tests.processes import Proc, celery_env, cli, wait_ready, wait_until, with_runtime
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.engine import events
 from worker.engine.events import EventSink
@@ -195,7 +195,7 @@ def test_the_exporter_serves_a_prefork_workers_numbers(
             task = {"task": "tokenworker.check_batch", "state": "SUCCESS"}
             return found if value(found, "tokenworker_tasks_total", **task) == 3 else None
 
-        found = wait_for(counted, 30, "three check_batch tasks to be counted", every=0.3)
+        found = wait_until(counted, 30, "three check_batch tasks to be counted", interval=0.3)
         assert value(found, "tokenworker_checks_total", outcome="refreshed") == 6
         count = "tokenworker_salesforce_request_duration_seconds_count"
         assert value(found, count, call="refresh") == 6
@@ -203,7 +203,7 @@ def test_the_exporter_serves_a_prefork_workers_numbers(
         answers = value(found, "tokenworker_salesforce_responses_total", call="refresh", code="200")
         assert answers == 6
         exporter = _serve(env, port)
-        served = wait_for(lambda: _get(port), 15, "the exporter to answer")
+        served = wait_until(lambda: _get(port), 15, "the exporter to answer")
         assert value(samples(served), "tokenworker_checks_total", outcome="refreshed") == 6
     finally:
         if exporter is not None:

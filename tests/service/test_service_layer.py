@@ -23,7 +23,7 @@ from worker.errors import (
     Unreachable,
 )
 
-WORKER = Path(__file__).resolve().parent.parent / "worker"
+WORKER = Path(__file__).resolve().parents[2] / "worker"
 
 
 def _modules(package: str) -> list[tuple[str, ast.Module]]:

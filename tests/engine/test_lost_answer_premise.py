@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Emu, run
+from tests.conftest import Emu
 from tests.helpers import connect
 from worker.dev.emulator.records import DEFAULT_RACE_WINDOW_MS
 from worker.domain.models import ConnectionStatus
@@ -53,14 +53,14 @@ def _reuse(emu: Emu) -> int:
 
 @pytest.mark.parametrize("premise", [True, False], ids=["premise_holds", "premise_fails"],
                          indirect=True)
-def test_a_lost_answer_ends_the_same_way_whatever_introspection_says(
+async def test_a_lost_answer_ends_the_same_way_whatever_introspection_says(
     runtime_for: RuntimeFor, emu: Emu, premise: bool
 ) -> None:
     """A 200 without access_token after the rotation: the connection ends reauth_required
     either way, with at most one resend of the consumed token, and no further sends."""
 
-    async def scenario() -> None:
-        rt = runtime_for()
+    rt = runtime_for()
+    try:
         [(cid, grant)] = await connect(rt, emu, rotation=True)
         reuse_before = _reuse(emu)
         emu.fault(endpoint="token", mutate="drop_access_token")
@@ -86,6 +86,5 @@ def test_a_lost_answer_ends_the_same_way_whatever_introspection_says(
             assert emu.token_calls(grant["grant_id"]) == 2  # one resend, never more
             assert _reuse(emu) == reuse_before + 1
             assert emu.grant(grant["grant_id"])["revoked"] is True
+    finally:
         await rt.close()
-
-    run(scenario())
