@@ -26,7 +26,15 @@ def test_a_40s_store_outage_loses_no_answered_rotation(
     emu: Emu, ledger: Ledger, redis_factory: Callable[[], EmbeddedRedis], prefix: str
 ) -> None:
     store = redis_factory()
-    env = process_env(store.url, f"redis://127.0.0.1:{store.port}/1", prefix)
+    # A 6 s HTTP timeout against 1 s of latency: on a busy box the answers still arrive in time,
+    # so what the test measures is the store outage, not a timeout after the rotation.
+    env = process_env(
+        store.url,
+        f"redis://127.0.0.1:{store.port}/1",
+        prefix,
+        TOKENWORKER_HTTP_TIMEOUT="6",
+        TOKENWORKER_LEASE_TTL="13",
+    )
     ledger.prefixes.add(prefix)
     pairs = seed(env, emu, count=5, rotation=True)
     ids = [cid for cid, _ in pairs]
