@@ -32,8 +32,8 @@ def test_a_40s_store_outage_loses_no_answered_rotation(
         store.url,
         f"redis://127.0.0.1:{store.port}/1",
         prefix,
-        TOKENWORKER_HTTP_TIMEOUT="6",
-        TOKENWORKER_LEASE_TTL="13",
+        http_timeout="6",
+        lease_ttl="13",
     )
     ledger.prefixes.add(prefix)
     pairs = seed(env, emu, count=5, rotation=True)
