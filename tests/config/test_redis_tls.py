@@ -17,7 +17,10 @@ from config.redaction import redact_url
 from config.redis_tls import celery_tls, client_kwargs
 from config.settings import Settings, SettingsError
 from tests.config.test_settings import load
+from tests.conftest import TEST_KEYS
+from tests.processes import cli
 from tests.tls_redis import DEBIAN_REDIS, TlsRedis, make_certs
+from worker.dev.embedded import free_port
 from worker.engine.runtime import redis_client
 
 STORE = "rediss://tokenworker:s3cret-pw@redis.example.com:6380/0"
@@ -132,3 +135,32 @@ def test_a_server_outside_the_ca_is_refused(mutual_tls: TlsRedis, certs: Path) -
     client = redis.Redis.from_url(other.redis_url, **client_kwargs(other))  # type: ignore[arg-type]
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         client.ping()
+
+
+@pytest.fixture(scope="module")
+def acl_tls() -> Iterator[TlsRedis]:
+    if not os.access(DEBIAN_REDIS, os.X_OK):
+        pytest.skip(f"{DEBIAN_REDIS} (Debian's redis-server, with TLS) is not installed")
+    server = TlsRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.integration
+def test_the_acl_password_never_reaches_cli_output(acl_tls: TlsRedis) -> None:
+    """`health` and `status` over TLS as the ACL user, and `health` with the store down:
+    the password is in no output; the unreachable message names the URL without it."""
+    env = dict(os.environ)
+    env.update(
+        TOKENWORKER_REDIS_URL=acl_tls.url,
+        TOKENWORKER_ENCRYPTION_KEYS=TEST_KEYS,
+        SSL_CERT_FILE=str(acl_tls.certs.ca),  # the probes' clients (not yet built through
+        **acl_tls.tls_env(),  # config.redis_tls) verify the test CA this way
+    )
+    runs = [cli(env, "health", "--readiness"), cli(env, "status")]
+    down = dict(env, TOKENWORKER_REDIS_URL=acl_tls.url.replace(str(acl_tls.port), str(free_port())))
+    runs.append(cli(down, "health", "--readiness"))
+    for done in runs:
+        assert acl_tls.password not in done.stdout + done.stderr, done.args
+    assert runs[0].returncode == 0, runs[0].stdout + runs[0].stderr
+    assert runs[2].returncode == 3 and "rediss://tokenworker:***@127.0.0.1" in runs[2].stderr
