@@ -40,7 +40,10 @@ from worker.store.apikeys import ApiKeys, Scope
 pytestmark = pytest.mark.integration
 
 COUNT = 48
-CONCURRENCY = 4  # per prefork child: 2 children x 4 = 8 refreshes in flight per node at most
+# A batch of 8 checked 8 at a time by each of a node's 2 prefork children: 16 in flight per
+# node, so the survivor's own share is done before the dead node's claims run out and the
+# takeover measures the leases and the claim window, not the survivor's backlog.
+CONCURRENCY = 8
 LATENCY_MS = 1000  # every emulator answer, the token endpoint's included, takes a second
 # A check once claimed: introspect + refresh + learn, a second each at the emulator.
 PROCESSING = 3 * LATENCY_MS / 1000 + 2.0
@@ -92,7 +95,11 @@ def _fresh_through_api(api_url: str, key: str, ids: list[str], emu: Emu) -> list
 def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
     emu: Emu, fleet: Fleet, proc_env: dict[str, str], ledger: Ledger
 ) -> None:
-    env = dict(proc_env, TOKENWORKER_BATCH_SIZE="4", TOKENWORKER_CONCURRENCY=str(CONCURRENCY))
+    env = dict(
+        proc_env,
+        TOKENWORKER_BATCH_SIZE=str(CONCURRENCY),
+        TOKENWORKER_CONCURRENCY=str(CONCURRENCY),
+    )
     pairs = seed(env, emu, count=COUNT, rotation=True)
     ids = [cid for cid, _ in pairs]
     grant_of = {cid: grant["grant_id"] for cid, grant in pairs}
