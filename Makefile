@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-full clean
+.PHONY: demo test test-tls lint bench bench-full clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
+
+# The integration tier against a TLS-only Debian redis-server, logged in as the least-privilege
+# ACL user of deploy/redis-acl.conf (tests/tls_redis.py); needs /usr/bin/redis-server.
+TLS_TIER := tests/config tests/store tests/engine tests/jobs tests/api
+test-tls: $(VENV)/.test-installed
+	TOKENWORKER_TEST_REDIS=tls-acl $(BIN)/python -m pytest $(TLS_TIER)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check worker config tests

@@ -19,6 +19,7 @@ from celery.signals import setup_logging
 from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
+from config.redis_tls import celery_tls
 from config.settings import Settings, SettingsError
 
 __all__ = ["BEAT_SCHEDULER", "app", "beat_config", "celery_config"]
@@ -70,6 +71,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "broker_connection_retry_on_startup": True,
+        # TLS to a rediss:// broker and result backend: verified against TOKENWORKER_REDIS_CA.
+        **celery_tls(settings),
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

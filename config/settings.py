@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from config.redaction import redact_url
 from config.urls import origin_of
 
 PREFIX = "TOKENWORKER_"
@@ -115,6 +116,17 @@ def _redis_url(name: str, raw: str) -> str:
             f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
         )
     return raw
+
+
+def _readable_file(name: str, raw: str) -> str:
+    """A path checked at start: a missing or unreadable CA or key fails here, naming the
+    setting, instead of as a TLS handshake error on the first Redis call."""
+    path = os.path.expanduser(raw)
+    if not os.path.isfile(path):
+        raise SettingsError(f"{name}={raw!r}: no such file")
+    if not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}={raw!r}: the file is not readable by this user")
+    return path
 
 
 def _http_url(name: str, raw: str) -> str:
@@ -225,6 +237,27 @@ class Settings:
     )
     broker_url: str = _setting(
         "BROKER_URL", _redis_url, "", "Celery broker; defaults to TOKENWORKER_REDIS_URL."
+    )
+    # -- TLS to a managed Redis (rediss:// URLs; see config/redis_tls.py) --
+    redis_ca: str = _setting(
+        "REDIS_CA",
+        _readable_file,
+        "",
+        "CA bundle (PEM) that verifies the rediss:// store and broker; default: the system's "
+        "CAs. The server is always verified.",
+    )
+    redis_cert: str = _setting(
+        "REDIS_CERT",
+        _readable_file,
+        "",
+        "Client certificate (PEM) for a Redis that requires one (tls-auth-clients yes); set "
+        "with TOKENWORKER_REDIS_KEY.",
+    )
+    redis_key: str = _setting(
+        "REDIS_KEY",
+        _readable_file,
+        "",
+        "Private key (PEM, unencrypted) of TOKENWORKER_REDIS_CERT.",
     )
     encryption_keys: tuple[bytes, ...] = _setting(
         "ENCRYPTION_KEYS",
@@ -394,6 +427,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.broker_url:
             object.__setattr__(self, "broker_url", self.redis_url)
+        self._check_tls()
         if self.lease_ttl <= 2 * self.http_timeout:
             raise SettingsError(
                 f"{PREFIX}LEASE_TTL={self.lease_ttl:g} must be longer than two "
@@ -403,6 +437,12 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}RETRY_BASE={self.retry_base:g} must not exceed "
                 f"{PREFIX}RETRY_MAX={self.retry_max:g}"
+            )
+
+    def _check_tls(self) -> None:
+        if bool(self.redis_cert) != bool(self.redis_key):
+            raise SettingsError(
+                f"{PREFIX}REDIS_CERT and {PREFIX}REDIS_KEY go together: set both or neither"
             )
 
     @classmethod
@@ -438,6 +478,8 @@ class Settings:
             for item in fields(self)
             if item.name not in ("encryption_keys", "webhook_secret")
         }
+        shown["redis_url"] = redact_url(self.redis_url)
+        shown["broker_url"] = redact_url(self.broker_url)
         shown["encryption_keys"] = f"<{len(self.encryption_keys)} keys>"
         shown["webhook_secret"] = "<set>" if self.webhook_secret else "<unset>"
         return f"Settings({shown})"

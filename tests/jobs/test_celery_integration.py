@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-import redis
 
 from config.settings import Settings
 from tests.conftest import FAST, TEST_KEYS, Emu, run
 from tests.helpers import connect
+from tests.processes import celery_app
+from tests.tls_redis import db_url, flush_db, server_env
 from worker.dev.embedded import EmbeddedRedis
 from worker.engine.runtime import Runtime
 
@@ -34,7 +35,8 @@ def _env(redis_server: EmbeddedRedis, prefix: str, broker_db: int) -> dict[str, 
     env.update(
         {
             "TOKENWORKER_REDIS_URL": redis_server.url,
-            "TOKENWORKER_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{broker_db}",
+            "TOKENWORKER_BROKER_URL": db_url(redis_server, broker_db),
+            **server_env(redis_server),
             "TOKENWORKER_ENCRYPTION_KEYS": TEST_KEYS,
             "TOKENWORKER_KEY_PREFIX": prefix,
             "TOKENWORKER_LOG_FORMAT": "json",
@@ -80,9 +82,7 @@ class Pool:
 
 
 def _wait_ready(env: dict[str, str], timeout: float = 45.0) -> None:
-    from celery import Celery  # noqa: PLC0415
-
-    app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
+    app = celery_app(env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if app.control.ping(timeout=0.5):
@@ -120,7 +120,7 @@ def pool(redis_server: EmbeddedRedis, receiver: str) -> Iterator[Pool]:
     env = _env(redis_server, prefix, broker_db=1)
     env["TOKENWORKER_WEBHOOK_URL"] = receiver
     env["TOKENWORKER_WEBHOOK_SECRET"] = WEBHOOK_SECRET
-    redis.Redis.from_url(env["TOKENWORKER_BROKER_URL"]).flushdb()
+    flush_db(redis_server, 1)
     with tempfile.NamedTemporaryFile(prefix="celery-", suffix=".log", delete=False) as log:
         path = log.name
     pool = Pool(env, path)
@@ -252,9 +252,7 @@ def test_duplicate_deliveries_of_one_batch_make_one_token_call_each(pool: Pool, 
     for _, grant in pairs:
         emu.post(f"/_admin/grants/{grant['grant_id']}/expire")
     ids = [cid for cid, _ in pairs]
-    from celery import Celery  # noqa: PLC0415
-
-    app = Celery(broker=pool.env["TOKENWORKER_BROKER_URL"])
+    app = celery_app(pool.env)
     for _ in range(3):
         app.send_task("tokenworker.check_batch", args=[ids], queue="refresh")
     deadline = time.monotonic() + 30

@@ -7,11 +7,10 @@ import uuid
 
 import pytest
 import redis
-from celery import Celery
 
 from tests.conftest import Emu
 from tests.helpers import connect
-from tests.processes import Proc, celery_env, wait_ready, wait_until, with_runtime
+from tests.processes import Proc, celery_app, celery_env, wait_ready, wait_until, with_runtime
 from worker.dev.embedded import EmbeddedRedis
 from worker.store.keys import Keys
 
@@ -36,7 +35,7 @@ def test_sigterm_mid_refresh_keeps_the_rotated_refresh_token(
             env, lambda rt: connect(rt, emu, rotation=True, name=f"s-{uuid.uuid4().hex[:6]}")
         )
         emu.post("/_admin/config", {"latency_ms": 2000})
-        app = Celery(broker=env["TOKENWORKER_BROKER_URL"])
+        app = celery_app(env)
         app.send_task("tokenworker.refresh_connection", args=[cid], queue="ops")
         app.close()
         wait_until(lambda: emu.token_calls(grant["grant_id"]) >= 1, 20, "the refresh to be sent")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from config.redis_tls import client_kwargs
 from config.settings import Settings
 from worker.domain import policy
 from worker.engine.events import EventSink, Forward
@@ -29,7 +30,7 @@ from worker.store.pipelining import AutoPipeline
 from worker.store.ratelimit import RateLimiter
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, tls: dict[str, object] | None = None) -> Redis:
     # A blocking pool: hundreds of concurrent checks wait for a connection instead of failing
     # with MaxConnectionsError (redis-py's default async pool raises when it runs out).
     pool = BlockingConnectionPool.from_url(
@@ -39,6 +40,7 @@ def redis_client(url: str) -> Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
+        **(tls or {}),
     )
     return Redis(connection_pool=pool, decode_responses=False)
 
@@ -78,7 +80,9 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> Runtime:
-        redis = redis if redis is not None else redis_client(settings.redis_url)
+        redis = redis if redis is not None else redis_client(
+            settings.redis_url, client_kwargs(settings)
+        )
         keys = Keys(settings.key_prefix)
         auto = AutoPipeline(redis)
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)

@@ -1,0 +1,47 @@
+"""TLS for a managed Redis: the keyword arguments every client of a `rediss://` URL needs.
+
+One pure function per kind of client, so redis-py clients, the Celery broker (kombu) and the
+Celery result backend verify the server the same way: always against a CA (the system's, or
+TOKENWORKER_REDIS_CA), with the client certificate when one is configured. A `redis://` or
+`unix://` URL gets nothing. The files were checked when the settings were read.
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import urlsplit
+
+from config.settings import Settings
+
+TLS_SCHEMES = frozenset({"rediss"})
+
+
+def uses_tls(url: str) -> bool:
+    return urlsplit(url).scheme in TLS_SCHEMES
+
+
+def _tls_options(settings: Settings) -> dict[str, object]:
+    # CERT_REQUIRED always: a managed Redis holds every refresh token, so an unverified
+    # server is never acceptable (kombu and Celery take the same keys as redis-py).
+    options: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_ca:
+        options["ssl_ca_certs"] = settings.redis_ca
+    if settings.redis_cert:
+        options["ssl_certfile"] = settings.redis_cert
+        options["ssl_keyfile"] = settings.redis_key
+    return options
+
+
+def client_kwargs(settings: Settings, url: str | None = None) -> dict[str, object]:
+    """redis-py keyword arguments for `url` (default: the store URL): TLS ones for rediss://,
+    none otherwise. Pass them to `Redis.from_url` / `ConnectionPool.from_url`."""
+    return _tls_options(settings) if uses_tls(url or settings.redis_url) else {}
+
+
+def celery_tls(settings: Settings) -> dict[str, object]:
+    """`broker_use_ssl` and `redis_backend_use_ssl` for Celery when the broker is rediss://
+    (the result backend is the broker's Redis); nothing otherwise."""
+    if not uses_tls(settings.broker_url):
+        return {}
+    options = _tls_options(settings)
+    return {"broker_use_ssl": dict(options), "redis_backend_use_ssl": dict(options)}

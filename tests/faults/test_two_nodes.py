@@ -1,0 +1,181 @@
+"""Scenario: many hosts. Two worker nodes (separate `celery worker` processes, their own `-n`
+node names) share the queues with one beat and one api; SIGKILL one node while its refreshes
+are in flight at a slow (1 s) token endpoint; the surviving node takes its connections over.
+
+Unlike test_worker_killed (one worker, a new one started after the kill), the survivor here was
+running all along, so this measures the takeover itself: from the kill until every connection
+the dead node had claimed was checked again, which the leases (LEASE_TTL) and the sweep's claim
+window bound. What must hold: no refresh token is sent twice (the emulator revokes a grant on
+reuse and counts it), nothing but the answers in flight at the kill is lost (the emulator, like
+Salesforce, commits a rotation when the request arrives), and afterwards every other connection
+is active and the api hands out an access token the org knows and has not expired.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Emu
+from tests.faults.harness import (
+    CLAIM_WINDOW,
+    LEASE_TTL,
+    SWEEP_INTERVAL,
+    Fleet,
+    Ledger,
+    seed,
+    stored,
+    wait_until,
+)
+from tests.processes import with_runtime
+from worker.dev.embedded import free_port
+from worker.domain.models import ConnectionStatus
+from worker.engine.runtime import Runtime
+from worker.store.apikeys import ApiKeys, Scope
+
+pytestmark = pytest.mark.integration
+
+COUNT = 48
+# A batch of 8 checked 8 at a time by each of a node's 2 prefork children: 16 in flight per
+# node, so the survivor's own share is done before the dead node's claims run out and the
+# takeover measures the leases and the claim window, not the survivor's backlog.
+CONCURRENCY = 8
+LATENCY_MS = 1000  # every emulator answer, the token endpoint's included, takes a second
+# A check once claimed: introspect + refresh + learn, a second each at the emulator.
+PROCESSING = 3 * LATENCY_MS / 1000 + 2.0
+TAKEOVER_BOUND = CLAIM_WINDOW + 2 * SWEEP_INTERVAL + PROCESSING
+
+
+def _stats(emu: Emu) -> dict[str, Any]:
+    data: dict[str, Any] = emu.http.get("/_admin/stats", params={"by_grant": "1"}).json()
+    return data
+
+
+def _start_api(fleet: Fleet, env: dict[str, str]) -> str:
+    port = free_port()
+    api = fleet.start(
+        "api", [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)], env
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if api.popen.poll() is not None:
+            raise AssertionError(f"the api exited:\n{api.tail()}")
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 45, "the api answers /healthz")
+    return url
+
+
+def _fresh_through_api(api_url: str, key: str, ids: list[str], emu: Emu) -> list[str]:
+    """The connections whose credentials the api refused, or whose access token the org does
+    not know or has let expire."""
+    stale = []
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=15) as http:
+        for cid in ids:
+            answer = http.get(f"/connections/{cid}/credentials")
+            if answer.status_code != 200:
+                stale.append(f"{cid}: {answer.status_code}")
+                continue
+            token = answer.json()["access_token"]
+            [fact] = emu.post("/_admin/tokens", {"tokens": [token]})["tokens"]
+            if not fact["known"] or float(fact["exp"]) <= time.time():
+                stale.append(f"{cid}: {fact}")
+    return stale
+
+
+def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
+    emu: Emu, fleet: Fleet, proc_env: dict[str, str], ledger: Ledger
+) -> None:
+    env = dict(
+        proc_env,
+        TOKENWORKER_BATCH_SIZE=str(CONCURRENCY),
+        TOKENWORKER_CONCURRENCY=str(CONCURRENCY),
+    )
+    pairs = seed(env, emu, count=COUNT, rotation=True)
+    ids = [cid for cid, _ in pairs]
+    grant_of = {cid: grant["grant_id"] for cid, grant in pairs}
+
+    async def make_key(rt: Runtime) -> str:
+        key, _ = await ApiKeys(rt.redis, env["TOKENWORKER_KEY_PREFIX"]).create("two", Scope.READ)
+        return key
+
+    key = with_runtime(env, make_key)
+    ledger.secret(key)
+    api_url = _start_api(fleet, env)
+    doomed, survivor = fleet.worker(env), fleet.worker(env)
+    assert doomed.node != survivor.node
+    doomed.wait_ready()
+    survivor.wait_ready()
+    emu.post("/_admin/config", {"latency_ms": LATENCY_MS})
+    revocations_before = int(_stats(emu)["reuse_revocations"])
+
+    def token_calls() -> int:
+        by_grant = _stats(emu).get("token_calls_by_grant", {})
+        return sum(int(by_grant.get(g, 0)) for g in grant_of.values())
+
+    for grant_id in grant_of.values():
+        emu.post(f"/_admin/grants/{grant_id}/expire")
+    fleet.beat(env)
+    seen = [0]
+
+    def token_calls_arriving() -> bool:
+        # Both nodes refresh now; a call that just arrived is answered a second later.
+        now = token_calls()
+        arrived, seen[0] = now > seen[0], now
+        return arrived and now >= COUNT // 4
+
+    wait_until(token_calls_arriving, 60, "a quarter of the refreshes under way", 0.02)
+    doomed.proc.kill()
+    killed_at = time.time()
+
+    def all_checked() -> bool:
+        return all(c.last_check_at is not None for c in stored(env, ids).values())
+
+    # The dead node's connections wait for their leases and the sweep's claim window to run out.
+    wait_until(
+        all_checked,
+        TAKEOVER_BOUND,
+        f"the survivor checks every connection, the dead node's too (claim window + 2 sweeps "
+        f"+ {PROCESSING:g} s = {TAKEOVER_BOUND:g} s)\n{survivor.proc.tail()}",
+        0.25,
+    )
+    final = stored(env, ids)
+    # An answer in flight at the kill is lost (the rotation was committed on arrival): only
+    # those end reauth_required, all of them checked by the survivor after the kill.
+    lost = [cid for cid in ids if final[cid].status is ConnectionStatus.REAUTH_REQUIRED]
+    assert lost, "no refresh of the killed node was in flight: the takeover is untested"
+    assert len(lost) <= 2 * CONCURRENCY, f"{len(lost)} lost: more than one node had in flight"
+    taken = [final[cid].last_check_at for cid in lost]
+    assert all(at is not None and at >= killed_at for at in taken), taken
+    takeover = max(at for at in taken if at is not None) - killed_at
+    print(
+        f"takeover: {takeover:.1f} s after the SIGKILL (lease {LEASE_TTL:g} s, claim window "
+        f"{CLAIM_WINDOW:g} s, sweep {SWEEP_INTERVAL:g} s); {len(lost)} answers lost in flight"
+    )
+
+    emu.post("/_admin/config", {"latency_ms": 0})
+    views = {cid: emu.grant(grant_of[cid]) for cid in ids}
+    reuse = int(_stats(emu)["reuse_revocations"]) - revocations_before
+    revoked = [cid for cid in ids if views[cid]["revoked"]]
+    assert reuse == 0 and revoked == [], (
+        f"{reuse} reuse revocations, {len(revoked)} grants revoked: a refresh token was sent "
+        "twice after the takeover"
+    )
+    for cid in lost:
+        last_error = final[cid].last_error
+        assert last_error is not None and last_error.error == "refresh_token_inactive", cid
+    kept = [cid for cid in ids if cid not in lost]
+    for cid in kept:
+        assert final[cid].status is ConnectionStatus.ACTIVE, (cid, final[cid].last_error)
+        assert final[cid].refresh_token == views[cid]["refresh_token"], cid
+    stale = _fresh_through_api(api_url, key, kept, emu)
+    assert stale == [], f"the api handed out stale credentials after the takeover: {stale[:5]}"
