@@ -32,7 +32,7 @@ from worker.errors import (
     StoreError,
     TokenworkerError,
 )
-from worker.store.apikeys import ApiKeys
+from worker.store.apikeys import API_CACHE_TTL, ApiKeys
 
 log = structlog.get_logger("tokenworker.api")
 RuntimeFactory = Callable[[Settings], Runtime]
@@ -50,7 +50,7 @@ def make_app(
         runtime = open_runtime(settings)
         app.state.runtime = runtime
         app.state.settings = settings
-        app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix)
+        app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)
         try:
             yield
         finally:
