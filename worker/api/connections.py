@@ -23,6 +23,7 @@ from worker.api import spec
 from worker.api.app import json
 from worker.api.auth import require
 from worker.api.errors import ApiError, invalid, not_found
+from worker.api.fastpath import FastRoute
 from worker.api.inputs import flag, json_object, number, path_id, query, whole
 from worker.domain.models import ConnectionStatus
 from worker.engine.runtime import Runtime
@@ -124,6 +125,11 @@ async def integrations(request: Request) -> Response:
     await require(request, Scope.READ)
     query(request, set())
     return json({"items": await management.list_integrations(_rt(request))})
+
+
+def fast_routes() -> list[FastRoute]:
+    """The credentials read skips Starlette's router (worker.api.fastpath); same endpoint."""
+    return [FastRoute("GET", "/connections/", "/credentials", "id", credentials)]
 
 
 def routes() -> list[BaseRoute]:
