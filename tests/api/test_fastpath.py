@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -112,3 +113,15 @@ def test_the_fast_path_serves_without_the_router_and_passes_the_rest_on(
         assert head.status_code == 404  # the router's answer: it no longer has the route
         assert api.post(f"/connections/{cid}/credentials").status_code == 404
         assert api.get(f"/connections/{cid}").status_code == 200
+
+
+def test_a_credentials_answer_is_encoded_as_jsonresponse_would(api: Api, emu: Emu) -> None:
+    """The hand-built 200 (connections.NoStoreJSON): Starlette's JSON bytes and media type,
+    a correct Content-Length and no-store."""
+    [(cid, _)] = api.call(connect, api.rt, emu)
+    answer = api.get(f"/connections/{cid}/credentials", Scope.READ)
+    assert answer.status_code == 200
+    assert answer.content == JSONResponse(answer.json()).body
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["content-length"] == str(len(answer.content))
+    assert answer.headers["cache-control"] == "no-store"
