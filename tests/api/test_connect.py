@@ -352,6 +352,16 @@ class TestExpiry:
         [event] = world.events("connection.connect_failed")
         assert (event["error"], event["connection_id"]) == ("session_expired", "cust-1")
 
+    def test_a_due_session_whose_record_is_gone_leaves_the_sweeps_list(self, world: World) -> None:
+        """A session whose tombstone outlived (no sweep for an hour) must not hold a place
+        among the due ones forever."""
+        created = world.create("cust-1")
+        keys = world.rt.store.keys
+        world.call(world.rt.redis.delete, keys.connect_session(created["id"]))
+        world.clock.offset = 601
+        assert world.call(connect.expire_sessions, world.rt) == 0
+        assert world.call(world.rt.redis.zcard, keys.connect_pending) == 0
+
 
     def test_an_interrupted_callback_ends_expired(self, world: World) -> None:
         """A callback that took the session and never finished (a crash mid-exchange) shows

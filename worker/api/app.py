@@ -17,12 +17,14 @@ from typing import Any
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from config.settings import Settings
 from worker.api.errors import ApiError
+from worker.api.fastpath import FastPath
 from worker.engine.runtime import Runtime
 from worker.errors import (
     InputError,
@@ -32,7 +34,7 @@ from worker.errors import (
     StoreError,
     TokenworkerError,
 )
-from worker.store.apikeys import ApiKeys
+from worker.store.apikeys import API_CACHE_TTL, ApiKeys
 
 log = structlog.get_logger("tokenworker.api")
 RuntimeFactory = Callable[[Settings], Runtime]
@@ -43,14 +45,15 @@ def make_app(
     modules: Sequence[ModuleType],
     open_runtime: RuntimeFactory = Runtime.open,
 ) -> Starlette:
-    """The app serving `modules` (each exposes `routes()`), with a Runtime opened at startup."""
+    """The app serving `modules` (each exposes `routes()`, and may expose `fast_routes()`: see
+    worker.api.fastpath), with a Runtime opened at startup."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = open_runtime(settings)
         app.state.runtime = runtime
         app.state.settings = settings
-        app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix)
+        app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)
         try:
             yield
         finally:
@@ -61,8 +64,10 @@ def make_app(
             await runtime.close()
 
     routes: list[BaseRoute] = [route for module in modules for route in module.routes()]
+    fast = [route for module in modules for route in getattr(module, "fast_routes", list)()]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(FastPath, routes=fast)] if fast else None,
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,

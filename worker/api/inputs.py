@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from worker.errors import InputError
 from worker.store.keys import check_id
 
 MAX_BODY = 64 * 1024
+NO_QUERY: Mapping[str, str] = MappingProxyType({})
 
 
 def path_id(request: Request, field: str = "connection_id", param: str = "id") -> str:
@@ -30,6 +32,8 @@ def path_id(request: Request, field: str = "connection_id", param: str = "id") -
 
 def query(request: Request, allowed: set[str]) -> Mapping[str, str]:
     """The query parameters, refusing unknown ones (a typo must not be silently ignored)."""
+    if not request.scope["query_string"]:
+        return NO_QUERY  # the common case, without parsing
     for name in request.query_params:
         if name not in allowed:
             raise invalid(name, f"no such parameter (allowed: {', '.join(sorted(allowed))})")

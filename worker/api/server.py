@@ -1,6 +1,6 @@
 """The `api` process: uvicorn (uvloop, httptools) serving `make_app` with every route module.
 
-    python -m worker.api [--host H] [--port P]      (`tokenworker api` once the CLI wires it)
+    python -m worker.api [--host H] [--port P]      (`tokenworker api` runs the same)
 
 No access log: the request line is all it would add, and nothing of a request's headers may
 reach a log (an `Authorization: Bearer` key). uvicorn's own messages go through the project's

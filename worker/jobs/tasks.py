@@ -29,11 +29,13 @@ from worker.engine.limits import BATCH_BUDGET, hard_time_limit, soft_time_limit
 from worker.engine.sweep import sweep
 from worker.jobs import signals  # noqa: F401  (registers the signal handlers)
 from worker.jobs.process import WEBHOOK_TASK, run, runtime, settings
+from worker.service import connect
 from worker.service.health import PING_TASK
 
 log = structlog.get_logger("tokenworker.tasks")
 _INFRA_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 MAX_RETRIES = 10
+EXPIRE_PER_SWEEP = 1_000  # abandoned connect sessions ended per sweep; the rest next time
 
 
 def _time_limits() -> dict[str, float]:
@@ -64,7 +66,9 @@ def _retried_on_outage(task: Task) -> Iterator[None]:
 
 @app.task(name="tokenworker.sweep", bind=True, ignore_result=False, max_retries=MAX_RETRIES)
 def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
-    """Claim due connections and enqueue one check_batch per chunk."""
+    """Claim due connections and enqueue one check_batch per chunk; then end the connect
+    sessions past their TTL (a customer left on Salesforce's own error page never comes back,
+    and the host app may never ask: each ends `expired` with `connection.connect_failed`)."""
 
     def dispatch(ids: list[str]) -> None:
         check_batch.apply_async((ids,), queue="refresh")
@@ -72,8 +76,10 @@ def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
     with _retried_on_outage(self):
         store = runtime().store
         result = run(sweep(store, settings(), time.time(), dispatch, window_guard=scheduled))
-    log.info("sweep.done", **result.as_dict())
-    return result.as_dict()
+        expired = run(connect.expire_sessions(runtime(), EXPIRE_PER_SWEEP))
+    done = {**result.as_dict(), "connect_sessions_expired": expired}
+    log.info("sweep.done", **done)
+    return done
 
 
 @app.task(name="tokenworker.check_batch", bind=True, ignore_result=True, max_retries=MAX_RETRIES)

@@ -194,7 +194,9 @@ async def expire_sessions(rt: Runtime, limit: int = 100) -> int:
     count = 0
     for session_id in await sessions.due(_now(rt), limit):
         session = await sessions.get(session_id)
-        if session is not None and await expire(rt, session):
+        if session is None:
+            await sessions.drop_due(session_id)
+        elif await expire(rt, session):
             count += 1
     return count
 

@@ -243,6 +243,11 @@ class Sessions:
         )
         return [item.decode() for item in found]
 
+    async def drop_due(self, session_id: str) -> None:
+        """Forget a due id whose session is gone (its tombstone outlived: no sweep for an
+        hour), so it cannot take a place in `due` forever."""
+        await self.redis.zrem(self.keys.connect_pending, session_id)
+
     def _context(self, session_id: str) -> str:
         return f"connect:{session_id}:verifier"
 

@@ -1,0 +1,133 @@
+"""The api process's API-key cache: revocation elsewhere takes effect within API_CACHE_TTL.
+
+Against real Redis: two `ApiKeys` (two api processes) on a controlled clock, and a real
+`python -m worker.api` whose key is revoked by `python -m worker.cli api-keys revoke`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.api.test_server import free_port, wait_up
+from tests.conftest import run
+from tests.processes import cli
+from worker.engine.runtime import Runtime
+from worker.store import apikeys
+from worker.store.apikeys import API_CACHE_TTL, ApiKeys, Scope
+
+RuntimeFor = Callable[..., Runtime]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_key_revoked_by_another_process_stops_after_the_ttl(
+    runtime_for: RuntimeFor,
+) -> None:
+    rt = runtime_for()
+    try:
+        clock = Clock()
+        prefix = rt.settings.key_prefix
+        serving = ApiKeys(rt.redis, prefix, cache_ttl=1.0, clock=clock)
+        other = ApiKeys(rt.redis, prefix)
+        key, _ = await other.create("app", Scope.READ)
+        assert (await serving.lookup(key)) is not None
+        assert await other.revoke("app")
+        clock.now += 0.9  # inside the bound: the cached record still answers
+        assert (await serving.lookup(key)) is not None
+        clock.now += 0.2  # past it: Redis is asked again, and the key is gone
+        assert await serving.lookup(key) is None
+        clock.now += 5.0
+        assert await serving.lookup(key) is None
+    finally:
+        await rt.close()
+
+
+async def test_revoking_through_the_same_keys_is_immediate_and_unknown_keys_not_cached(
+    runtime_for: RuntimeFor,
+) -> None:
+    rt = runtime_for()
+    try:
+        serving = ApiKeys(rt.redis, rt.settings.key_prefix, cache_ttl=60.0, clock=Clock())
+        key, _ = await serving.create("app", Scope.ADMIN)
+        assert (await serving.lookup(key)) is not None
+        assert await serving.revoke("app")
+        assert await serving.lookup(key) is None
+        # A key unknown when first seen and created afterwards works at once.
+        early = apikeys.PREFIX + "x" * 43
+        assert await serving.lookup(early) is None
+        await rt.redis.hset(
+            f"{rt.settings.key_prefix}apikey:{apikeys.digest(early)}",
+            mapping={"name": "late", "scope": "read", "created_at": "1.0"},
+        )
+        found = await serving.lookup(early)
+        assert found is not None and found.name == "late"
+    finally:
+        await rt.close()
+
+
+async def test_the_cache_is_bounded(runtime_for: RuntimeFor) -> None:
+    rt = runtime_for()
+    try:
+        serving = ApiKeys(rt.redis, rt.settings.key_prefix, cache_ttl=60.0, clock=Clock())
+        keys = [(await serving.create(f"k{n}", Scope.READ))[0] for n in range(5)]
+        apikeys_max, apikeys.CACHE_MAX = apikeys.CACHE_MAX, 3
+        try:
+            for key in keys:
+                assert await serving.lookup(key) is not None
+            assert len(serving._cache) == 3
+        finally:
+            apikeys.CACHE_MAX = apikeys_max
+    finally:
+        await rt.close()
+
+
+def test_a_cli_revoke_stops_a_running_api_within_the_bound(
+    env: dict[str, str], runtime_for: RuntimeFor
+) -> None:
+    async def arrange() -> str:
+        rt = runtime_for()
+        try:
+            key, _ = await ApiKeys(rt.redis, rt.settings.key_prefix).create("host", Scope.READ)
+            return key
+        finally:
+            await rt.close()
+
+    key = run(arrange())
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_up(base)
+        auth = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, headers=auth, timeout=5) as http:
+            assert http.get("/connections").status_code == 200  # now cached in the api
+            done = cli({**os.environ, **env}, "api-keys", "revoke", "host")
+            assert done.returncode == 0, done.stderr
+            revoked = time.monotonic()
+            # Slack over the bound for a loaded 2-core box (one request's latency).
+            deadline = revoked + API_CACHE_TTL + 2.0
+            status = 200
+            while status == 200 and time.monotonic() < deadline:
+                status = http.get("/connections").status_code
+                time.sleep(0.05)
+            assert status == 401, f"still accepted {time.monotonic() - revoked:.1f}s after"
+    finally:
+        process.terminate()
+        process.wait(15)
