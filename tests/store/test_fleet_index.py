@@ -1,0 +1,192 @@
+"""Paging over the fleet's sorted sets (worker.store.fleet_index): the indexes follow every
+save and remove, each order pages without repeats or gaps, filters are honoured, a page view
+never SCANs, and a store counted before the indexes existed is re-indexed once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import run
+from worker.domain.models import Connection, ConnectionStatus, LastError
+from worker.engine.runtime import Runtime
+from worker.errors import InputError
+from worker.store import counting
+from worker.store.fleet_index import FleetIndex, Query, Sort
+
+pytestmark = pytest.mark.integration
+FAILING = ConnectionStatus.FAILING
+T0 = 1_700_000_000.0
+
+
+def _conn(cid: str, integration: str = "acme", **fields: Any) -> Connection:
+    return Connection(id=cid, integration=integration, refresh_token=f"rt-{cid}", **fields)
+
+
+def _error(at: float) -> LastError:
+    return LastError("invalid_grant", "expired access/refresh token", 400, at)
+
+
+def _scenario(
+    runtime_for: Callable[..., Runtime], body: Callable[[Runtime, FleetIndex], Awaitable[None]]
+) -> None:
+    async def go() -> None:
+        rt = runtime_for()
+        try:
+            index = FleetIndex(rt.redis, rt.store.keys)
+            assert await index.ready(10.0)
+            await body(rt, index)
+        finally:
+            await rt.close()
+
+    run(go())
+
+
+async def _all(index: FleetIndex, query: Query, limit: int) -> list[str]:
+    """Every page of `query`, following the cursors (bounded)."""
+    seen: list[str] = []
+    cursor = None
+    for _ in range(100):
+        page = await index.page(Query(query.status, query.integration, query.prefix,
+                                      query.sort, cursor), limit)  # fmt: skip
+        seen += page.ids
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+    raise AssertionError("paging did not end")
+
+
+async def _fill(rt: Runtime) -> None:
+    """12 connections: 2 integrations, 3 failing with errors at known times, due times known."""
+    for i in range(12):
+        failing = i % 4 == 0
+        conn = _conn(f"c{i:02d}", "acme" if i % 2 else "zeta",
+                     status=FAILING if failing else ConnectionStatus.ACTIVE,
+                     last_error=_error(T0 + i) if failing else None)  # fmt: skip
+        await rt.store.save_connection(conn, T0 + 100 - i)  # later ids are due sooner
+
+
+def test_each_order_pages_through_everything_once(runtime_for: Callable[..., Runtime]) -> None:
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        ids = [f"c{i:02d}" for i in range(12)]
+        assert await _all(index, Query(), 5) == ids
+        assert await _all(index, Query(sort=Sort.NEXT_CHECK), 5) == ids[::-1]
+        assert await _all(index, Query(sort=Sort.NEXT_CHECK_DESC), 5) == ids
+        assert await _all(index, Query(sort=Sort.ERROR), 2) == ["c08", "c04", "c00"]
+        assert await _all(index, Query(sort=Sort.ERROR_ASC), 2) == ["c00", "c04", "c08"]
+        acme = [c for i, c in enumerate(ids) if i % 2]
+        assert await _all(index, Query(integration="acme"), 4) == acme
+        assert await _all(index, Query(integration="acme", sort=Sort.NEXT_CHECK), 4) == acme[::-1]
+        assert await _all(index, Query(status="failing"), 2) == ["c00", "c04", "c08"]
+        assert await _all(index, Query(status="failing", sort=Sort.ERROR), 1) == [
+            "c08",
+            "c04",
+            "c00",
+        ]
+        assert await _all(index, Query(status="active", integration="zeta"), 3) == [
+            "c02",
+            "c06",
+            "c10",
+        ]
+        assert await _all(index, Query(prefix="c1"), 5) == ["c10", "c11"]
+        assert await _all(index, Query(prefix="c1", sort=Sort.NEXT_CHECK), 5) == ["c11", "c10"]
+
+    _scenario(runtime_for, body)
+
+
+def test_the_indexes_follow_saves_and_removes(runtime_for: Callable[..., Runtime]) -> None:
+    """A recovered connection keeps its last error (its time stays sortable); a moved one
+    leaves its old integration's range; a removed one leaves every index."""
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        moved = await rt.store.get_connection("c01")
+        assert moved is not None
+        await rt.store.save_connection(moved.evolve(integration="zeta", last_error=_error(T0 + 50)))
+        assert "c01" not in await _all(index, Query(integration="acme"), 50)
+        assert "c01" in await _all(index, Query(integration="zeta"), 50)
+        assert (await index.page(Query(sort=Sort.ERROR), 1)).ids == ["c01"]
+        cleared = await rt.store.get_connection("c01")
+        assert cleared is not None
+        await rt.store.save_connection(cleared.evolve(last_error=None))
+        assert "c01" not in await _all(index, Query(sort=Sort.ERROR), 50)
+        assert await rt.store.remove_connection("c08")
+        assert "c08" not in await _all(index, Query(), 50)
+        assert "c08" not in await _all(index, Query(sort=Sort.ERROR), 50)
+        assert "c08" not in await _all(index, Query(integration="zeta"), 50)
+
+    _scenario(runtime_for, body)
+
+
+def test_a_rare_filter_ends_the_page_at_the_window(
+    runtime_for: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter the walked index does not serve looks at most WINDOW candidates per page: the
+    page is short, says so, and its cursor continues the walk."""
+    monkeypatch.setattr("worker.store.fleet_index.WINDOW", 3)
+    monkeypatch.setattr("worker.store.fleet_index.CHUNK", 2)
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        first = await index.page(Query(integration="acme", sort=Sort.NEXT_CHECK), 6)
+        assert first.short and first.next_cursor is not None
+        assert len(first.ids) < 6
+        assert await _all(index, Query(integration="acme", sort=Sort.NEXT_CHECK), 6) == [
+            "c11", "c09", "c07", "c05", "c03", "c01"]  # fmt: skip
+
+    _scenario(runtime_for, body)
+
+
+def test_a_page_view_never_scans(runtime_for: Callable[..., Runtime]) -> None:
+    """Every order and filter is served without SCAN or KEYS (watched with MONITOR-free
+    counting: the server's own command statistics)."""
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        await rt.redis.config_resetstat()
+        for sort in Sort:
+            queries = (
+                Query(sort=sort),
+                Query(status="active", integration="acme", sort=sort),
+                Query(status="failing", sort=sort),
+                Query(prefix="c0", sort=sort),
+            )
+            for query in queries:
+                await index.page(query, 3)
+        stats = await rt.redis.info("commandstats")
+        assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats, sorted(stats)
+
+    _scenario(runtime_for, body)
+
+
+def test_a_store_counted_before_the_indexes_is_reindexed_once(
+    runtime_for: Callable[..., Runtime],
+) -> None:
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        keys = rt.store.keys
+        await rt.redis.delete(keys.fleet_by_id, keys.fleet_by_integration, keys.fleet_by_error)
+        await rt.redis.hdel(keys.fleet_meta, "layout")  # as the previous layout left it
+        generation = (await index.counting.state()).generation
+        assert await index.ready(10.0)
+        state = await index.counting.state()
+        assert state.layout == counting.LAYOUT and state.generation != generation
+        assert len(await _all(index, Query(), 50)) == 12
+        assert await _all(index, Query(sort=Sort.ERROR), 50) == ["c08", "c04", "c00"]
+        assert await index.ready(0.0)
+        assert (await index.counting.state()).generation == state.generation  # once only
+
+    _scenario(runtime_for, body)
+
+
+def test_cursors_are_checked(runtime_for: Callable[..., Runtime]) -> None:
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        with pytest.raises(InputError, match="cursor"):
+            await index.page(Query(sort=Sort.NEXT_CHECK, cursor="soon,c1"), 5)
+        with pytest.raises(InputError, match="cursor"):
+            await index.page(Query(cursor="<script>"), 5)
+
+    _scenario(runtime_for, body)
