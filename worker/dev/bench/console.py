@@ -1,0 +1,155 @@
+"""`tokenworker bench --console`: console page times at a million stored connections.
+
+Starts its own redis-server (no persistence) on a copy of `--rdb`, or on an empty one it
+seeds with `--seed N` connections (default 1,000,000) in the pre-counts record format as the
+status bench does, with one in a hundred failing with a last error. The first reader counts
+and indexes them once (timed as `backfill_s`). Then the console app (worker.api.server) is
+signed in with an admin key and each page is requested `--runs` times in turn: the
+overview, the connections page unfiltered, sorted by next check and by last error time,
+filtered by integration and by status, and the second page of each by its cursor. Prints
+p50/p99 per page and writes them as JSON (default worker/dev/bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from worker.dev.bench.status import PREFIX, _seed, _server
+from worker.dev.embedded import free_port
+from worker.store.keys import Keys
+
+TARGET_MS = 100.0
+RESULTS = Path(__file__).parent / "results"
+PAGES = {
+    "overview": "/console",
+    "connections": "/console/connections",
+    "by_next_check": "/console/connections?sort=next_check",
+    "by_last_error": "/console/connections?sort=-last_error",
+    "integration": "/console/connections?integration=bench",
+    "failing": "/console/connections?status=failing",
+}
+NEXT = re.compile(r'href="([^"]+)" rel="next"')
+FAILING_EVERY = 100
+
+
+def _fail_some(client: redis.Redis, count: int) -> None:
+    """One in FAILING_EVERY seeded records failing with an error at a distinct time."""
+    keys, now = Keys(PREFIX), time.time()
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(0, count, FAILING_EVERY):
+            error = {"error": "invalid_grant", "error_description": "expired access/refresh token",
+                     "http_status": 400, "at": now - i}  # fmt: skip
+            fields = {"status": "failing", "last_error": json.dumps(error)}
+            pipe.hset(keys.conn(f"s{i:07d}"), mapping=fields)
+            if len(pipe) >= 5000:
+                pipe.execute()
+        pipe.execute()
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"p50_ms": round(statistics.median(ordered), 1), "p99_ms": round(p99, 1),
+            "max_ms": round(ordered[-1], 1), "n": len(ordered)}  # fmt: skip
+
+
+def _time_pages(url: str, runs: int) -> tuple[dict[str, dict[str, float]], float]:
+    from starlette.testclient import TestClient  # noqa: PLC0415
+
+    from config.settings import Settings  # noqa: PLC0415
+    from worker.api.server import build_app  # noqa: PLC0415
+    from worker.store.apikeys import Scope  # noqa: PLC0415
+
+    environ = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX}
+    settings = Settings.from_env(environ)
+    with TestClient(build_app(settings)) as client:
+        started = time.monotonic()
+        state: Any = client.app.state  # type: ignore[attr-defined]
+        key, _ = client.portal.call(state.api_keys.create, "bench-console", Scope.ADMIN)  # type: ignore[union-attr]
+        client.post("/console/sign-in", data={"api_key": key})
+        first = client.get("/console/connections")  # the first reader counts and indexes
+        backfill = time.monotonic() - started
+        assert first.status_code == 200, first.text[:300]
+        paths = dict(PAGES)
+        for name, path in PAGES.items():
+            found = NEXT.search(client.get(path).text) if name != "overview" else None
+            if found:
+                paths[name + "_page2"] = found.group(1).replace("&amp;", "&")
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(runs):
+            for name, path in paths.items():
+                began = time.perf_counter()
+                answer = client.get(path)
+                samples[name].append((time.perf_counter() - began) * 1000)
+                assert answer.status_code == 200, (path, answer.status_code)
+    return {name: _percentiles(s) for name, s in samples.items()}, backfill
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    work = tempfile.mkdtemp(prefix="tw-console-")
+    server = None
+    try:
+        if args.rdb:
+            shutil.copy(args.rdb, os.path.join(work, "seed.rdb"))
+        port = free_port()
+        server = _server(work, port)
+        client = redis.Redis(port=port)
+        url = f"redis://127.0.0.1:{port}/0"
+        os.environ["SECRET"] = "bench-secret"
+        if not args.rdb:
+            _seed(client, args.seed)
+            _fail_some(client, args.seed)
+        if not client.sismember(Keys(PREFIX).integrations, "bench"):
+            env = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX}
+            add = [sys.executable, "-m", "worker.cli", "integrations", "add", "bench"]
+            add += ["--provider", "salesforce", "--client-id", "x", "--client-secret-env", "SECRET"]
+            subprocess.run(add, env=env, check=True, capture_output=True)  # noqa: S603
+        stored = int(client.dbsize())
+        pages, backfill = _time_pages(url, args.runs)
+        return {
+            "connections_stored": int(client.zcard(Keys(PREFIX).due)),
+            "keys": stored,
+            "used_memory_mb": round(int(client.info("memory")["used_memory"]) / 2**20, 1),
+            "backfill_s": round(backfill, 1),
+            "pages": pages,
+            "overview_p99_ms": pages["overview"]["p99_ms"],
+            "connections_p99_ms": max(v["p99_ms"] for k, v in pages.items() if k != "overview"),
+            "target_ms": TARGET_MS,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    random.seed(1)
+    result = measure(args)
+    result["passed"] = {
+        "overview": result["overview_p99_ms"] <= TARGET_MS,
+        "connections": result["connections_p99_ms"] <= TARGET_MS,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    output = Path(args.output) if args.output != "bench-results.json" else (
+        RESULTS / f"console-{date.today().isoformat()}.json")  # fmt: skip
+    output.write_text(text + "\n")
+    print(f"results written to {output}")
+    return 0 if all(result["passed"].values()) else 1
