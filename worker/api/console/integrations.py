@@ -102,9 +102,10 @@ def _row(item: dict[str, Any], session: ConsoleSession, can_act: bool) -> str:
 async def page(request: Request, session: ConsoleSession) -> Response:
     fleet = (await fleet_status(_rt(request))).as_dict()
     can_act = session.scope.allows(Scope.ADMIN)
-    body = (
-        "<h1>Integrations</h1>"
-        f"{table(fleet['integrations'], session, can_act)}"
+    body = f"<h1>Integrations</h1>{table(fleet['integrations'], session, can_act)}"
+    if not can_act:
+        return html.page("Integrations", body, session, "integrations")
+    body += (
         '<p class="note">Re-test checks one of its connections now (a refresh when the '
         "integration is misconfigured). Refresh failing refreshes every failing connection of "
         "it, with its progress shown here.</p>"
