@@ -3,16 +3,19 @@
 Starts its own redis-server (no persistence) on a copy of `--rdb`, or on an empty one it
 seeds with `--seed N` connections (default 1,000,000) in the pre-counts record format as the
 status bench does, with one in a hundred failing with a last error. The first reader counts
-and indexes them once (timed as `backfill_s`). Then the console app (worker.api.server) is
-signed in with an admin key and each page is requested `--runs` times in turn: the
-overview, the connections page unfiltered, sorted by next check and by last error time,
-filtered by integration and by status, and the second page of each by its cursor. Prints
+and indexes them once (timed as `backfill_s`). Then the console is served by a real
+`python -m worker.api` process, signed in with an admin key over HTTP, and each page is
+requested `--runs` times in turn: the overview, the connections page unfiltered, sorted
+by next check and by last error time, filtered by integration and by status, and the second
+page of each by its cursor. Prints
 p50/p99 per page and writes them as JSON (default worker/dev/bench/results/).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import random
@@ -27,10 +30,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
+from redis.asyncio import Redis
 
 from worker.dev.bench.status import PREFIX, _seed, _server
 from worker.dev.embedded import free_port
+from worker.store.apikeys import ApiKeys, Scope
 from worker.store.keys import Keys
 
 TARGET_MS = 100.0
@@ -54,8 +60,9 @@ def _fail_some(client: redis.Redis, count: int) -> None:
         for i in range(0, count, FAILING_EVERY):
             error = {"error": "invalid_grant", "error_description": "expired access/refresh token",
                      "http_status": 400, "at": now - i}  # fmt: skip
-            fields = {"status": "failing", "last_error": json.dumps(error)}
-            pipe.hset(keys.conn(f"s{i:07d}"), mapping=fields)
+            key = keys.conn(f"s{i:07d}")
+            pipe.hset(key, "status", "failing")
+            pipe.hset(key, "last_error", json.dumps(error))
             if len(pipe) >= 5000:
                 pipe.execute()
         pipe.execute()
@@ -68,35 +75,63 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1], 1), "n": len(ordered)}  # fmt: skip
 
 
-def _time_pages(url: str, runs: int) -> tuple[dict[str, dict[str, float]], float]:
-    from starlette.testclient import TestClient  # noqa: PLC0415
+def _admin_key(url: str) -> str:
+    async def create() -> str:
+        client = Redis.from_url(url)
+        try:
+            key, _ = await ApiKeys(client, PREFIX).create("bench-console", Scope.ADMIN)
+            return key
+        finally:
+            await client.aclose()
 
-    from config.settings import Settings  # noqa: PLC0415
-    from worker.api.server import build_app  # noqa: PLC0415
-    from worker.store.apikeys import Scope  # noqa: PLC0415
+    return asyncio.run(create())
 
-    environ = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX}
-    settings = Settings.from_env(environ)
-    with TestClient(build_app(settings)) as client:
-        started = time.monotonic()
-        state: Any = client.app.state  # type: ignore[attr-defined]
-        key, _ = client.portal.call(state.api_keys.create, "bench-console", Scope.ADMIN)  # type: ignore[union-attr]
-        client.post("/console/sign-in", data={"api_key": key})
-        first = client.get("/console/connections")  # the first reader counts and indexes
-        backfill = time.monotonic() - started
-        assert first.status_code == 200, first.text[:300]
-        paths = dict(PAGES)
-        for name, path in PAGES.items():
-            found = NEXT.search(client.get(path).text) if name != "overview" else None
-            if found:
-                paths[name + "_page2"] = found.group(1).replace("&amp;", "&")
-        samples: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(runs):
-            for name, path in paths.items():
-                began = time.perf_counter()
-                answer = client.get(path)
-                samples[name].append((time.perf_counter() - began) * 1000)
-                assert answer.status_code == 200, (path, answer.status_code)
+
+def _api(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `python -m worker.api` on this store; its base URL once it answers."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX,
+           "TOKENWORKER_PUBLIC_URL": base, "TOKENWORKER_LOG_LEVEL": "WARNING"}  # fmt: skip
+    command = [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the api exited: {log.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return proc, base
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("the api did not answer /healthz within 60 s")
+
+
+def _time_pages(url: str, runs: int, work: str) -> tuple[dict[str, dict[str, float]], float]:
+    proc, base = _api(url, Path(work) / "api.log")
+    try:
+        with httpx.Client(base_url=base, timeout=600) as client:
+            started = time.monotonic()
+            client.post("/console/sign-in", data={"api_key": _admin_key(url)})
+            first = client.get("/console/connections")  # the first reader counts and indexes
+            backfill = time.monotonic() - started
+            assert first.status_code == 200, first.text[:300]
+            paths = dict(PAGES)
+            for name, path in PAGES.items():
+                found = NEXT.search(client.get(path).text) if name != "overview" else None
+                if found:
+                    paths[name + "_page2"] = found.group(1).replace("&amp;", "&")
+            samples: dict[str, list[float]] = {name: [] for name in paths}
+            for _ in range(runs):
+                for name, path in paths.items():
+                    began = time.perf_counter()
+                    answer = client.get(path)
+                    samples[name].append((time.perf_counter() - began) * 1000)
+                    assert answer.status_code == 200, (path, answer.status_code)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     return {name: _percentiles(s) for name, s in samples.items()}, backfill
 
 
@@ -120,7 +155,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             add += ["--provider", "salesforce", "--client-id", "x", "--client-secret-env", "SECRET"]
             subprocess.run(add, env=env, check=True, capture_output=True)  # noqa: S603
         stored = int(client.dbsize())
-        pages, backfill = _time_pages(url, args.runs)
+        pages, backfill = _time_pages(url, args.runs, work)
         return {
             "connections_stored": int(client.zcard(Keys(PREFIX).due)),
             "keys": stored,
