@@ -3,9 +3,9 @@
 Starts its own redis-server (no persistence) on a copy of `--rdb`, or on an empty one it
 seeds with `--seed N` connections (default 1,000,000) in the pre-counts record format as the
 status bench does, with one in a hundred failing with a last error. They are counted and
-indexed once first, as the first reader would (timed as `backfill_s`). Then the console is served by a real
-`python -m worker.api` process, signed in with an admin key over HTTP, and each page is
-requested `--runs` times in turn: the overview, the connections page unfiltered, sorted
+indexed once first, as the first reader would (timed as `backfill_s`). Then the console is
+served by a real `python -m worker.api` process, signed in with an admin key over HTTP, and
+each page is requested `--runs` times in turn: the overview, the connections page unfiltered, sorted
 by next check and by last error time, filtered by integration and by status, and the second
 page of each by its cursor. Prints
 p50/p99 per page and writes them as JSON (default worker/dev/bench/results/).
