@@ -112,10 +112,11 @@ def _sign_in(site: Site, page: Page) -> None:
     page.wait_for_url(f"{site.public}/console")
 
 
-def _save(page: Page, tmp_path: Path, name: str) -> None:
+def _save(page: Page, tmp_path: Path, name: str, keep: bool = True) -> None:
+    """A full-page PNG under tmp_path; also under SHOTS when set and `keep` (laptop width)."""
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if SHOTS:
+    if SHOTS and keep:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(SHOTS) / path.name)
 
@@ -135,7 +136,7 @@ def test_every_page_at_laptop_and_phone_width(site: Site, tmp_path: Path) -> Non
         page = _page(site, viewport)
         try:
             page.goto(f"{site.public}/console/sign-in")
-            _save(page, tmp_path, "sign-in" + suffix)
+            _save(page, tmp_path, "sign-in" + suffix, keep=not suffix)
             _sign_in(site, page)
             for name, path in _pages(site).items():
                 page.goto(site.public + path)
@@ -144,7 +145,7 @@ def test_every_page_at_laptop_and_phone_width(site: Site, tmp_path: Path) -> Non
                     page.locator("#feed-state", has_text="live").wait_for()
                 wide = page.evaluate("() => document.documentElement.scrollWidth")
                 assert wide <= viewport["width"], f"{name} is {wide} px wide at {viewport}"
-                _save(page, tmp_path, name + suffix)
+                _save(page, tmp_path, name + suffix, keep=not suffix)
         finally:
             page.context.close()
 
