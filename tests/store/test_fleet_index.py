@@ -14,6 +14,7 @@ from worker.domain.models import Connection, ConnectionStatus, LastError
 from worker.engine.runtime import Runtime
 from worker.errors import InputError
 from worker.store import counting
+from worker.store.fleet import Fleet
 from worker.store.fleet_index import FleetIndex, Query, Sort
 
 pytestmark = pytest.mark.integration
@@ -141,8 +142,8 @@ def test_a_rare_filter_ends_the_page_at_the_window(
 
 
 def test_a_page_view_never_scans(runtime_for: Callable[..., Runtime]) -> None:
-    """Every order and filter is served without SCAN or KEYS (watched with MONITOR-free
-    counting: the server's own command statistics)."""
+    """Every order and filter is served without SCAN or KEYS (the server's own command
+    statistics say), and so are Fleet.ids' selections."""
 
     async def body(rt: Runtime, index: FleetIndex) -> None:
         await _fill(rt)
@@ -156,6 +157,9 @@ def test_a_page_view_never_scans(runtime_for: Callable[..., Runtime]) -> None:
             )
             for query in queries:
                 await index.page(query, 3)
+        fleet = Fleet(rt.redis, rt.store.keys)  # `connections list`, `refresh --integration`
+        assert len(await fleet.ids()) == 12
+        assert await fleet.ids("active", "zeta") == ["c02", "c06", "c10"]
         stats = await rt.redis.info("commandstats")
         assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats, sorted(stats)
 
