@@ -1,6 +1,7 @@
 """Paging over the fleet's sorted sets (worker.store.fleet_index): the indexes follow every
 save and remove, each order pages without repeats or gaps, filters are honoured, a page view
-never SCANs, and a store counted before the indexes existed is re-indexed once."""
+never SCANs nor reads a whole status, and a store counted before the indexes existed is
+re-indexed once."""
 
 from __future__ import annotations
 
@@ -87,6 +88,12 @@ def test_each_order_pages_through_everything_once(runtime_for: Callable[..., Run
             "c04",
             "c00",
         ]
+        assert await _all(index, Query(status="failing", integration="zeta"), 2) == [
+            "c00", "c04", "c08"]  # fmt: skip
+        assert await _all(index, Query(status="failing", integration="acme"), 2) == []
+        assert await _all(index, Query(status="failing", prefix="c0"), 1) == ["c00", "c04", "c08"]
+        assert await _all(index, Query(status="failing", sort=Sort.NEXT_CHECK), 2) == [
+            "c08", "c04", "c00"]  # fmt: skip
         assert await _all(index, Query(status="active", integration="zeta"), 3) == [
             "c02",
             "c06",
@@ -118,6 +125,47 @@ def test_the_indexes_follow_saves_and_removes(runtime_for: Callable[..., Runtime
         assert "c08" not in await _all(index, Query(), 50)
         assert "c08" not in await _all(index, Query(sort=Sort.ERROR), 50)
         assert "c08" not in await _all(index, Query(integration="zeta"), 50)
+
+    _scenario(runtime_for, body)
+
+
+async def _status_index(rt: Runtime) -> tuple[list[str], list[str]]:
+    keys = rt.store.keys
+    found = [await rt.redis.zrange(k, 0, -1) for k in
+             (keys.fleet_by_status, keys.fleet_by_status_integration)]  # fmt: skip
+    by_status, by_both = ([m.decode() for m in members] for members in found)
+    return by_status, by_both
+
+
+def test_the_status_indexes_follow_status_changes_moves_and_removes(
+    runtime_for: Callable[..., Runtime],
+) -> None:
+    """Only non-active ids are in `status|id` and `status|integration|id`, each once, under
+    the status and integration their record says now."""
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        assert await _status_index(rt) == (
+            ["failing|c00", "failing|c04", "failing|c08"],
+            ["failing|zeta|c00", "failing|zeta|c04", "failing|zeta|c08"],
+        )
+        recovered = await rt.store.get_connection("c04")
+        assert recovered is not None
+        await rt.store.save_connection(recovered.evolve(status=ConnectionStatus.ACTIVE))
+        parked = await rt.store.get_connection("c01")
+        assert parked is not None
+        await rt.store.save_connection(parked.evolve(status=ConnectionStatus.REAUTH_REQUIRED))
+        moved = await rt.store.get_connection("c08")
+        assert moved is not None
+        await rt.store.save_connection(moved.evolve(integration="acme"))
+        assert await rt.store.remove_connection("c00")
+        assert await _status_index(rt) == (
+            ["failing|c08", "reauth_required|c01"],
+            ["failing|acme|c08", "reauth_required|acme|c01"],
+        )
+        assert await _all(index, Query(status="failing"), 5) == ["c08"]
+        assert await _all(index, Query(status="failing", integration="zeta"), 5) == []
+        assert await _all(index, Query(status="reauth_required", integration="acme"), 5) == ["c01"]
 
     _scenario(runtime_for, body)
 
@@ -166,20 +214,44 @@ def test_a_page_view_never_scans(runtime_for: Callable[..., Runtime]) -> None:
     _scenario(runtime_for, body)
 
 
+def test_a_status_page_never_reads_the_whole_status(runtime_for: Callable[..., Runtime]) -> None:
+    """A failing or reauth_required page, in every order and with every filter, reads a range
+    of an index: never the status's set (SMEMBERS, SSCAN, SORT), whose size is O(status)."""
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        await rt.redis.config_resetstat()
+        for status in ("failing", "reauth_required"):
+            for sort in Sort:
+                for integration in (None, "zeta"):
+                    for prefix in (None, "c0"):
+                        await index.page(Query(status, integration, prefix, sort), 2)
+        await index.page(Query("failing", cursor="c04"), 2)
+        stats = await rt.redis.info("commandstats")
+        read_whole = {"cmdstat_smembers", "cmdstat_sscan", "cmdstat_sort", "cmdstat_scan"}
+        assert not read_whole & set(stats), sorted(stats)
+        assert "cmdstat_zrangebylex" in stats
+
+    _scenario(runtime_for, body)
+
+
 def test_a_store_counted_before_the_indexes_is_reindexed_once(
     runtime_for: Callable[..., Runtime],
 ) -> None:
     async def body(rt: Runtime, index: FleetIndex) -> None:
         await _fill(rt)
         keys = rt.store.keys
-        await rt.redis.delete(keys.fleet_by_id, keys.fleet_by_integration, keys.fleet_by_error)
-        await rt.redis.hdel(keys.fleet_meta, "layout")  # as the previous layout left it
+        await rt.redis.delete(*counting.fleet_keys(keys)[-5:])  # every sorted set
+        await rt.redis.hset(keys.fleet_meta, "layout", "2")  # as the previous layout left it
         generation = (await index.counting.state()).generation
         assert await index.ready(10.0)
         state = await index.counting.state()
         assert state.layout == counting.LAYOUT and state.generation != generation
         assert len(await _all(index, Query(), 50)) == 12
         assert await _all(index, Query(sort=Sort.ERROR), 50) == ["c08", "c04", "c00"]
+        assert await _all(index, Query(status="failing"), 50) == ["c00", "c04", "c08"]
+        assert await _all(index, Query(status="failing", integration="zeta"), 50) == [
+            "c00", "c04", "c08"]  # fmt: skip
         assert await index.ready(0.0)
         assert (await index.counting.state()).generation == state.generation  # once only
 

@@ -19,10 +19,12 @@ lease. When the SCAN ends the generation is marked complete; until then readers 
 or say they are counting. `recount` starts a new generation (drops the counts; every flag of
 the old one reads as uncounted) for when the counts are in doubt.
 
-The same scripts keep three sorted sets for paging through a million records without a SCAN
+The same scripts keep sorted sets for paging through a million records without a SCAN
 (worker.store.fleet_index): every counted id (score 0, read by lexical range), every
-`integration|id` (score 0: one integration's ids by lexical range), and every id whose record
-holds a `last_error`, scored by that error's time. `meta.layout` names the layout of these
+`integration|id` (score 0: one integration's ids by lexical range), every id whose record
+holds a `last_error`, scored by that error's time, and for the non-active ids only,
+`status|id` and `status|integration|id` (score 0: a status's page without reading the whole
+status). `meta.layout` names the layout of these
 keys; a store whose counts are complete under an older layout is recounted once (a new
 generation: the backfill then fills the sorted sets too).
 """
@@ -44,7 +46,8 @@ from worker.store.leases import Leases
 COUNTED = "counted"
 PARKED = [s.value for s in ConnectionStatus if s is not ConnectionStatus.ACTIVE]
 CHUNK = 1000  # keys per SCAN and per backfill script
-LAYOUT = "2"  # 2: the id, integration|id and error-time sorted sets exist
+LAYOUT = "3"  # 2: the id, integration|id and error-time sorted sets; 3: status|id and
+# status|integration|id of the non-active ids
 LOCK_TTL = 30.0  # seconds; renewed after every chunk
 Progress = Callable[[int], None]
 
@@ -59,6 +62,8 @@ def fleet_keys(keys: Keys) -> list[str]:
         keys.fleet_by_id,
         keys.fleet_by_integration,
         keys.fleet_by_error,
+        keys.fleet_by_status,
+        keys.fleet_by_status_integration,
     ]
 
 
@@ -71,6 +76,7 @@ def lua(base: int) -> str:
     return f"""
 local META, COUNTS, BROKEN = KEYS[{base}], KEYS[{base + 1}], KEYS[{base + 2}]
 local BY_ID, BY_INT, BY_ERROR = KEYS[{z}], KEYS[{z + 1}], KEYS[{z + 2}]
+local BY_STATUS, BY_STATUS_INT = KEYS[{z + 3}], KEYS[{z + 4}]
 local SETS = {{{sets}}}
 local KNOWN = {{{known}}}
 local function generation() return redis.call('HGET', META, 'gen') or '1' end
@@ -97,11 +103,15 @@ local function counted(key, gen)
   if g == gen then return b end
   return nil
 end
-local function sets(b)
-  local status, kid = string.match(b, '|([^|]*)|([^|]*)$')
-  return SETS[status], kid == '-' or not KNOWN[status]
-end
 local function owner(b) return string.match(b, '^([^|]*)|') end
+-- The status set, whether broken, and the status-index members of a non-active record.
+local function sets(b, id)
+  local status, kid = string.match(b, '|([^|]*)|([^|]*)$')
+  local set = SETS[status]
+  local by, by_int = nil, nil
+  if set then by, by_int = status .. '|' .. id, status .. '|' .. owner(b) .. '|' .. id end
+  return set, kid == '-' or not KNOWN[status], by, by_int
+end
 -- The time of the record's last error (the JSON `at` of its last_error field), or nil.
 local function erred_at(key)
   local e = redis.call('HGET', key, 'last_error')
@@ -114,8 +124,12 @@ local function errors(key, id)
 end
 local function out(id, b)
   if redis.call('HINCRBY', COUNTS, b, -1) <= 0 then redis.call('HDEL', COUNTS, b) end
-  local set, broken = sets(b)
-  if set then redis.call('SREM', set, id) end
+  local set, broken, by, by_int = sets(b, id)
+  if set then
+    redis.call('SREM', set, id)
+    redis.call('ZREM', BY_STATUS, by)
+    redis.call('ZREM', BY_STATUS_INT, by_int)
+  end
   if broken then redis.call('SREM', BROKEN, id) end
   redis.call('ZREM', BY_ID, id)
   redis.call('ZREM', BY_INT, owner(b) .. '|' .. id)
@@ -123,8 +137,12 @@ local function out(id, b)
 end
 local function into(id, b, n)
   if n then redis.call('HINCRBY', COUNTS, b, 1) end
-  local set, broken = sets(b)
-  if set then redis.call('SADD', set, id) end
+  local set, broken, by, by_int = sets(b, id)
+  if set then
+    redis.call('SADD', set, id)
+    redis.call('ZADD', BY_STATUS, 0, by)
+    redis.call('ZADD', BY_STATUS_INT, 0, by_int)
+  end
   if broken then redis.call('SADD', BROKEN, id) end
   redis.call('ZADD', BY_ID, 0, id)
   redis.call('ZADD', BY_INT, 0, owner(b) .. '|' .. id)
@@ -144,7 +162,7 @@ end
 """
 
 
-_FIRST = 1 + len(PARKED) + 6  # the first connection key of a backfill chunk
+_FIRST = 1 + len(fleet_keys(Keys()))  # the first connection key of a backfill chunk
 
 # KEYS: fleet_keys(), then connection keys. ARGV: generation, next cursor, layout, the ids.
 # Returns how many records it counted, or -1 when another generation started meanwhile.

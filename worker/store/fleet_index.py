@@ -3,16 +3,18 @@
 Each order walks one index from the page's cursor (worker.store.counting keeps them):
 
 - by id: `fleet:by-id` (every id, score 0), or `fleet:by-integration` (`integration|id`)
-  when one integration is asked for, by lexical range; an id prefix narrows the range.
+  when one integration is asked for, by lexical range; an id prefix narrows the range. A
+  non-active status (failing, reauth_required) walks `fleet:by-status` (`status|id`) or, with
+  an integration, `fleet:by-status-integration` (`status|integration|id`) the same way: a
+  status's page never reads the whole status.
 - by next check: the due schedule (`due`, id -> next check), by rank from the cursor.
 - by last error time: `fleet:by-error` (id -> its last error's time), by rank.
 
-A non-active status (failing, reauth_required) reads its own small id set instead, O(that
-status), and orders it in memory. A filter the walked index does not serve (a status on any
-index, an integration or prefix on a score index) is tested on two plain fields of each
-candidate, and a page view examines at most WINDOW candidates: when a rare filter leaves the
-page short, the page says so and its cursor continues where the walk stopped. So a page view
-costs O(log N + WINDOW) whatever the store's size.
+A filter the walked index does not serve (an active status on any index; a status, an
+integration or a prefix on a score index) is tested on two plain fields of each candidate, and a
+page view examines at most WINDOW candidates: when a rare filter leaves the page short (the
+failing ones in next-check order), the page says so and its cursor continues where the walk
+stopped. So a page view costs O(log N + WINDOW) whatever the store's size or the status's.
 
 Cursors are the last id shown (by id) or "<score>,<id>" (by a score); ids contain no comma.
 """
@@ -95,8 +97,6 @@ class FleetIndex:
 
     async def page(self, query: Query, limit: int) -> IdPage:
         anchor = parse_cursor(query.sort, query.cursor)
-        if query.status in PARKED:
-            return await self._parked(query, anchor, limit)
         found: list[tuple[str, float | None]] = []
         examined = 0
         last: tuple[str, float | None] | None = None
@@ -128,9 +128,7 @@ class FleetIndex:
     async def _lex(
         self, query: Query, after: str | None
     ) -> AsyncIterator[list[tuple[str, float | None]]]:
-        head = f"{query.integration}|".encode() if query.integration is not None else b""
-        key = self.keys.fleet_by_integration if query.integration is not None else (
-            self.keys.fleet_by_id)  # fmt: skip
+        key, head = self._lex_index(query)
         prefix = (query.prefix or "").encode()
         low = b"[" + head + prefix
         if after is not None and after.encode() >= prefix:
@@ -144,6 +142,21 @@ class FleetIndex:
             if len(found) < CHUNK:
                 return
             low = b"(" + found[-1]
+
+    def _lex_index(self, query: Query) -> tuple[str, bytes]:
+        """The lexical index serving the query's status and integration, and its members' head
+        before the id."""
+        by_status = query.status in PARKED
+        if by_status and query.integration is not None:
+            return (
+                self.keys.fleet_by_status_integration,
+                f"{query.status}|{query.integration}|".encode(),
+            )
+        if by_status:
+            return self.keys.fleet_by_status, f"{query.status}|".encode()
+        if query.integration is not None:
+            return self.keys.fleet_by_integration, f"{query.integration}|".encode()
+        return self.keys.fleet_by_id, b""
 
     async def _ranked(
         self, key: str, descending: bool, anchor: Anchor | None
@@ -184,7 +197,8 @@ class FleetIndex:
         lexical = query.sort is Sort.ID
         want_integration = None if lexical else query.integration
         prefix = None if lexical else query.prefix
-        if query.status is None and want_integration is None:
+        status = None if lexical and query.status in PARKED else query.status
+        if status is None and want_integration is None:
             return [prefix is None or cid.startswith(prefix) for cid in ids]
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
@@ -194,39 +208,9 @@ class FleetIndex:
             owner is not None
             and (prefix is None or cid.startswith(prefix))
             and (want_integration is None or owner.decode() == want_integration)
-            and (query.status is None or (state or b"active").decode() == query.status)
+            and (status is None or (state or b"active").decode() == status)
             for cid, (owner, state) in zip(ids, fields, strict=True)
         ]
-
-    # -- a non-active status: its own small set --------------------------------------------
-
-    async def _parked(self, query: Query, anchor: str | Anchor | None, limit: int) -> IdPage:
-        members: set[bytes] = await self.redis.smembers(self.keys.fleet_ids(query.status or ""))  # type: ignore[assignment]
-        ids = [m.decode() for m in members]
-        if query.prefix:
-            ids = [cid for cid in ids if cid.startswith(query.prefix)]
-        if query.integration is not None:
-            keep = await self._matching(Query(integration=query.integration,
-                                              sort=Sort.NEXT_CHECK), ids)  # fmt: skip
-            ids = [cid for cid, ok in zip(ids, keep, strict=True) if ok]
-        if query.sort is Sort.ID:
-            ordered = sorted(ids)
-            start = 0 if not isinstance(anchor, str) else sum(1 for c in ordered if c <= anchor)
-            chosen = ordered[start : start + limit]
-            more = start + limit < len(ordered)
-            return IdPage(chosen, chosen[-1] if more and chosen else None)
-        key = self.keys.due if query.sort in (Sort.NEXT_CHECK, Sort.NEXT_CHECK_DESC) else (
-            self.keys.fleet_by_error)  # fmt: skip
-        scores = await self.redis.zmscore(key, ids) if ids else []
-        scored = [(float(s), c) for c, s in zip(ids, scores, strict=True) if s is not None]
-        rows = sorted(scored, reverse=query.sort.descending)
-        if isinstance(anchor, tuple):
-            rows = [r for r in rows if (r < anchor if query.sort.descending else r > anchor)]
-        top = rows[:limit]
-        more = len(rows) > limit
-        return IdPage(
-            [c for _, c in top], _cursor(query.sort, top[-1][1], top[-1][0]) if more else None
-        )
 
 
 def _none(cid: str, score: float) -> bool:

@@ -42,6 +42,11 @@ class Keys:
         self.fleet_by_id = f"{prefix}fleet:by-id"  # zset: id, score 0 (lexical ranges)
         self.fleet_by_integration = f"{prefix}fleet:by-integration"  # zset: "integration|id", 0
         self.fleet_by_error = f"{prefix}fleet:by-error"  # zset: id -> its last error's time
+        # Non-active ids only (small), score 0: a status's ids by lexical range.
+        self.fleet_by_status = f"{prefix}fleet:by-status"  # zset: "status|id"
+        self.fleet_by_status_integration = (
+            f"{prefix}fleet:by-status-integration"  # zset: "status|integration|id"
+        )
 
     def fleet_ids(self, status: str) -> str:
         """Set of the ids in a non-active status (small: O(failing), not O(all))."""
