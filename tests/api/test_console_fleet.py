@@ -139,3 +139,7 @@ def test_the_live_failures_page_starts_filtered_to_failures(api: Api) -> None:
     page = api.client.get("/console/events").text
     assert 'value="@alerts" selected' in page and 'data-testid="event-feed"' in page
     assert "connection.reauth_required" in page  # in the filter and the alerts list
+    # the page's title is its only heading (no "Live events" under "Live failures"); the
+    # overview's feed, one section among others, keeps its own
+    assert page.count("<h1>Live failures</h1>") == 1 and "<h2>" not in page
+    assert "<h2>Live events</h2>" in api.client.get("/console").text

@@ -264,8 +264,10 @@ def event_feed(
     connection_id: str | None = None,
     after: str | None = None,
     alerts_only: bool = False,
+    heading: str | None = "Live events",
 ) -> str:
-    """The live feed; `alerts_only` starts its filter on the failures (ALERTS)."""
+    """The live feed; `alerts_only` starts its filter on the failures (ALERTS). No `heading`
+    when the feed is the whole page (its title says it)."""
     chosen = " selected" if alerts_only else ""
     options = (
         '<option value="">every event</option>'
@@ -274,8 +276,9 @@ def event_feed(
     )
     items = "".join(event_item(rid, ev) for rid, ev in reversed(rows))
     scope = f' data-connection-filter="{esc(connection_id)}"' if connection_id else ""
+    title = f"<h2>{esc(heading)}</h2>" if heading else ""
     return (
-        '<section class="feed"><h2>Live events</h2>'
+        f'<section class="feed">{title}'
         '<label for="event-filter">Show</label> '
         f'<select id="event-filter">{options}</select> '
         '<span class="live" id="feed-state" role="status">connecting…</span>'

@@ -185,7 +185,11 @@ async def live(request: Request, session: ConsoleSession) -> Response:
     rt = _rt(request)
     recent = await events.read_events(rt.redis, rt.store.keys, LIVE_EVENTS)
     body = "<h1>Live failures</h1>" + html.event_feed(
-        recent, EVENT_NAMES, after=recent[-1][0] if recent else None, alerts_only=True
+        recent,
+        EVENT_NAMES,
+        after=recent[-1][0] if recent else None,
+        alerts_only=True,
+        heading=None,
     )
     return _page("Live failures", body, session, "events")
 
