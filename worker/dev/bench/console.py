@@ -6,8 +6,9 @@ status bench does, with one in a hundred failing with a last error. They are cou
 indexed once first, as the first reader would (timed as `backfill_s`). Then the console is
 served by a real `python -m worker.api` process, signed in with an admin key over HTTP, and
 each page is requested `--runs` times in turn: the overview, the connections page unfiltered, sorted
-by next check and by last error time, filtered by integration and by status, and the second
-page of each by its cursor. Prints
+by next check and by last error time, filtered by integration and by status (alone, with an
+integration, by last error and by next check: the one order no index serves, a bounded
+window), and the second page of each by its cursor. Prints
 p50/p99 per page and writes them as JSON (default worker/dev/bench/results/).
 """
 
@@ -49,6 +50,9 @@ PAGES = {
     "by_last_error": "/console/connections?sort=-last_error",
     "integration": "/console/connections?integration=bench",
     "failing": "/console/connections?status=failing",
+    "failing_integration": "/console/connections?status=failing&integration=bench",
+    "failing_by_last_error": "/console/connections?status=failing&sort=-last_error",
+    "failing_by_next_check": "/console/connections?status=failing&sort=next_check",
 }
 NEXT = re.compile(r'href="([^"]+)" rel="next"')
 FAILING_EVERY = 100
