@@ -185,6 +185,10 @@ def test_a_rare_filter_ends_the_page_at_the_window(
         assert len(first.ids) < 6
         assert await _all(index, Query(integration="acme", sort=Sort.NEXT_CHECK), 6) == [
             "c11", "c09", "c07", "c05", "c03", "c01"]  # fmt: skip
+        failing = await index.page(Query(status="failing", sort=Sort.NEXT_CHECK), 3)
+        assert failing.short and failing.ids == ["c08"]  # c11..c06 looked at (window + page)
+        assert await _all(index, Query(status="failing", sort=Sort.NEXT_CHECK), 3) == [
+            "c08", "c04", "c00"]  # fmt: skip
 
     _scenario(runtime_for, body)
 
@@ -231,6 +235,24 @@ def test_a_status_page_never_reads_the_whole_status(runtime_for: Callable[..., R
         read_whole = {"cmdstat_smembers", "cmdstat_sscan", "cmdstat_sort", "cmdstat_scan"}
         assert not read_whole & set(stats), sorted(stats)
         assert "cmdstat_zrangebylex" in stats
+
+    _scenario(runtime_for, body)
+
+
+def test_a_status_on_a_score_order_tests_membership_not_records(
+    runtime_for: Callable[..., Runtime],
+) -> None:
+    """By next check or last error, a status's window asks its set about each candidate
+    (SMISMEMBER, one command per chunk) instead of reading every candidate's record."""
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        await rt.redis.config_resetstat()
+        for sort in (Sort.NEXT_CHECK, Sort.NEXT_CHECK_DESC, Sort.ERROR, Sort.ERROR_ASC):
+            assert sorted((await index.page(Query("failing", sort=sort), 5)).ids) == [
+                "c00", "c04", "c08"]  # fmt: skip
+        stats = await rt.redis.info("commandstats")
+        assert "cmdstat_smismember" in stats and "cmdstat_hmget" not in stats, sorted(stats)
 
     _scenario(runtime_for, body)
 

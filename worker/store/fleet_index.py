@@ -200,6 +200,12 @@ class FleetIndex:
         status = None if lexical and query.status in PARKED else query.status
         if status is None and want_integration is None:
             return [prefix is None or cid.startswith(prefix) for cid in ids]
+        if status is not None and status in PARKED and want_integration is None and ids:
+            # One membership test per candidate in the status's set: far cheaper than reading
+            # each record, and O(chunk), not O(status).
+            member = await self.redis.smismember(self.keys.fleet_ids(status), ids)
+            return [bool(m) and (prefix is None or cid.startswith(prefix))
+                    for cid, m in zip(ids, member, strict=True)]  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hmget(self.keys.conn(cid), ["integration", "status"])
