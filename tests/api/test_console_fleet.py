@@ -12,7 +12,7 @@ from tests.api.conftest import Api
 from tests.api.test_console import events_named, sign_in
 from tests.conftest import Emu
 from tests.helpers import connect
-from worker.domain.models import LastError
+from worker.domain.models import ConnectionStatus, LastError
 from worker.engine.events import CONSOLE_ACTION
 from worker.store.apikeys import Scope
 
@@ -56,6 +56,28 @@ class TestSorting:
         cells = re.findall(r'data-field="next_check_at"><time [^>]*data-ts="([^"]+)"', soonest)
         times = [float(t) for t in cells]
         assert len(times) == 3 and times == sorted(times)
+
+    def test_reauth_required_by_next_check_is_shown_by_id_and_says_so(
+        self, api: Api, emu: Emu
+    ) -> None:
+        """Never scheduled, they have no next check: the page lists them by id, not an empty
+        walk of the due schedule."""
+        made = [cid for cid, _ in api.call(connect, api.rt, emu, 3)]
+
+        async def park() -> None:
+            for cid in made[1:]:
+                conn = await api.rt.store.get_connection(cid)
+                assert conn is not None
+                parked = conn.evolve(status=ConnectionStatus.REAUTH_REQUIRED)
+                await api.rt.store.save_connection(parked, None)
+
+        api.call(park)
+        sign_in(api)
+        page = api.client.get("/console/connections?status=reauth_required&sort=next_check").text
+        assert _ids(page) == sorted(made[1:])
+        assert "have no next check" in page and 'aria-sort="ascending"' in page
+        failing = api.client.get("/console/connections?status=failing&sort=next_check").text
+        assert "have no next check" not in failing
 
     def test_bad_sort_or_cursor_is_a_clear_error(self, api: Api) -> None:
         sign_in(api)

@@ -6,12 +6,13 @@ O(log N + its window) at any size); only the page's 50 records are read and decr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.requests import Request
 
 from worker.api.console import html
+from worker.domain.models import ConnectionStatus
 from worker.engine.runtime import Runtime
 from worker.errors import InputError, StoreError
 from worker.service import management
@@ -60,6 +61,20 @@ def query_of(request: Request) -> Query:
         check_id("q", prefix)
     parse_cursor(sort, found["cursor"])
     return Query(status, integration, prefix, sort, found["cursor"])
+
+
+def served(query: Query) -> tuple[Query, str]:
+    """The query the page answers, and a note when it differs from the one asked: connections
+    needing re-authorization are never scheduled, so by next check they are shown by id (the
+    due schedule holds none of them: its walk would only turn up empty windows)."""
+    by_next_check = query.sort in (Sort.NEXT_CHECK, Sort.NEXT_CHECK_DESC)
+    if query.status != ConnectionStatus.REAUTH_REQUIRED.value or not by_next_check:
+        return query, ""
+    note = (
+        '<p class="note" role="status">Connections needing re-authorization have no next '
+        "check (nothing is scheduled until the customer connects again): sorted by id.</p>"
+    )
+    return replace(query, sort=Sort.ID, cursor=None), note
 
 
 async def listing(rt: Runtime, query: Query) -> Listing | None:

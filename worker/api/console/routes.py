@@ -174,6 +174,8 @@ async def connections(request: Request, session: ConsoleSession) -> Response:
     except InputError as error:
         query = Query()
         problem = f'<p class="error" role="alert">{html.esc(error)}</p>'
+    query, note = listing.served(query)
+    problem += note
     found = await listing.listing(rt, query)
     names = await listing.integration_names(rt)
     body = listing.page_body(found, query, problem, names, session, _can_act(session))
