@@ -18,6 +18,15 @@ saved with it (resumable after a crash, from any process), one process at a time
 lease. When the SCAN ends the generation is marked complete; until then readers wait for it
 or say they are counting. `recount` starts a new generation (drops the counts; every flag of
 the old one reads as uncounted) for when the counts are in doubt.
+
+The same scripts keep sorted sets for paging through a million records without a SCAN
+(worker.store.fleet_index): every counted id (score 0, read by lexical range), every
+`integration|id` (score 0: one integration's ids by lexical range), every id whose record
+holds a `last_error`, scored by that error's time, and for the non-active ids only,
+`status|id` and `status|integration|id` (score 0: a status's page without reading the whole
+status). `meta.layout` names the layout of these
+keys; a store whose counts are complete under an older layout is recounted once (a new
+generation: the backfill then fills the sorted sets too).
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from worker.store.leases import Leases
 COUNTED = "counted"
 PARKED = [s.value for s in ConnectionStatus if s is not ConnectionStatus.ACTIVE]
 CHUNK = 1000  # keys per SCAN and per backfill script
+LAYOUT = "3"  # 2: the id, integration|id and error-time sorted sets; 3: status|id and
+# status|integration|id of the non-active ids
 LOCK_TTL = 30.0  # seconds; renewed after every chunk
 Progress = Callable[[int], None]
 
@@ -48,6 +59,11 @@ def fleet_keys(keys: Keys) -> list[str]:
         keys.fleet_counts,
         keys.fleet_broken,
         *(keys.fleet_ids(status) for status in PARKED),
+        keys.fleet_by_id,
+        keys.fleet_by_integration,
+        keys.fleet_by_error,
+        keys.fleet_by_status,
+        keys.fleet_by_status_integration,
     ]
 
 
@@ -56,8 +72,11 @@ def lua(base: int) -> str:
     KEYS[base]. Statuses come from ConnectionStatus, the sealed-value header from crypto."""
     sets = ", ".join(f"{s} = KEYS[{base + 3 + i}]" for i, s in enumerate(PARKED))
     known = ", ".join(f"{s.value} = true" for s in ConnectionStatus)
+    z = base + 3 + len(PARKED)
     return f"""
 local META, COUNTS, BROKEN = KEYS[{base}], KEYS[{base + 1}], KEYS[{base + 2}]
+local BY_ID, BY_INT, BY_ERROR = KEYS[{z}], KEYS[{z + 1}], KEYS[{z + 2}]
+local BY_STATUS, BY_STATUS_INT = KEYS[{z + 3}], KEYS[{z + 4}]
 local SETS = {{{sets}}}
 local KNOWN = {{{known}}}
 local function generation() return redis.call('HGET', META, 'gen') or '1' end
@@ -84,21 +103,49 @@ local function counted(key, gen)
   if g == gen then return b end
   return nil
 end
-local function sets(b)
+local function owner(b) return string.match(b, '^([^|]*)|') end
+-- The status set, whether broken, and the status-index members of a non-active record.
+local function sets(b, id)
   local status, kid = string.match(b, '|([^|]*)|([^|]*)$')
-  return SETS[status], kid == '-' or not KNOWN[status]
+  local set = SETS[status]
+  local by, by_int = nil, nil
+  if set then by, by_int = status .. '|' .. id, status .. '|' .. owner(b) .. '|' .. id end
+  return set, kid == '-' or not KNOWN[status], by, by_int
+end
+-- The time of the record's last error (the JSON `at` of its last_error field), or nil.
+local function erred_at(key)
+  local e = redis.call('HGET', key, 'last_error')
+  if not e or e == '' then return nil end
+  return tonumber(string.match(e, '"at":%s*([-%d.eE+]+)'))
+end
+local function errors(key, id)
+  local at = erred_at(key)
+  if at then redis.call('ZADD', BY_ERROR, at, id) else redis.call('ZREM', BY_ERROR, id) end
 end
 local function out(id, b)
   if redis.call('HINCRBY', COUNTS, b, -1) <= 0 then redis.call('HDEL', COUNTS, b) end
-  local set, broken = sets(b)
-  if set then redis.call('SREM', set, id) end
+  local set, broken, by, by_int = sets(b, id)
+  if set then
+    redis.call('SREM', set, id)
+    redis.call('ZREM', BY_STATUS, by)
+    redis.call('ZREM', BY_STATUS_INT, by_int)
+  end
   if broken then redis.call('SREM', BROKEN, id) end
+  redis.call('ZREM', BY_ID, id)
+  redis.call('ZREM', BY_INT, owner(b) .. '|' .. id)
+  redis.call('ZREM', BY_ERROR, id)
 end
 local function into(id, b, n)
   if n then redis.call('HINCRBY', COUNTS, b, 1) end
-  local set, broken = sets(b)
-  if set then redis.call('SADD', set, id) end
+  local set, broken, by, by_int = sets(b, id)
+  if set then
+    redis.call('SADD', set, id)
+    redis.call('ZADD', BY_STATUS, 0, by)
+    redis.call('ZADD', BY_STATUS_INT, 0, by_int)
+  end
   if broken then redis.call('SADD', BROKEN, id) end
+  redis.call('ZADD', BY_ID, 0, id)
+  redis.call('ZADD', BY_INT, 0, owner(b) .. '|' .. id)
 end
 -- Count the record at key in the bucket its fields say, leaving the one it was counted in.
 local function recount(key, id, gen, before)
@@ -107,14 +154,17 @@ local function recount(key, id, gen, before)
     if before then out(id, before) end
     if after then into(id, after, true) end
   end
-  if after then redis.call('HSET', key, '{COUNTED}', gen .. ' ' .. after) end
+  if after then
+    redis.call('HSET', key, '{COUNTED}', gen .. ' ' .. after)
+    errors(key, id)
+  end
 end
 """
 
 
-_FIRST = 1 + len(PARKED) + 3  # the first connection key of a backfill chunk
+_FIRST = 1 + len(fleet_keys(Keys()))  # the first connection key of a backfill chunk
 
-# KEYS: fleet_keys(), then connection keys. ARGV: generation, next cursor, the ids.
+# KEYS: fleet_keys(), then connection keys. ARGV: generation, next cursor, layout, the ids.
 # Returns how many records it counted, or -1 when another generation started meanwhile.
 BACKFILL = (
     lua(1)
@@ -127,7 +177,8 @@ for i = {_FIRST}, #KEYS do
   if redis.call('TYPE', key).ok == 'hash' and not counted(key, gen) then
     local b = bucket(key)
     adds[b] = (adds[b] or 0) + 1
-    into(ARGV[i - {_FIRST} + 3], b, false)
+    into(ARGV[i - {_FIRST} + 4], b, false)
+    errors(key, ARGV[i - {_FIRST} + 4])
     redis.call('HSET', key, '{COUNTED}', gen .. ' ' .. b)
     n = n + 1
   end
@@ -135,7 +186,7 @@ end
 for b, k in pairs(adds) do redis.call('HINCRBY', COUNTS, b, k) end
 redis.call('HINCRBY', META, 'counted', n)
 if ARGV[2] == '0' then
-  redis.call('HSET', META, 'complete', gen)
+  redis.call('HSET', META, 'complete', gen, 'layout', ARGV[3])
   redis.call('HDEL', META, 'cursor')
 else
   redis.call('HSET', META, 'cursor', ARGV[2])
@@ -144,10 +195,12 @@ return n
 """
 )
 
-# KEYS: fleet_keys(). Drops every count; returns the new generation.
+# KEYS: fleet_keys(). ARGV: "" or a layout. Drops every count (unless ARGV[1] names the
+# layout the store has already: then nothing); returns the (new) generation.
 RECOUNT = (
     lua(1)
     + """
+if ARGV[1] ~= '' and redis.call('HGET', META, 'layout') == ARGV[1] then return generation() end
 local gen = tonumber(generation()) + 1
 for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('HSET', META, 'gen', gen)
@@ -162,6 +215,7 @@ class State:
     complete: bool
     counted: int  # records the backfill of this generation has counted so far
     cursor: int
+    layout: str | None  # LAYOUT when the sorted sets are complete too
 
 
 class Counting:
@@ -176,20 +230,22 @@ class Counting:
 
     async def state(self) -> State:
         found: list[bytes | None] = await self.redis.hmget(
-            self.keys.fleet_meta, ["gen", "complete", "counted", "cursor"]
+            self.keys.fleet_meta, ["gen", "complete", "counted", "cursor", "layout"]
         )  # type: ignore[assignment]
-        gen, complete, counted, cursor = found
+        gen, complete, counted, cursor, layout = found
         generation = (gen or b"1").decode()
         return State(
             generation,
             complete is not None and complete.decode() == generation,
             int(counted or 0),
             int(cursor or 0),
+            layout.decode() if layout else None,
         )
 
-    async def recount(self) -> str:
-        """Start counting afresh: a new generation, backfilled like a store without counts."""
-        return str(await self._recount(keys=fleet_keys(self.keys), args=[]))
+    async def recount(self, unless_layout: str = "") -> str:
+        """Start counting afresh: a new generation, backfilled like a store without counts
+        (nothing when `unless_layout` is the store's layout already)."""
+        return str(await self._recount(keys=fleet_keys(self.keys), args=[unless_layout]))
 
     async def complete(self, progress: Progress | None = None, budget: float | None = None) -> bool:
         """Backfill until the counts are complete (True), or for `budget` seconds (False if
@@ -198,6 +254,10 @@ class Counting:
         deadline = None if budget is None else time.monotonic() + budget
         while True:
             state = await self.state()
+            if state.complete and state.layout != LAYOUT:
+                # Counted under an older layout: recount once (atomic: one process does).
+                await self.recount(unless_layout=LAYOUT)
+                continue
             if state.complete:
                 return True
             if progress is not None:
@@ -226,7 +286,8 @@ class Counting:
             cursor, found = await self.redis.scan(cursor, match=self.keys.conn_pattern, count=CHUNK)
             ids = [self.keys.connection_id(key) for key in found]
             keys = [*fleet_keys(self.keys), *found]
-            n = int(await self._chunk(keys=keys, args=[state.generation, cursor, *ids]))
+            args: list[str | int] = [state.generation, cursor, LAYOUT, *ids]
+            n = int(await self._chunk(keys=keys, args=args))
             if n < 0:
                 return False  # a recount began: start over under the new generation
             counted += n

@@ -3,8 +3,9 @@ fleet, read from plain fields and kept counts. Nothing here decrypts a token.
 
 Counts by (integration, status, sealing key) come from the counts the store keeps on every
 write (worker.store.counting), so reading them costs the same at a million connections as at
-ten. Ids by status come from the small per-status sets for the non-active statuses and from a
-SCAN of two plain fields otherwise. The due backlog, worker heartbeats, the beat lease and the
+ten. Ids by status come from the small per-status sets for the non-active statuses, otherwise
+from the sorted sets of every id and of every `integration|id` (a status asked for is tested
+on two plain fields of each). The due backlog, worker heartbeats, the beat lease and the
 last sweep are one pipelined read (`processes`).
 
 A record is readable by a process when its refresh token is sealed under a key the process
@@ -149,17 +150,28 @@ class Fleet:
         return Counts.parse(raw)
 
     async def ids(self, status: str | None = None, integration: str | None = None) -> list[str]:
-        """Ids of the connections in `status` of `integration` (None matches all), sorted."""
+        """Ids of the connections in `status` of `integration` (None matches all), sorted.
+        Read from the kept sets (worker.store.counting), never a SCAN: a non-active status's
+        small set, else every id or one integration's, with a status tested on plain fields."""
+        await self.counting.complete()
         if status is not None and status in PARKED:
-            await self.counting.complete()
             kept = self.keys.fleet_ids(status)
             members: set[bytes] = await self.redis.smembers(kept)  # type: ignore[assignment]
             ids = sorted(m.decode() for m in members)
             return ids if integration is None else await self._scan_filter(ids, None, integration)
-        ids = sorted([self.keys.connection_id(k) async for k in self._conn_keys()])
-        if status is None and integration is None:
-            return ids
-        return await self._scan_filter(ids, status, integration)
+        ids = await self._indexed(integration)
+        return ids if status is None else await self._scan_filter(ids, status, None)
+
+    async def _indexed(self, integration: str | None) -> list[str]:
+        """Every id, or one integration's, from the lexical sorted sets (already sorted)."""
+        if integration is None:
+            found: list[bytes] = await self.redis.zrange(self.keys.fleet_by_id, 0, -1)  # type: ignore[assignment]
+            return [m.decode() for m in found]
+        head = f"{integration}|".encode()
+        members: list[bytes] = await self.redis.zrangebylex(
+            self.keys.fleet_by_integration, b"[" + head, b"(" + head + b"\x7f"
+        )  # type: ignore[assignment]
+        return [m[len(head) :].decode() for m in members]
 
     async def _scan_filter(
         self, ids: list[str], status: str | None, integration: str | None

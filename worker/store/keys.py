@@ -38,6 +38,15 @@ class Keys:
         self.fleet_meta = f"{prefix}fleet:meta"  # hash: generation, backfill cursor, complete
         self.fleet_lock = f"{prefix}fleet:lock"  # lease of the one process backfilling
         self.fleet_broken = f"{prefix}fleet:ids:broken"  # set: ids nobody can read
+        # Sorted sets for paging (worker.store.fleet_index), kept by the same scripts.
+        self.fleet_by_id = f"{prefix}fleet:by-id"  # zset: id, score 0 (lexical ranges)
+        self.fleet_by_integration = f"{prefix}fleet:by-integration"  # zset: "integration|id", 0
+        self.fleet_by_error = f"{prefix}fleet:by-error"  # zset: id -> its last error's time
+        # Non-active ids only (small), score 0: a status's ids by lexical range.
+        self.fleet_by_status = f"{prefix}fleet:by-status"  # zset: "status|id"
+        self.fleet_by_status_integration = (
+            f"{prefix}fleet:by-status-integration"  # zset: "status|integration|id"
+        )
 
     def fleet_ids(self, status: str) -> str:
         """Set of the ids in a non-active status (small: O(failing), not O(all))."""

@@ -4,10 +4,18 @@
                                                due backlog, workers, beat leader, last sweep,
                                                the live event feed
     GET  /console/connections                  table: ?status=&integration=&q=(id prefix)&cursor=
+                                               &sort=id|next_check|-next_check|-last_error|
+                                               last_error (worker.api.console.listing: paged
+                                               over sorted sets, no SCAN)
     GET  /console/connections/{id}             one connection: `connections show`, its events
     POST /console/connections/{id}/check       admin + CSRF; JSON for fetch(), else 303
     POST /console/connections/{id}/refresh     admin + CSRF
     POST /console/connections/{id}/remove      admin + CSRF (revokes at Salesforce)
+    GET  /console/integrations                 status, login URL, introspection, counts
+    POST /console/integrations/{name}/retest   admin + CSRF (worker.api.console.integrations)
+    POST /console/bulk/refresh                 admin + CSRF: an integration's failing ones, or ids
+    GET  /console/bulk/{job}                   the bulk job's progress (JSON, polled)
+    GET  /console/events                       live failures: the feed, failures only at first
     GET  /console/api/connections?ids=a,b      rows for the script to keep statuses current
     GET  /console/api/status                   counts by status for the overview's cards
     GET  /console/events/stream                server-sent events (the /events/stream tail)

@@ -16,12 +16,16 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from starlette.responses import HTMLResponse
+
 from worker.engine.events import ALERTS, iso
 from worker.store.console_sessions import ConsoleSession
 
 CURRENT = ' aria-current="page"'
 ACTIONS = ("check", "refresh", "remove")
 STATUSES = ("active", "failing", "reauth_required")
+EVENT_DETAILS = ("integration", "action", "actor", "outcome", "target", "summary", "error",
+                 "error_description")  # fmt: skip
 STATUS_LABELS = {"active": "Active", "failing": "Failing", "reauth_required": "Re-auth required"}
 
 
@@ -77,6 +81,8 @@ def layout(
             for name, href, label in (
                 ("overview", "/console", "Overview"),
                 ("connections", "/console/connections", "Connections"),
+                ("integrations", "/console/integrations", "Integrations"),
+                ("events", "/console/events", "Live failures"),
             )
         )
         header = (
@@ -96,6 +102,12 @@ def layout(
         '<script src="/console/static/console.js" defer></script></head>'
         f"<body>{header}<main>{body}</main></body></html>"
     )
+
+
+def page(
+    title: str, body: str, session: ConsoleSession | None, current: str = "", status: int = 200
+) -> HTMLResponse:
+    return HTMLResponse(layout(title, body, session, current), status_code=status)
 
 
 def csrf_field(session: ConsoleSession) -> str:
@@ -156,10 +168,27 @@ def buttons(connection_id: str, session: ConsoleSession, can_act: bool) -> str:
     )
 
 
+def bulk_bar(session: ConsoleSession) -> str:
+    """Refresh the rows ticked in the table (console.js posts their ids, shows progress)."""
+    return (
+        '<form method="post" action="/console/bulk/refresh" class="bulk" data-selection>'
+        f'{csrf_field(session)}<input type="hidden" name="ids" value="">'
+        '<button type="submit" disabled>Refresh selected</button> '
+        '<span id="bulk-progress" data-testid="bulk-progress" role="status" aria-live="polite">'
+        "</span></form>"
+    )
+
+
 def row(item: Mapping[str, Any], session: ConsoleSession, can_act: bool) -> str:
     cid = str(item["id"])
+    pick = (
+        f'<td><input type="checkbox" class="pick" value="{esc(cid)}" '
+        f'aria-label="Select {esc(cid)}"></td>'
+        if can_act
+        else ""
+    )
     return (
-        f'<tr data-connection-id="{esc(cid)}" data-status="{esc(item["status"])}">'
+        f'<tr data-connection-id="{esc(cid)}" data-status="{esc(item["status"])}">{pick}'
         f'<th scope="row"><a href="{esc(connection_url(cid))}">{esc(cid)}</a></th>'
         f"<td>{esc(item['integration'])}</td>"
         f'<td data-field="status">{status_badge(item["status"])}</td>'
@@ -167,28 +196,35 @@ def row(item: Mapping[str, Any], session: ConsoleSession, can_act: bool) -> str:
         f'<td data-field="next_check_at">{when(item.get("next_check_at"))}</td>'
         f'<td data-field="last_refresh_at">{when(item.get("last_refresh_at"))}</td>'
         f'<td data-field="last_error">{last_error(item.get("last_error"))}</td>'
-        f"<td>{buttons(cid, session, can_act)}</td></tr>"
+        + (f"<td>{buttons(cid, session, can_act)}</td>" if can_act else "")
+        + "</tr>"
     )
+
+
+def _header(name: str, links: Mapping[str, str], sorted_by: Mapping[str, str]) -> str:
+    aria = f' aria-sort="{sorted_by[name]}"' if name in sorted_by else ""
+    arrow = {"ascending": " ▲", "descending": " ▼"}.get(sorted_by.get(name, ""), "")
+    text = f'<a href="{links[name]}">{esc(name)}{arrow}</a>' if name in links else esc(name)
+    return f'<th scope="col"{aria}>{text}</th>'
 
 
 def connections_table(
-    items: Sequence[Mapping[str, Any]], session: ConsoleSession, can_act: bool
+    items: Sequence[Mapping[str, Any]],
+    session: ConsoleSession,
+    can_act: bool,
+    links: Mapping[str, str] | None = None,
+    sorted_by: Mapping[str, str] | None = None,
 ) -> str:
-    head = "".join(
-        f'<th scope="col">{h}</th>'
-        for h in (
-            "Connection",
-            "Integration",
-            "Status",
-            "Expires",
-            "Next check",
-            "Last refresh",
-            "Last error",
-            "Actions" if can_act else "",
-        )
-    )
+    names = ["Connection", "Integration", "Status", "Expires", "Next check", "Last refresh",
+             "Last error"]  # fmt: skip
+    head = "".join(_header(n, links or {}, sorted_by or {}) for n in names)
+    if can_act:
+        pick = '<input type="checkbox" class="pick-all" aria-label="Select every row">'
+        head = f'<th scope="col">{pick}</th>{head}<th scope="col">Actions</th>'
     body = "".join(row(item, session, can_act) for item in items)
-    empty = '<tr><td colspan="8" class="none">No connection matches.</td></tr>' if not items else ""
+    span = len(names) + 2 * can_act
+    empty = f'<tr><td colspan="{span}" class="none">No connection matches.</td></tr>'
+    empty = empty if not items else ""
     return (
         '<div class="scroll"><table data-testid="connections-table" id="connections-table">'
         f"<thead><tr>{head}</tr></thead><tbody>{body}{empty}</tbody></table></div>"
@@ -201,7 +237,7 @@ def event_item(row_id: str, event: Mapping[str, Any]) -> str:
     who = f' <a href="{esc(connection_url(cid))}">{esc(cid)}</a>' if cid else ""
     details = " ".join(
         f'<span class="k">{esc(k)}</span>=<span class="v">{esc(event[k])}</span>'
-        for k in ("integration", "action", "actor", "outcome", "error", "error_description")
+        for k in EVENT_DETAILS
         if event.get(k) not in (None, "")
     )
     stamp = when(_epoch(event.get("ts")))
@@ -227,17 +263,26 @@ def event_feed(
     names: Iterable[str],
     connection_id: str | None = None,
     after: str | None = None,
+    alerts_only: bool = False,
+    heading: str | None = "Live events",
 ) -> str:
-    options = '<option value="">every event</option>' + "".join(
-        f'<option value="{esc(n)}">{esc(n)}</option>' for n in names
+    """The live feed; `alerts_only` starts its filter on the failures (ALERTS). No `heading`
+    when the feed is the whole page (its title says it)."""
+    chosen = " selected" if alerts_only else ""
+    options = (
+        '<option value="">every event</option>'
+        f'<option value="@alerts"{chosen}>failures only</option>'
+        + "".join(f'<option value="{esc(n)}">{esc(n)}</option>' for n in names)
     )
     items = "".join(event_item(rid, ev) for rid, ev in reversed(rows))
     scope = f' data-connection-filter="{esc(connection_id)}"' if connection_id else ""
+    title = f"<h2>{esc(heading)}</h2>" if heading else ""
     return (
-        '<section class="feed"><h2>Live events</h2>'
+        f'<section class="feed">{title}'
         '<label for="event-filter">Show</label> '
         f'<select id="event-filter">{options}</select> '
         '<span class="live" id="feed-state" role="status">connecting…</span>'
-        f'<ol data-testid="event-feed" id="event-feed" data-after="{esc(after or "")}"{scope}>'
+        f'<ol data-testid="event-feed" id="event-feed" data-after="{esc(after or "")}"{scope} '
+        f'data-alerts="{esc(" ".join(sorted(ALERTS)))}">'
         f"{items}</ol></section>"
     )

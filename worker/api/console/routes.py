@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from worker.api import events as api_events
-from worker.api.console import guard, html
+from worker.api.console import guard, html, listing
+from worker.api.console import integrations as console_integrations
 from worker.api.inputs import path_id
 from worker.domain.outcomes import Outcome
 from worker.engine import events
@@ -22,9 +23,10 @@ from worker.service import connections as connection_service
 from worker.service.status import status as fleet_status
 from worker.store.apikeys import Scope, digest
 from worker.store.console_sessions import ConsoleSession
+from worker.store.fleet_index import Query
 from worker.store.keys import check_id
 
-PAGE_SIZE = 50
+LIVE_EVENTS = 100
 MAX_POLL_IDS = 100
 RECENT_EVENTS = 50
 CONNECTION_EVENTS_SCAN = 2000  # newest events searched for one connection's story
@@ -45,9 +47,7 @@ def _rt(request: Request) -> Runtime:
     return runtime
 
 
-def _page(title: str, body: str, session: ConsoleSession | None, current: str = "",
-          status: int = 200) -> HTMLResponse:  # fmt: skip
-    return HTMLResponse(html.layout(title, body, session, current), status_code=status)
+_page = html.page
 
 
 def _can_act(session: ConsoleSession) -> bool:
@@ -122,50 +122,13 @@ async def overview(request: Request, session: ConsoleSession) -> Response:
     body = (
         '<h1>Overview</h1><section class="cards" aria-label="Connections by status">'
         f"{cards}</section>"
-        f"{_integrations(fleet['integrations'])}"
+        "<section><h2>Integrations</h2>"
+        f"{console_integrations.table(fleet['integrations'], session, False)}</section>"
         '<div class="columns">'
         f"{_backlog(fleet)}{_processes(fleet)}</div>"
         f"{html.event_feed(recent, EVENT_NAMES, after=recent[-1][0] if recent else None)}"
     )
     return _page("Overview", body, session, "overview")
-
-
-def _integrations(items: list[dict[str, Any]]) -> str:
-    rows = []
-    for item in items:
-        counts = ", ".join(f"{n} {s}" for s, n in item["connections"].items()) or "none"
-        fixes = []
-        if item["status"] == "misconfigured":
-            fixes.append(
-                "Salesforce rejects this client id/secret: correct them on the connected app "
-                "and in `tokenworker integrations` (its connections are paused meanwhile)."
-            )
-        if item["introspection"] == "unavailable":
-            fixes.append(
-                "Token introspection is unavailable: expiry is assumed; allow introspection "
-                "on the connected app."
-            )
-        fix = "".join(f'<p class="fix">{html.esc(f)}</p>' for f in fixes)
-        link = html.link("/console/connections", {"integration": item["name"]})
-        rows.append(
-            f'<tr data-integration="{html.esc(item["name"])}">'
-            f'<th scope="row"><a href="{link}">{html.esc(item["name"])}</a></th>'
-            f"<td>{html.status_badge(item['status'])}{fix}</td>"
-            f"<td>{html.esc(item['introspection'])}</td>"
-            f"<td><code>{html.esc(item['login_url'])}</code></td>"
-            f"<td>{html.esc(counts)}</td>"
-            f"<td>{html.last_error(item.get('last_error'))}</td></tr>"
-        )
-    head = "".join(
-        f'<th scope="col">{h}</th>'
-        for h in ("Integration", "Status", "Introspection", "Login URL", "Connections", "Error")
-    )
-    empty = '<tr><td colspan="6" class="none">No integration yet.</td></tr>' if not rows else ""
-    return (
-        '<section><h2>Integrations</h2><div class="scroll"><table data-testid="integrations">'
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}{empty}</tbody></table></div>"
-        "</section>"
-    )
 
 
 def _backlog(fleet: dict[str, Any]) -> str:
@@ -203,62 +166,34 @@ def _processes(fleet: dict[str, Any]) -> str:
     )
 
 
-def _filters(request: Request) -> tuple[str | None, str | None, str | None, str | None]:
-    params = request.query_params
-    chosen = params.get("status") or None
-    if chosen is not None and chosen not in html.STATUSES:
-        raise InputError(f"status: expected one of {', '.join(html.STATUSES)}")
-    found = []
-    for name in ("integration", "q", "cursor"):
-        value = (params.get(name) or "").strip() or None
-        found.append(check_id(name, value) if value is not None else None)
-    return chosen, found[0], found[1], found[2]
-
-
 async def connections(request: Request, session: ConsoleSession) -> Response:
     rt = _rt(request)
     problem = ""
     try:
-        chosen, integration, prefix, cursor = _filters(request)
+        query = listing.query_of(request)
     except InputError as error:
-        chosen = integration = prefix = cursor = None
+        query = Query()
         problem = f'<p class="error" role="alert">{html.esc(error)}</p>'
-    listing = await management.list_connections(rt, chosen, integration, PAGE_SIZE, cursor, prefix)
-    integrations = await management.list_integrations(rt)
-    status_opts = '<option value="">any status</option>' + "".join(
-        f'<option value="{s}"{" selected" if s == chosen else ""}>{s}</option>'
-        for s in html.STATUSES
-    )
-    integration_opts = '<option value="">any integration</option>' + "".join(
-        f'<option value="{html.esc(i["name"])}"'
-        f"{' selected' if i['name'] == integration else ''}>{html.esc(i['name'])}</option>"
-        for i in integrations
-    )
-    kept = {"status": chosen, "integration": integration, "q": prefix}
-    paging = ""
-    if cursor:
-        paging += f'<a href="{html.link("/console/connections", kept)}">First page</a> '
-    if listing.next_cursor:
-        more = html.link("/console/connections", {**kept, "cursor": listing.next_cursor})
-        paging += f'<a href="{more}" rel="next">Next page</a>'
-    unreadable = "".join(
-        f"<li><code>{html.esc(u['id'])}</code>: {html.esc(u['problem'])}</li>"
-        for u in listing.unreadable
-    )
-    body = (
-        "<h1>Connections</h1>"
-        f"{problem}"
-        '<form method="get" action="/console/connections" class="filters" role="search">'
-        f'<label>Status <select name="status">{status_opts}</select></label>'
-        f'<label>Integration <select name="integration">{integration_opts}</select></label>'
-        '<label>Id starts with <input name="q" spellcheck="false" autocapitalize="none" '
-        f'value="{html.esc(prefix or "")}"></label>'
-        '<button type="submit">Filter</button></form>'
-        f"{html.connections_table(listing.items, session, _can_act(session))}"
-        f'<nav class="paging" aria-label="Pages">{paging}</nav>'
-        + (f"<section><h2>Unreadable</h2><ul>{unreadable}</ul></section>" if unreadable else "")
-    )
+    query, note = listing.served(query)
+    problem += note
+    found = await listing.listing(rt, query)
+    names = await listing.integration_names(rt)
+    body = listing.page_body(found, query, problem, names, session, _can_act(session))
     return _page("Connections", body, session, "connections")
+
+
+async def live(request: Request, session: ConsoleSession) -> Response:
+    """The live feed alone, alerts (failures) shown first by the filter's default."""
+    rt = _rt(request)
+    recent = await events.read_events(rt.redis, rt.store.keys, LIVE_EVENTS)
+    body = "<h1>Live failures</h1>" + html.event_feed(
+        recent,
+        EVENT_NAMES,
+        after=recent[-1][0] if recent else None,
+        alerts_only=True,
+        heading=None,
+    )
+    return _page("Live failures", body, session, "events")
 
 
 async def connection(request: Request, session: ConsoleSession) -> Response:
@@ -431,6 +366,19 @@ def routes() -> list[BaseRoute]:
             )
             for name in html.ACTIONS
         ),
+        Route("/console/integrations", guard.page(console_integrations.page), methods=["GET"]),
+        Route(
+            "/console/integrations/{name}/retest",
+            guard.change(console_integrations.retest),
+            methods=["POST"],
+        ),
+        Route(
+            "/console/bulk/refresh",
+            guard.change(console_integrations.bulk_refresh),
+            methods=["POST"],
+        ),
+        Route("/console/bulk/{job}", guard.page(console_integrations.bulk_status), methods=["GET"]),
+        Route("/console/events", guard.page(live), methods=["GET"]),
         Route("/console/api/connections", guard.page(rows_json), methods=["GET"]),
         Route("/console/api/status", guard.page(status_json), methods=["GET"]),
         Route("/console/events/stream", guard.page(event_stream), methods=["GET"]),

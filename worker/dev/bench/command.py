@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     configure("json", level=logging.WARNING)  # the in-process scenarios' events stay quiet
     if args.api:
         return _run_api(args)
+    if args.console:
+        from worker.dev.bench import console  # noqa: PLC0415
+
+        return console.run(args)
     params = bench_params.from_args(args)
     restore = sigterm_as_exit()
     started = time.monotonic()

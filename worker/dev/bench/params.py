@@ -124,6 +124,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-processes", type=int, help="--api: api processes serving the load (default 2)"
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="instead: console page times (p99) at --seed connections (issue 14)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1_000_000, help="--console: connections to seed"
+    )
+    parser.add_argument("--rdb", help="--console: load this store (key prefix tw:) instead")
+    parser.add_argument("--runs", type=int, default=100, help="--console: requests per page")
 
 
 def from_args(args: argparse.Namespace) -> BenchParams:

@@ -73,7 +73,7 @@
 
   function holders() {
     return Array.prototype.slice.call(document.querySelectorAll('[data-connection-id]'))
-      .filter(function (el) { return el.tagName !== 'LI'; });
+      .filter(function (el) { return el.tagName !== 'LI' && el.getAttribute('data-connection-id'); });
   }
 
   // -- buttons: POST with the CSRF header, show the result in place ------------------------
@@ -102,6 +102,13 @@
         result.className = 'result ' + (data.ok ? 'ok' : 'error');
       }
       if (data.connection && holder) update(holder, data.connection);
+      if (data.integration && holder) {
+        var cell = holder.querySelector('[data-field="integration_status"]');
+        holder.setAttribute('data-status', data.integration.status);
+        if (cell) fill(cell, badge(data.integration.status));
+        var intro = holder.querySelector('[data-field="introspection"]');
+        if (intro) intro.textContent = data.integration.introspection;
+      }
       if (data.removed && holder) {
         holder.setAttribute('data-status', 'removed');
         holder.classList.add('removed');
@@ -112,6 +119,82 @@
     }).finally(function () {
       if (!holder || !holder.classList.contains('removed')) button.disabled = false;
     });
+  });
+
+  // -- bulk refresh: start a job, then poll its progress ---------------------------------
+  function picked() {
+    return Array.prototype.map.call(document.querySelectorAll('input.pick:checked'),
+      function (box) { return box.value; });
+  }
+
+  function syncPicks() {
+    var button = document.querySelector('form.bulk[data-selection] button');
+    if (button) {
+      var n = picked().length;
+      button.disabled = n === 0;
+      button.textContent = n ? 'Refresh ' + n + ' selected' : 'Refresh selected';
+    }
+  }
+
+  document.addEventListener('change', function (ev) {
+    var box = ev.target;
+    if (box.matches && box.matches('input.pick-all')) {
+      document.querySelectorAll('input.pick').forEach(function (b) { b.checked = box.checked; });
+    }
+    if (box.matches && box.matches('input.pick, input.pick-all')) syncPicks();
+  });
+
+  function showJob(out, job) {
+    var total = job.total === null || job.total === undefined ? '?' : job.total;
+    var outcomes = Object.keys(job.outcomes || {}).sort().map(function (k) {
+      return k + ' ' + job.outcomes[k];
+    }).join(', ');
+    var bar = document.createElement('progress');
+    bar.max = job.total || 1;
+    bar.value = job.total ? job.done : 0;
+    var text = document.createElement('span');
+    text.textContent = ' ' + job.target + ': ' + job.done + '/' + total + ' ' + job.state +
+      (outcomes ? ' (' + outcomes + ')' : '') + (job.message ? ': ' + job.message : '');
+    fill(out, bar);
+    out.appendChild(text);
+    out.setAttribute('data-state', job.state);
+  }
+
+  function follow(out, jobId, tries) {
+    fetch('/console/bulk/' + encodeURIComponent(jobId), {
+      credentials: 'same-origin', headers: { 'Accept': 'application/json' }
+    }).then(function (answer) { return answer.ok ? answer.json() : null; })
+      .then(function (job) {
+        if (!job) return;
+        showJob(out, job);
+        if (job.state === 'running' && tries < 2400) {
+          setTimeout(function () { follow(out, jobId, tries + 1); }, 500);
+        } else { poll(); pollCounts(); }
+      }).catch(function () { out.textContent = 'progress unavailable'; });
+  }
+
+  document.addEventListener('submit', function (ev) {
+    var form = ev.target;
+    if (!form.matches || !form.matches('form.bulk')) return;
+    ev.preventDefault();
+    var body = new URLSearchParams();
+    var integration = form.querySelector('input[name="integration"]');
+    if (integration) body.set('integration', integration.value);
+    else body.set('ids', picked().join(','));
+    var out = document.getElementById('bulk-progress');
+    fetch(form.action, {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'X-CSRF-Token': csrf, 'Accept': 'application/json',
+                 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: body.toString()
+    }).then(function (answer) { return answer.json(); })
+      .then(function (data) {
+        if (!out) return;
+        if (!data.job) { out.textContent = data.message || 'refused'; return; }
+        out.textContent = data.target + ': starting…';
+        follow(out, data.job, 0);
+      }).catch(function () { if (out) out.textContent = 'request failed'; });
   });
 
   // -- keep statuses current ---------------------------------------------------------------
@@ -168,8 +251,10 @@
   function applyFilter() {
     if (!feed) return;
     var wanted = filter ? filter.value : '';
+    var alerts = (feed.getAttribute('data-alerts') || '').split(' ');
     feed.querySelectorAll('li').forEach(function (li) {
-      li.hidden = !!wanted && li.getAttribute('data-event') !== wanted;
+      var name = li.getAttribute('data-event');
+      li.hidden = wanted === '@alerts' ? alerts.indexOf(name) < 0 : !!wanted && name !== wanted;
     });
   }
 
@@ -192,7 +277,8 @@
       a.textContent = ev.connection_id;
       li.appendChild(a);
     }
-    ['integration', 'action', 'actor', 'outcome', 'error', 'error_description'].forEach(function (k) {
+    ['integration', 'action', 'actor', 'outcome', 'target', 'summary', 'error',
+     'error_description'].forEach(function (k) {
       if (ev[k] === undefined || ev[k] === null || ev[k] === '') return;
       var k1 = document.createElement('span'); k1.className = 'k'; k1.textContent = ' ' + k;
       var v1 = document.createElement('span'); v1.className = 'v'; v1.textContent = String(ev[k]);
@@ -219,6 +305,7 @@
     };
   }
   if (filter) filter.addEventListener('change', applyFilter);
+  applyFilter();
 
   setInterval(poll, 5000);
   setInterval(pollCounts, 10000);
