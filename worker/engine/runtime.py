@@ -13,14 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
+from config.redis_urls import RedisEndpoint
 from config.settings import Settings
 from worker.domain import policy
 from worker.engine.events import EventSink, Forward
 from worker.engine.limits import save_window
 from worker.engine.refresher import Refresher
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
+from worker.store import clients
 from worker.store.connections import Store
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
@@ -29,18 +31,11 @@ from worker.store.pipelining import AutoPipeline
 from worker.store.ratelimit import RateLimiter
 
 
-def redis_client(url: str) -> Redis:
-    # A blocking pool: hundreds of concurrent checks wait for a connection instead of failing
-    # with MaxConnectionsError (redis-py's default async pool raises when it runs out).
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=64,
-        timeout=20,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
+def redis_client(endpoint: RedisEndpoint) -> Redis:
+    """The engine's store client (a blocking pool of 64, see `clients.async_client`)."""
+    return clients.async_client(
+        endpoint, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
-    return Redis(connection_pool=pool, decode_responses=False)
 
 
 def timing(settings: Settings) -> policy.Timing:
@@ -78,7 +73,7 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> Runtime:
-        redis = redis if redis is not None else redis_client(settings.redis_url)
+        redis = redis if redis is not None else redis_client(settings.store_endpoint)
         keys = Keys(settings.key_prefix)
         auto = AutoPipeline(redis)
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
