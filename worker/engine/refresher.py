@@ -28,7 +28,7 @@ from worker.domain.models import (
 from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine import events, failures
 from worker.engine.events import EventSink
-from worker.engine.saving import STORE_DOWN, apply_refresh, save_refresh
+from worker.engine.saving import apply_refresh, save_refresh
 from worker.errors import (
     ConfigurationError,
     ConflictError,
@@ -41,8 +41,10 @@ from worker.errors import (
 )
 from worker.salesforce.client import SalesforceClient
 from worker.store import codec
+from worker.store.clients import STORE_DOWN
 from worker.store.connections import Store
 from worker.store.leases import Leases
+from worker.store.replication import Replication
 
 log = structlog.get_logger("tokenworker.refresher")
 INTEGRATION_CACHE_SECONDS = 5.0
@@ -79,6 +81,7 @@ class Refresher:
         lease_wait: float = 0.0,
         concurrency: int = 200,
         save_window: float = 120.0,
+        replication: Replication | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,6 +93,7 @@ class Refresher:
         self.lease_wait = lease_wait
         self.concurrency = concurrency
         self.save_window = save_window
+        self.replication = replication  # a rotated token waits for replicas (WAIT)
         self.clock = clock
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
@@ -485,6 +489,7 @@ class Refresher:
             applied.next_check_at,
             sent=conn.refresh_token,
             window=self.save_window,
+            replication=self.replication,
         )
         if saved.refresh_token != applied.connection.refresh_token:
             # An operator's import (or another writer) replaced the grant while we refreshed

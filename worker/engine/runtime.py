@@ -29,6 +29,7 @@ from worker.store.keys import Keys
 from worker.store.leases import Leases
 from worker.store.pipelining import AutoPipeline
 from worker.store.ratelimit import RateLimiter
+from worker.store.replication import Replication
 
 
 def redis_client(endpoint: RedisEndpoint) -> Redis:
@@ -91,6 +92,7 @@ class Runtime:
             lease_wait=settings.lease_ttl,
             concurrency=settings.concurrency,
             save_window=save_window(settings),
+            replication=Replication(redis, settings.min_replicas, settings.replica_wait),
             clock=clock,
             rng=rng,
         )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from worker.domain.models import (
     Connection,
@@ -78,6 +80,13 @@ return 1
 MARK_FIELD = "refresh_started_at"
 UNSCHEDULE = ""
 KEEP_SCHEDULE = "-"
+
+
+def _saved(conn: Connection, version: Any) -> Connection:
+    """The record as saved, from the save script's reply (-1: compare-and-set lost)."""
+    if int(version) < 0:
+        raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
+    return conn.evolve(version=int(version))
 
 
 class Store:
@@ -194,6 +203,35 @@ class Store:
         import) may hold a copy read before a worker marked a refresh in flight, and must
         neither erase that mark nor restore an old one. The worker's own saves own the mark.
         """
+        keys, args = self._save_args(conn, next_check_at, mark)
+        version = await eval_script(self.auto, self._save, keys, args)
+        return _saved(conn, version)
+
+    async def save_replicated(
+        self, conn: Connection, next_check_at: float | str | None, replicas: int, timeout: float
+    ) -> tuple[Connection, int]:
+        """save_connection, then WAIT for `replicas` replicas (at most `timeout` s): (the saved
+        record, how many replicas confirmed it). Both go on one connection, outside the shared
+        pipeline: WAIT counts the replicas holding that connection's last write, and a WAIT
+        that runs out must not hold up the other commands of a batch."""
+        keys, args = self._save_args(conn, next_check_at, mark=True)
+        for _ in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._save.sha, len(keys), *keys, *args)
+                pipe.wait(replicas, max(1, round(timeout * 1000)))
+                version, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(version, NoScriptError):  # a restarted or new master: load, redo
+                await self.redis.script_load(_SAVE)
+                continue
+            if isinstance(version, Exception):
+                raise version
+            # A WAIT refused (sent to a node that is no longer a master) confirms nothing.
+            return _saved(conn, version), acked if isinstance(acked, int) else 0
+        raise NoScriptError("the save script could not be loaded")
+
+    def _save_args(
+        self, conn: Connection, next_check_at: float | str | None, mark: bool
+    ) -> tuple[list[str], list[bytes | str | float]]:
         fields = codec.connection_fields(conn, self.cipher)
         if not mark:
             del fields[MARK_FIELD]
@@ -202,10 +240,7 @@ class Store:
         for name, value in fields.items():
             args.extend((name, value))
         keys = [self.keys.conn(conn.id), self.keys.due, *counting.fleet_keys(self.keys)]
-        version = await eval_script(self.auto, self._save, keys, args)
-        if int(version) < 0:
-            raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
-        return conn.evolve(version=int(version))
+        return keys, args
 
     async def mark_refreshing(self, connection_id: str, now: float) -> bool:
         """Record that a refresh token is about to be sent (outside the version: a flag).

@@ -15,9 +15,8 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.store.clients import STORE_DOWN
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
 
 log = structlog.get_logger("tokenworker.locks")
@@ -104,5 +103,5 @@ class Leases:
         is done (its result must not turn into a store error)."""
         try:
             await self.release(key, token)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except STORE_DOWN as error:
             log.warning("lease.unreleased", problem=type(error).__name__, ttl_ms=self.ttl_ms)

@@ -1,0 +1,36 @@
+"""How many replicas must confirm a rotated refresh token before the refresh counts as saved.
+
+Redis replicates asynchronously: a master that dies right after acknowledging a write takes the
+write with it, and when that write is a rotated refresh token it is the only copy of the grant.
+`TOKENWORKER_MIN_REPLICAS` says how many replicas must hold it (WAIT); `auto` asks the master
+(INFO replication) and wants 1 while it has a replica, 0 when it runs alone (no WAIT at all).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+AUTO_CACHE_SECONDS = 5.0  # a lost or returning replica changes `auto` within this long
+
+
+@dataclass
+class Replication:
+    redis: Redis
+    configured: int | None  # None: auto
+    timeout: float  # seconds one WAIT may take (TOKENWORKER_REPLICA_WAIT)
+    _wanted: int = 0
+    _until: float = float("-inf")
+
+    async def wanted(self) -> int:
+        """Replicas a rotated token must reach now."""
+        if self.configured is not None:
+            return self.configured
+        now = time.monotonic()
+        if now >= self._until:
+            info = await self.redis.info("replication")
+            self._wanted = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
+            self._until = now + AUTO_CACHE_SECONDS
+        return self._wanted
