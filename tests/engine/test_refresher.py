@@ -385,13 +385,18 @@ class TestRotationSaved:
                 asyncio.get_running_loop().call_soon(order.append, "next loop step")
                 return response
 
-            async def recorded_save(*args: Any, **kwargs: Any) -> Any:
-                if answered[0]:
-                    order.append("save")
-                return await save(*args, **kwargs)
+            def recorded(save: Any) -> Any:
+                async def recorded_save(*args: Any, **kwargs: Any) -> Any:
+                    if answered[0]:
+                        order.append("save")
+                    return await save(*args, **kwargs)
+
+                return recorded_save
 
             rt.client.refresh = refresh_then_probe  # type: ignore[method-assign]
-            rt.store.save_connection = recorded_save  # type: ignore[method-assign]
+            # A rotated token is saved with WAIT for replicas (save_replicated) or without.
+            rt.store.save_connection = recorded(save)  # type: ignore[method-assign]
+            rt.store.save_replicated = recorded(rt.store.save_replicated)  # type: ignore[method-assign]
             result = await rt.refresher.check(cid, force=True)
             assert result.outcome is Outcome.REFRESHED, result
             assert order[:2] == ["save", "next loop step"], order

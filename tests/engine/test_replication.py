@@ -48,9 +48,9 @@ async def test_a_shortfall_keeps_the_answer_and_saves_it_again_on_the_new_master
         real = rt.store.save_replicated
         saves: list[int] = []
 
-        async def acknowledged_then_lost(*args: Any, **kwargs: Any) -> tuple[Connection, int]:
+        async def acknowledged_then_lost(*args: Any, **kwargs: Any) -> tuple[Connection, int, int]:
             result = await real(*args, **kwargs)
-            saves.append(result[1])
+            saves.append(result[2])
             # The master that acknowledged it dies; the new master has the record as before.
             await rt.redis.delete(key)
             await rt.redis.hset(key, mapping=before)  # type: ignore[misc]
@@ -85,7 +85,7 @@ async def test_only_a_rotated_token_waits_for_replicas(runtime_for: RuntimeFor, 
         waits: list[int] = []
         real = rt.store.save_replicated
 
-        async def counted(*args: Any, **kwargs: Any) -> tuple[Connection, int]:
+        async def counted(*args: Any, **kwargs: Any) -> tuple[Connection, int, int]:
             waits.append(1)
             return await real(*args, **kwargs)
 

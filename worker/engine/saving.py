@@ -168,10 +168,9 @@ class Unconfirmed(Exception):
 async def _save_once(
     store: Store, conn: Connection, next_check_at: float, replication: Replication | None
 ) -> Connection:
-    wanted = await replication.wanted() if replication is not None else 0
-    if replication is None or wanted == 0:
+    if replication is None or replication.cached() == 0:
         return await store.save_connection(conn, next_check_at)
-    saved, acked = await store.save_replicated(conn, next_check_at, wanted, replication.timeout)
+    saved, wanted, acked = await store.save_replicated(conn, next_check_at, replication)
     if acked < wanted:
         # The master holds it, its replicas may not: a failover now would lose the grant.
         log.warning("replication.short", connection_id=conn.id, acked=acked, wanted=wanted)

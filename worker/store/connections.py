@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from worker.domain.models import (
     Connection,
@@ -26,6 +26,7 @@ from worker.store import codec, counting
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
+from worker.store.replication import Replication
 
 # KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
 # ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
@@ -208,26 +209,26 @@ class Store:
         return _saved(conn, version)
 
     async def save_replicated(
-        self, conn: Connection, next_check_at: float | str | None, replicas: int, timeout: float
-    ) -> tuple[Connection, int]:
-        """save_connection, then WAIT for `replicas` replicas (at most `timeout` s): (the saved
-        record, how many replicas confirmed it). Both go on one connection, outside the shared
-        pipeline: WAIT counts the replicas holding that connection's last write, and a WAIT
-        that runs out must not hold up the other commands of a batch."""
+        self, conn: Connection, next_check_at: float | str | None, replication: Replication
+    ) -> tuple[Connection, int, int]:
+        """save_connection, then WAIT for the replicas `replication` wants: (the saved record,
+        replicas wanted, replicas that confirmed it). One connection for all of it, outside the
+        shared pipeline: WAIT counts the replicas holding that connection's last write, and a
+        WAIT that runs out must not hold up the other commands of a batch. The save goes first,
+        before anything else is awaited (`auto` asks INFO on the same connection after it)."""
         keys, args = self._save_args(conn, next_check_at, mark=True)
-        for _ in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._save.sha, len(keys), *keys, *args)
-                pipe.wait(replicas, max(1, round(timeout * 1000)))
-                version, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(version, NoScriptError):  # a restarted or new master: load, redo
-                await self.redis.script_load(_SAVE)
-                continue
-            if isinstance(version, Exception):
-                raise version
-            # A WAIT refused (sent to a node that is no longer a master) confirms nothing.
-            return _saved(conn, version), acked if isinstance(acked, int) else 0
-        raise NoScriptError("the save script could not be loaded")
+        async with self.redis.client() as single:
+            saved = _saved(conn, await self._save(keys=keys, args=args, client=single))
+            wanted = replication.cached()
+            if wanted is None:
+                wanted = replication.learn(await single.info("replication"))
+            if wanted == 0:
+                return saved, 0, 0
+            try:
+                acked = int(await single.wait(wanted, max(1, round(replication.timeout * 1000))))
+            except ResponseError:  # no longer a master: WAIT is refused, nothing is confirmed
+                acked = 0
+        return saved, wanted, acked
 
     def _save_args(
         self, conn: Connection, next_check_at: float | str | None, mark: bool

@@ -9,7 +9,9 @@ write with it, and when that write is a rotated refresh token it is the only cop
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -24,13 +26,19 @@ class Replication:
     _wanted: int = 0
     _until: float = float("-inf")
 
-    async def wanted(self) -> int:
-        """Replicas a rotated token must reach now."""
+    def cached(self) -> int | None:
+        """Replicas a rotated token must reach now, or None when INFO must be asked again."""
         if self.configured is not None:
             return self.configured
-        now = time.monotonic()
-        if now >= self._until:
-            info = await self.redis.info("replication")
-            self._wanted = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
-            self._until = now + AUTO_CACHE_SECONDS
+        return self._wanted if time.monotonic() < self._until else None
+
+    def learn(self, info: Mapping[str, Any]) -> int:
+        """`auto` from the master's INFO replication: 1 while it has a replica, else 0."""
+        self._wanted = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
+        self._until = time.monotonic() + AUTO_CACHE_SECONDS
         return self._wanted
+
+    async def wanted(self) -> int:
+        """Replicas a rotated token must reach now (asks the master when `auto` is stale)."""
+        found = self.cached()
+        return found if found is not None else self.learn(await self.redis.info("replication"))
