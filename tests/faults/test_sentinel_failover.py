@@ -1,0 +1,161 @@
+"""Sentinel failover under rotating refreshes: a worker and a beat on a redis+sentinel:// URL
+(store and broker) ride out a graceful SENTINEL FAILOVER, then a SIGKILL of the new master
+while refreshes are in flight, without losing a grant or sending a refresh token twice.
+
+A publisher sends a forced refresh of one of the connections every 100 ms, and the emulator
+rotates the refresh token at each refresh: at any moment some answer is on its way back
+(300 ms latency) to a master that may die before replicating it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from config.celery import broker_config
+from config.settings import Settings
+from tests.conftest import Emu
+from tests.faults.harness import SWEEP_INTERVAL, Fleet, Ledger, process_env, seed, stored
+from tests.processes import wait_until
+from tests.sentinel_group import SKIP_REASON, SentinelGroup, available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not available(), reason=SKIP_REASON),
+]
+
+LATENCY_MS = 300
+COUNT = 8
+RECOVERY = 20.0  # seconds from a promotion to every connection refreshed on the new master
+
+
+@contextlib.contextmanager
+def refreshing(env: dict[str, str], ids: list[str]) -> Iterator[None]:
+    """Publish a forced (rotating) refresh of one of `ids` every 100 ms, through Sentinel."""
+    from celery import Celery  # noqa: PLC0415
+
+    app = Celery("sentinel-client")
+    app.conf.update(broker_config(Settings.from_env(env)), task_serializer="json")
+    stop = threading.Event()
+
+    def publish() -> None:
+        sent = 0
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # the broker fails over too
+                app.send_task(
+                    "tokenworker.refresh_connection", args=[ids[sent % len(ids)]], queue="ops"
+                )
+                sent += 1
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=publish, name="refreshing", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+        app.close()
+
+
+@pytest.fixture
+def group() -> Iterator[SentinelGroup]:
+    started = SentinelGroup().start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def _versions(port: int, prefix: str, ids: list[str]) -> list[int]:
+    client = redis.Redis(port=port, socket_timeout=1)
+    try:
+        return [int(client.hget(f"{prefix}conn:{cid}", "version") or 0) for cid in ids]
+    finally:
+        client.close()
+
+
+def _takeover(group: SentinelGroup, old: int, prefix: str, ids: list[str]) -> tuple[int, float]:
+    """(the new master, seconds from now to the first save it took)."""
+    start = time.monotonic()
+    new = wait_until(lambda: group.master() not in (None, old) and group.master(), 30, "promotion")
+    before = _versions(new, prefix, ids)
+    wait_until(
+        lambda: any(a > b for a, b in zip(_versions(new, prefix, ids), before, strict=True)),
+        30,
+        "a save on the new master",
+        0.02,
+    )
+    return int(new), time.monotonic() - start
+
+
+def test_failover_under_rotating_refreshes_loses_no_grant(
+    emu: Emu, fleet: Fleet, ledger: Ledger, group: SentinelGroup, prefix: str
+) -> None:
+    env = process_env(group.url, group.url, prefix)
+    ledger.prefixes.add(prefix)
+    pairs = seed(env, emu, count=COUNT, rotation=True)
+    ids = [cid for cid, _ in pairs]
+    grants = [grant["grant_id"] for _, grant in pairs]
+    reuse_before = int(emu.http.get("/_admin/stats").json().get("reuse_revocations", 0))
+    emu.post("/_admin/config", {"latency_ms": LATENCY_MS})
+
+    def calls() -> int:
+        return sum(emu.token_calls(g) for g in grants)
+
+    worker = fleet.worker(env)
+    beat = fleet.beat(env)
+    publisher = refreshing(env, ids)
+    publisher.__enter__()
+    try:
+        flowing = calls() + COUNT
+        wait_until(lambda: calls() >= flowing, 60, "refreshes flowing")
+        first = group.master()
+        assert first is not None
+        group.failover()
+        second, graceful = _takeover(group, first, prefix, ids)
+        # The new master runs: kill it just as a refresh reaches Salesforce (answer 300 ms out).
+        wait_until(lambda: group.replicas_seen() == 1, 30, "the old master back as a replica")
+        seen = calls()
+        wait_until(lambda: calls() > seen, 10, "a refresh on the wire", 0.005)
+        killed_at = time.time()
+        group.kill(second)
+        third, takeover = _takeover(group, second, prefix, ids)
+        up_at = time.time()
+        group.start_node(second, replica_of=third)
+        print(f"takeover: graceful {graceful:.2f} s, after SIGKILL {takeover:.2f} s")
+
+        def all_refreshed_since_up() -> bool:
+            found = stored(env, ids)
+            return all(c is not None and (c.last_refresh_at or 0) > up_at for c in found.values())
+
+        wait_until(all_refreshed_since_up, RECOVERY, f"every token refreshed after {third}")
+        fresh_after = time.time() - up_at
+        print(f"every access token refreshed {fresh_after:.1f} s after the promotion")
+        assert worker.proc.popen.poll() is None and beat.popen.poll() is None
+        sends = beat.log().count("Sending due task sweep")
+        wait_until(
+            lambda: beat.log().count("Sending due task sweep") > sends,
+            3 * SWEEP_INTERVAL,
+            "beat still sending sweeps",
+        )
+    finally:
+        publisher.__exit__(None, None, None)
+        emu.post("/_admin/config", {"latency_ms": 0})
+        beat.stop()
+        worker.proc.stop()
+    final = stored(env, ids)
+    problems = []
+    for cid, grant_id in zip(ids, grants, strict=True):
+        view = emu.grant(grant_id)
+        if view["revoked"]:
+            problems.append(f"{cid}: grant revoked (a consumed refresh token was sent again)")
+        elif final[cid].refresh_token != view["refresh_token"]:
+            problems.append(f"{cid}: the stored refresh token is not the one the emulator honours")
+    reuse = int(emu.http.get("/_admin/stats").json().get("reuse_revocations", 0)) - reuse_before
+    assert problems == [] and reuse == 0, (problems, reuse, killed_at)
