@@ -17,7 +17,7 @@ import structlog
 from worker.domain import policy
 from worker.domain.answers import TokenResponse
 from worker.domain.models import Connection, ExpirySource, Integration
-from worker.errors import ConflictError, ResponseIntegrityError
+from worker.errors import ConflictError, ResponseIntegrityError, TokenworkerError
 from worker.salesforce import hosts, signature
 from worker.store.clients import STORE_DOWN
 from worker.store.connections import Store
@@ -161,7 +161,7 @@ async def save_refresh(
         conn = conn.evolve(version=latest.version)
 
 
-class Unconfirmed(Exception):
+class Unconfirmed(TokenworkerError):
     """Fewer replicas than wanted confirmed a rotated token (WAIT ran out)."""
 
 
