@@ -23,6 +23,7 @@ from tests.conftest import Emu
 from tests.faults.harness import SWEEP_INTERVAL, Fleet, Ledger, process_env, seed, stored
 from tests.processes import wait_until
 from tests.sentinel_group import SKIP_REASON, SentinelGroup, available
+from worker.store.replication import ALONE_CACHE_SECONDS
 
 pytestmark = [
     pytest.mark.integration,
@@ -121,6 +122,7 @@ def test_failover_under_rotating_refreshes_loses_no_grant(
         second, graceful = _takeover(group, first, prefix, ids)
         # The new master runs: kill it just as a refresh reaches Salesforce (answer 300 ms out).
         wait_until(lambda: group.replicas_seen() == 1, 30, "the old master back as a replica")
+        time.sleep(ALONE_CACHE_SECONDS + 0.5)  # `auto` has seen the replica: WAITs are on
         seen = calls()
         wait_until(lambda: calls() > seen, 10, "a refresh on the wire", 0.005)
         killed_at = time.time()
@@ -134,7 +136,10 @@ def test_failover_under_rotating_refreshes_loses_no_grant(
             found = stored(env, ids)
             return all(c is not None and (c.last_refresh_at or 0) > up_at for c in found.values())
 
-        wait_until(all_refreshed_since_up, RECOVERY, f"every token refreshed after {third}")
+        try:
+            wait_until(all_refreshed_since_up, RECOVERY, f"every token refreshed after {third}")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{worker.proc.tail(6000)}") from None
         fresh_after = time.time() - up_at
         print(f"every access token refreshed {fresh_after:.1f} s after the promotion")
         assert worker.proc.popen.poll() is None and beat.popen.poll() is None

@@ -15,7 +15,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-AUTO_CACHE_SECONDS = 5.0  # a lost or returning replica changes `auto` within this long
+# `auto` re-asks the master this often: a lost replica stops the WAITs within 5 s; a replica
+# that (re)attaches starts them within 1 s (a save without WAIT meanwhile is the exposure).
+AUTO_CACHE_SECONDS = 5.0
+ALONE_CACHE_SECONDS = 1.0
 
 
 @dataclass
@@ -35,7 +38,9 @@ class Replication:
     def learn(self, info: Mapping[str, Any]) -> int:
         """`auto` from the master's INFO replication: 1 while it has a replica, else 0."""
         self._wanted = 1 if int(info.get("connected_slaves", 0)) > 0 else 0
-        self._until = time.monotonic() + AUTO_CACHE_SECONDS
+        self._until = time.monotonic() + (
+            AUTO_CACHE_SECONDS if self._wanted else ALONE_CACHE_SECONDS
+        )
         return self._wanted
 
     async def wanted(self) -> int:
