@@ -16,13 +16,14 @@ from pathlib import Path
 
 import redis
 
+from tests.conftest import SENTINEL_SKIPPED
 from tests.processes import Proc, wait_until
 from worker.dev.embedded import free_port
 
 SERVER = "/usr/bin/redis-server"
 SENTINEL = "/usr/bin/redis-sentinel"
 MASTER = "tw"
-SENTINEL_SKIPPED = "Sentinel tests NOT run"
+
 SKIP_REASON = (
     f"Debian redis-server/redis-sentinel not found in /usr/bin: {SENTINEL_SKIPPED} "
     "(apt-get install redis-server redis-sentinel)"
