@@ -32,6 +32,7 @@ pytestmark = [
 
 LATENCY_MS = 300
 COUNT = 8
+LEASE_TTL = 30.0  # the product's default; the suite's 5 s is shorter than a failover here
 RECOVERY = 20.0  # seconds from a promotion to every connection refreshed on the new master
 
 
@@ -98,7 +99,9 @@ def _takeover(group: SentinelGroup, old: int, prefix: str, ids: list[str]) -> tu
 def test_failover_under_rotating_refreshes_loses_no_grant(
     emu: Emu, fleet: Fleet, ledger: Ledger, group: SentinelGroup, prefix: str
 ) -> None:
-    env = process_env(group.url, group.url, prefix)
+    # The lease must outlast a failover: a save riding one out must still hold its lease, or
+    # another check reads the pre-failover record (mark set, token consumed) as a lost answer.
+    env = process_env(group.url, group.url, prefix, lease_ttl=f"{LEASE_TTL:g}")
     ledger.prefixes.add(prefix)
     pairs = seed(env, emu, count=COUNT, rotation=True)
     ids = [cid for cid, _ in pairs]
