@@ -256,8 +256,8 @@ class Settings:
         "MIN_REPLICAS",
         Replicas(16),
         None,
-        "Replicas that must confirm a rotated refresh token (WAIT) before the refresh counts "
-        "as saved; auto: 1 when the master has a replica, 0 when it is alone.",
+        "Replicas that must confirm a rotated refresh token and the refresh-sent mark (WAIT); "
+        "auto: 1 when the master has (or had within 60 s) a replica, 0 when it is alone.",
     )
     replica_wait: float = _setting(
         "REPLICA_WAIT",

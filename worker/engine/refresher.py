@@ -9,6 +9,7 @@ Failures are recorded by `worker.engine.failures`; this module handles the paths
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -332,9 +333,9 @@ class Refresher:
             return lost_lease
         if self._marked.get(conn.id) is None:
             started = self.clock()
-            if not await self.store.mark_refreshing(conn.id, started):
-                # Removed by an operator since we read it: never send a removed grant's token.
-                return CheckResult(conn.id, Outcome.NOT_FOUND, reason="removed before refresh")
+            unmarked = await self._mark(conn, started)
+            if unmarked is not None:
+                return unmarked
             self._marked[conn.id] = started
             conn = conn.evolve(refresh_started_at=started)
         try:
@@ -354,10 +355,41 @@ class Refresher:
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
 
+    async def _mark(self, conn: Connection, started: float) -> CheckResult | None:
+        """Mark the refresh as sent; a result (and nothing sent) when it must not go out.
+
+        When replicas are wanted the mark must be confirmed (WAIT) before the refresh token
+        leaves: a failover that loses the mark while the refresh is on the wire hands the new
+        master a record that looks idle, and its next check sends the consumed token again.
+        A shortfall sends nothing: our mark is taken back (best effort; one left behind only
+        costs the next check an introspection) and the check is due again in STORE_DOWN_RETRY."""
+        replication = self.replication
+        if replication is None or replication.cached() == 0:
+            marked, wanted, acked = await self.store.mark_refreshing(conn.id, started), 0, 0
+        else:
+            marked, wanted, acked = await self.store.mark_replicated(conn.id, started, replication)
+        if not marked:
+            # Removed by an operator since we read it: never send a removed grant's token.
+            return CheckResult(conn.id, Outcome.NOT_FOUND, reason="removed before refresh")
+        if acked >= wanted:
+            return None
+        log.warning("replication.short", stage="mark", acked=acked, wanted=wanted)
+        with contextlib.suppress(*STORE_DOWN):
+            await self.store.clear_refreshing(conn.id)
+        await self._give_back([conn.id], self.clock() + STORE_DOWN_RETRY)
+        return CheckResult(
+            conn.id, Outcome.ERROR, reason="replicas did not confirm the refresh mark: not sent"
+        )
+
     async def _still_ours(self, conn: Connection) -> bool:
         """Renew our lease on the connection; False when it ran out and may be another's."""
         token = self._lease.get(conn.id)
         return token is not None and await self.leases.renew(self.store.keys.lease(conn.id), token)
+
+    async def _keep_lease(self, conn: Connection) -> bool:
+        """Renew our lease, or take it back if nobody holds it (see save_refresh's `keep`)."""
+        token = self._lease.get(conn.id)
+        return token is not None and await self.leases.keep(self.store.keys.lease(conn.id), token)
 
     async def _admit(self, conn: Connection, integration: Integration) -> None:
         """The rate-limit permit for a refresh, taken before it is marked as sent, so a
@@ -490,6 +522,7 @@ class Refresher:
             sent=conn.refresh_token,
             window=self.save_window,
             replication=self.replication,
+            keep=lambda: self._keep_lease(conn),
         )
         if saved.refresh_token != applied.connection.refresh_token:
             # An operator's import (or another writer) replaced the grant while we refreshed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -114,6 +115,7 @@ async def save_refresh(
     sent: str,
     window: float,
     replication: Replication | None = None,
+    keep: Callable[[], Awaitable[bool]] | None = None,
 ) -> Connection:
     """Save a refreshed record built from the answer to sending the refresh token `sent`.
 
@@ -128,6 +130,13 @@ async def save_refresh(
     answer stays here and is saved again the same way, so a failover that lost the write (the
     new master holds `sent` again) gets it back. Past `window` an unconfirmed token that the
     store holds is kept as saved, with an error logged.
+
+    `keep` (the caller's lease) is renewed, or taken back, each time the store answers
+    without the save being done: the lease tells other workers that this answer is in hand.
+    Once it is lost another worker may read the record (the mark set, the token consumed),
+    judge the answer lost and end the connection `reauth_required` while we hold its new
+    grant. Only an outage longer than the lease TTL lets that happen; a later save here still
+    stores the answer (the compare-and-set rules above) and the connection recovers.
     """
     deadline = time.monotonic() + window
     delay = 0.1
@@ -140,6 +149,8 @@ async def save_refresh(
                 if isinstance(missed, Unconfirmed):
                     await asyncio.sleep(delay)  # a failover takes seconds: do not spin
                 latest = await store.get_connection(conn.id)
+                if keep is not None and not await keep():
+                    log.warning("lease.lost_while_saving", connection_id=conn.id)
         except STORE_DOWN:
             # The store is away (a restart, a failover): wait for it rather than give it up.
             if time.monotonic() + delay > deadline:

@@ -90,6 +90,20 @@ def _saved(conn: Connection, version: Any) -> Connection:
     return conn.evolve(version=int(version))
 
 
+async def _confirm(single: Redis, replication: Replication) -> tuple[int, int]:
+    """(replicas wanted, replicas holding this connection's last write): WAIT on `single`."""
+    wanted = replication.cached()
+    if wanted is None:
+        wanted = replication.learn(await single.info("replication"))
+    if wanted == 0:
+        return 0, 0
+    try:
+        acked = int(await single.wait(wanted, max(1, round(replication.timeout * 1000))))
+    except ResponseError:  # no longer a master: WAIT is refused, nothing is confirmed
+        acked = 0
+    return wanted, acked
+
+
 class Store:
     def __init__(
         self, redis: Redis, cipher: Cipher, keys: Keys, auto: AutoPipeline | None = None
@@ -219,15 +233,7 @@ class Store:
         keys, args = self._save_args(conn, next_check_at, mark=True)
         async with self.redis.client() as single:
             saved = _saved(conn, await self._save(keys=keys, args=args, client=single))
-            wanted = replication.cached()
-            if wanted is None:
-                wanted = replication.learn(await single.info("replication"))
-            if wanted == 0:
-                return saved, 0, 0
-            try:
-                acked = int(await single.wait(wanted, max(1, round(replication.timeout * 1000))))
-            except ResponseError:  # no longer a master: WAIT is refused, nothing is confirmed
-                acked = 0
+            wanted, acked = await _confirm(single, replication)
         return saved, wanted, acked
 
     def _save_args(
@@ -250,6 +256,23 @@ class Store:
         """
         keys = [self.keys.conn(connection_id)]
         return bool(await eval_script(self.auto, self._mark, keys, [repr(now)]))
+
+    async def mark_replicated(
+        self, connection_id: str, now: float, replication: Replication
+    ) -> tuple[bool, int, int]:
+        """mark_refreshing, then WAIT as for a rotated token: (marked, replicas wanted,
+        replicas that confirmed it), on the mark's own connection (see save_replicated).
+
+        A mark a failover can lose lets the new master's next check send the refresh token
+        this refresh is about to consume (a reuse: Salesforce revokes the grant). The WAIT
+        also covers every earlier write on that master: the record read under the lease (a
+        rotated token someone saved unconfirmed) and the lease itself."""
+        keys = [self.keys.conn(connection_id)]
+        async with self.redis.client() as single:
+            if not await self._mark(keys=keys, args=[repr(now)], client=single):
+                return False, 0, 0
+            wanted, acked = await _confirm(single, replication)
+        return True, wanted, acked
 
     async def clear_refreshing(self, connection_id: str) -> None:
         """Undo mark_refreshing once the refresh it marked was answered (lease held).

@@ -26,6 +26,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# Renew, or take back a lease that is gone (a failover lost it, or it ran out): ours again
+# unless another holder has it.
+_KEEP = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if held then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -39,10 +49,19 @@ class Leases:
         self.ttl_ms = int(ttl * 1000)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
+        self._keep = redis.register_script(_KEEP)
 
     async def renew(self, key: str, token: str) -> bool:
         """Reset the TTL if we still own the lease; False means it was lost (expired)."""
         return bool(await eval_script(self.auto, self._renew, [key], [token, self.ttl_ms]))
+
+    async def keep(self, key: str, token: str) -> bool:
+        """Renew the lease, or take it back if nobody holds it; False: another holder has it.
+
+        For a holder that must not let go (an answered refresh not saved yet): a lease lost in
+        a failover (leases are not confirmed by WAIT on their own) or run out during an outage
+        would let another worker judge the refresh's answer lost."""
+        return bool(await eval_script(self.auto, self._keep, [key], [token, self.ttl_ms]))
 
     async def release(self, key: str, token: str) -> bool:
         return bool(await eval_script(self.auto, self._release, [key], [token]))
