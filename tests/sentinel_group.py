@@ -53,6 +53,9 @@ class SentinelGroup:
         for _ in range(3):
             self._start_sentinel(master)
         wait_until(lambda: self.replicas_seen() == 1, 20, "the sentinels see the replica")
+        # Counted by INFO (and so by `auto`) from its first contact, the replica confirms
+        # nothing (WAIT) until its initial sync is done: 5 s of diskless-sync delay.
+        wait_until(lambda: replicas_online(master) == 1, 30, "the replica in sync")
         return self
 
     def start_node(self, port: int, replica_of: int | None = None) -> int:
@@ -126,6 +129,22 @@ class SentinelGroup:
             if proc is not None:
                 proc.stop(grace=5)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def replicas_online(port: int) -> int:
+    """Replicas of the node on `port` that finished their sync (INFO replication)."""
+    client = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    try:
+        info = client.info("replication")
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 def _pings(port: int) -> bool:
