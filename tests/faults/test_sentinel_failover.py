@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -45,8 +45,9 @@ RECOVERY = 20.0
 
 
 @contextlib.contextmanager
-def refreshing(env: dict[str, str], ids: list[str]) -> Iterator[None]:
-    """Publish a forced (rotating) refresh of one of `ids` every 100 ms, through Sentinel."""
+def refreshing(env: dict[str, str], ids: list[str]) -> Iterator[Callable[[], None]]:
+    """Publish a forced (rotating) refresh of one of `ids` every 100 ms, through Sentinel;
+    yields the function that stops publishing (again at the exit)."""
     from celery import Celery  # noqa: PLC0415
 
     app = Celery("sentinel-client")
@@ -66,13 +67,16 @@ def refreshing(env: dict[str, str], ids: list[str]) -> Iterator[None]:
                 sent += 1
             stop.wait(0.1)
 
+    def halt() -> None:
+        stop.set()
+        thread.join(30)
+
     thread = threading.Thread(target=publish, name="refreshing", daemon=True)
     thread.start()
     try:
-        yield
+        yield halt
     finally:
-        stop.set()
-        thread.join(30)
+        halt()
         app.close()
 
 
@@ -124,7 +128,7 @@ def test_failover_under_rotating_refreshes_loses_no_grant(
     worker = fleet.worker(env)
     beat = fleet.beat(env)
     publisher = refreshing(env, ids)
-    publisher.__enter__()
+    halt = publisher.__enter__()
     try:
         flowing = calls() + COUNT
         wait_until(lambda: calls() >= flowing, 60, "refreshes flowing")
@@ -176,12 +180,24 @@ def test_failover_under_rotating_refreshes_loses_no_grant(
             3 * SWEEP_INTERVAL,
             "beat still sending sweeps",
         )
+        # Judge a settled state: stopping the worker (SIGTERM to its children) would lose
+        # whatever answer is in flight then, which is the test's doing, not the failover's.
+        halt()
+        emu.post("/_admin/config", {"latency_ms": 0})  # the queued forced refreshes drain fast
+        last = [-1]
+
+        def settled() -> bool:
+            now = calls()
+            quiet, last[0] = now == last[0], now
+            return quiet
+
+        wait_until(settled, 60, "the emulator sees no more token calls", 1.0)
+        final = stored(env, ids)
     finally:
         publisher.__exit__(None, None, None)
         emu.post("/_admin/config", {"latency_ms": 0})
         beat.stop()
         worker.proc.stop()
-    final = stored(env, ids)
     problems = []
     for cid, grant_id in zip(ids, grants, strict=True):
         view = emu.grant(grant_id)

@@ -407,7 +407,15 @@ class Refresher:
     ) -> CheckResult | None:
         """An earlier refresh was sent and its answer never saved (a crash, a timeout). With
         rotation that answer consumed the token, and sending it again makes Salesforce revoke
-        the grant: ask Salesforce about the refresh token first. None means: safe to send."""
+        the grant: ask Salesforce about the refresh token first. None means: safe to send.
+
+        Reached only with the lease, and a live holder of an answer keeps its lease until it is
+        saved (save_refresh's `keep`), so a mark met here is a dead worker's, or one cut off
+        from the store for a whole lease TTL. Not chosen: waiting until the mark is older than
+        SAVE_WINDOW + the refresh timeout, which never misjudges a live holder but holds every
+        connection a killed worker had in flight for over two minutes instead of one TTL; the
+        cut-off holder's later save still stores its answer (compare-and-set onto the
+        `reauth_required` record), so the grant survives and only the verdict was early."""
         if not integration.introspection_available:
             return None  # nothing to ask; the earlier call most likely never arrived
         try:

@@ -140,7 +140,9 @@ async def save_refresh(
     """
     deadline = time.monotonic() + window
     delay = 0.1
-    confirm = replication if conn.refresh_token != sent else None  # only rotation needs WAIT
+    # Only rotation needs WAIT: a plain refresh lost in a failover leaves the previous access
+    # token and the same, still valid, refresh token, and the next check simply refreshes again.
+    confirm = replication if conn.refresh_token != sent else None
     while True:
         try:
             try:

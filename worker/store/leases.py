@@ -2,6 +2,12 @@
 
 A lease is not a fencing lock: a holder stalled past the TTL can overlap a new holder. That is
 why every connection save is also a compare-and-set on the record's version.
+
+Leases are not confirmed by WAIT on their own (that would cost a WAIT per check): one lost in
+a failover at most lets a second worker check the connection. Nothing is sent on it: a refresh
+first confirms its "sent" mark by WAIT, and that WAIT covers the lease written before it on the
+same master (the replication stream is ordered); a worker whose lease and mark were on a master
+being demoted gets no confirmation and sends nothing. An answer in hand keeps its lease (`keep`).
 """
 
 from __future__ import annotations
