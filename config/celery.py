@@ -13,6 +13,7 @@ imports nothing from `worker`.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -20,6 +21,7 @@ from kombu import Queue  # type: ignore[attr-defined]
 
 from config import logging as tw_logging
 from config.redis_tls import celery_tls
+from config.redis_urls import Sentinel
 from config.settings import Settings, SettingsError
 
 __all__ = ["BEAT_SCHEDULER", "app", "beat_config", "celery_config"]
@@ -44,10 +46,38 @@ def beat_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_config(settings: Settings) -> dict[str, Any]:
+    """The broker and result backend: the URL as is, or a Sentinel group mapped onto kombu's
+    and Celery's sentinel transports (`sentinel://host:port;...` plus the master's name and
+    the sentinels' password in the transport options)."""
+    options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    group = settings.broker_endpoint.sentinel
+    url = settings.broker_url
+    if group is not None:
+        url = sentinel_urls(group)
+        options["master_name"] = group.master
+        if settings.sentinel_password:
+            options["sentinel_kwargs"] = {"password": settings.sentinel_password}
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": options,
+        "result_backend_transport_options": dict(options),
+    }
+
+
+def sentinel_urls(group: Sentinel) -> str:
+    """kombu's form of a Sentinel group: one sentinel:// URL per sentinel, `;`-separated, each
+    with the data nodes' credentials and database (kombu reads them from the first)."""
+    auth = ""
+    if group.password is not None:
+        auth = f"{quote(group.username or '', safe='')}:{quote(group.password, safe='')}@"
+    return ";".join(f"sentinel://{auth}{host}:{port}/{group.db}" for host, port in group.sentinels)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.broker_url,
+        **broker_config(settings),
         "result_expires": 3600,
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -68,8 +98,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
         "broker_connection_retry_on_startup": True,
         # TLS to a rediss:// broker and result backend: verified against TOKENWORKER_REDIS_CA.
         **celery_tls(settings),

@@ -7,7 +7,6 @@ like a Salesforce token, wherever it appears in a message.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 SECRET_NAMES = frozenset(
     {
@@ -31,13 +30,3 @@ REDACTED = "[redacted]"
 
 def redact_text(text: str) -> str:
     return _TOKENISH.sub(REDACTED, text)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (a Redis ACL user's, a broker's) replaced, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{REDACTED}@{host}"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from urllib.parse import urlsplit
 
+from config.redis_urls import RedisEndpoint, TlsFiles
 from config.settings import Settings
 
 TLS_SCHEMES = frozenset({"rediss"})
@@ -20,22 +21,27 @@ def uses_tls(url: str) -> bool:
     return urlsplit(url).scheme in TLS_SCHEMES
 
 
-def _tls_options(settings: Settings) -> dict[str, object]:
+def _tls_options(files: TlsFiles) -> dict[str, object]:
     # CERT_REQUIRED always: a managed Redis holds every refresh token, so an unverified
     # server is never acceptable (kombu and Celery take the same keys as redis-py).
     options: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if settings.redis_ca:
-        options["ssl_ca_certs"] = settings.redis_ca
-    if settings.redis_cert:
-        options["ssl_certfile"] = settings.redis_cert
-        options["ssl_keyfile"] = settings.redis_key
+    if files.ca:
+        options["ssl_ca_certs"] = files.ca
+    if files.cert:
+        options["ssl_certfile"] = files.cert
+        options["ssl_keyfile"] = files.key
     return options
 
 
+def endpoint_kwargs(endpoint: RedisEndpoint) -> dict[str, object]:
+    """redis-py keyword arguments for `endpoint`: TLS ones for rediss://, none otherwise
+    (`worker.store.clients` passes them to every connection it makes)."""
+    return _tls_options(endpoint.tls) if uses_tls(endpoint.url) else {}
+
+
 def client_kwargs(settings: Settings, url: str | None = None) -> dict[str, object]:
-    """redis-py keyword arguments for `url` (default: the store URL): TLS ones for rediss://,
-    none otherwise. Pass them to `Redis.from_url` / `ConnectionPool.from_url`."""
-    return _tls_options(settings) if uses_tls(url or settings.redis_url) else {}
+    """`endpoint_kwargs` for `url` (default: the store URL) with the settings' TLS files."""
+    return endpoint_kwargs(RedisEndpoint(url or settings.redis_url, tls=settings.redis_tls))
 
 
 def celery_tls(settings: Settings) -> dict[str, object]:
@@ -43,5 +49,5 @@ def celery_tls(settings: Settings) -> dict[str, object]:
     (the result backend is the broker's Redis); nothing otherwise."""
     if not uses_tls(settings.broker_url):
         return {}
-    options = _tls_options(settings)
+    options = _tls_options(settings.redis_tls)
     return {"broker_use_ssl": dict(options), "redis_backend_use_ssl": dict(options)}

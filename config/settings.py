@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from config.redaction import redact_url
+from config.redis_urls import RedisEndpoint, RedisUrlError, TlsFiles, check, safe
 from config.urls import origin_of
 
 PREFIX = "TOKENWORKER_"
@@ -110,12 +110,28 @@ DAY = 24 * HOUR
 
 
 def _redis_url(name: str, raw: str) -> str:
-    scheme = urlsplit(raw).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise SettingsError(
-            f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
-        )
-    return raw
+    try:
+        return check(raw)
+    except RedisUrlError as error:
+        raise SettingsError(f"{name}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """`auto` (None: 1 when the master has a replica, 0 when it is alone) or 0 to `high`."""
+
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"auto, or a whole number from 0 to {self.high}"
+
+    def __call__(self, name: str, raw: str) -> int | None:
+        if raw.lower() == "auto":
+            return None
+        if not raw.isdigit() or int(raw) > self.high:
+            raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
+        return int(raw)
 
 
 def _readable_file(name: str, raw: str) -> str:
@@ -225,6 +241,7 @@ def _host(name: str, raw: str) -> str:
         raise SettingsError(f"{name}={raw!r}: expected an address or host name, e.g. 127.0.0.1")
     return raw
 
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker, beat and CLI read from the environment."""
@@ -258,6 +275,28 @@ class Settings:
         _readable_file,
         "",
         "Private key (PEM, unencrypted) of TOKENWORKER_REDIS_CERT.",
+    )
+    # -- Sentinel and replication (a rotated refresh token must outlive a failover) --
+    sentinel_password: str = _setting(
+        "SENTINEL_PASSWORD",
+        _text,
+        "",
+        "Password of the sentinels themselves, when a redis+sentinel:// URL is used and they "
+        "require one (the data nodes' password goes in the URL).",
+    )
+    min_replicas: int | None = _setting(
+        "MIN_REPLICAS",
+        Replicas(16),
+        None,
+        "Replicas that must confirm a rotated refresh token and the refresh-sent mark (WAIT); "
+        "auto: 1 when the master has (or had within 60 s) a replica, 0 when it is alone.",
+    )
+    replica_wait: float = _setting(
+        "REPLICA_WAIT",
+        Seconds(10.0, low=0.01),
+        1.0,
+        "Seconds one WAIT for MIN_REPLICAS may take; a shortfall keeps the answer and saves it "
+        "again (on the new master after a failover) until it is confirmed.",
     )
     encryption_keys: tuple[bytes, ...] = _setting(
         "ENCRYPTION_KEYS",
@@ -472,14 +511,28 @@ class Settings:
         tick never lets a healthy leader's lease expire."""
         return max(1, min(5, self.beat_lock_timeout // 5))
 
+    @property
+    def store_endpoint(self) -> RedisEndpoint:
+        """How to reach the store (`worker.store.clients` builds clients from it)."""
+        return RedisEndpoint(self.redis_url, self.sentinel_password, self.redis_tls)
+
+    @property
+    def broker_endpoint(self) -> RedisEndpoint:
+        return RedisEndpoint(self.broker_url, self.sentinel_password, self.redis_tls)
+
+    @property
+    def redis_tls(self) -> TlsFiles:
+        """The TLS files for rediss:// URLs (checked when the settings were read)."""
+        return TlsFiles(self.redis_ca, self.redis_cert, self.redis_key)
+
     def __repr__(self) -> str:
         shown = {
             item.name: getattr(self, item.name)
             for item in fields(self)
-            if item.name not in ("encryption_keys", "webhook_secret")
+            if item.name not in ("encryption_keys", "webhook_secret", "sentinel_password")
         }
-        shown["redis_url"] = redact_url(self.redis_url)
-        shown["broker_url"] = redact_url(self.broker_url)
+        shown["sentinel_password"] = "<set>" if self.sentinel_password else "<unset>"
+        shown["redis_url"], shown["broker_url"] = safe(self.redis_url), safe(self.broker_url)
         shown["encryption_keys"] = f"<{len(self.encryption_keys)} keys>"
         shown["webhook_secret"] = "<set>" if self.webhook_secret else "<unset>"
         return f"Settings({shown})"
@@ -499,7 +552,7 @@ def reference(section: str | None = None) -> list[tuple[str, str, str]]:
         if section is not None and item.metadata["section"] != section:
             continue
         default = item.default
-        shown = "" if default in ("", ()) else str(default)
+        shown = "" if default in ("", ()) else "auto" if default is None else str(default)
         meaning = described(item.metadata["doc"], item.metadata["parse"])
         rows.append((PREFIX + item.metadata["env"], shown, meaning))
     return rows

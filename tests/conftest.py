@@ -66,11 +66,7 @@ def redis_server() -> Iterator[EmbeddedRedis | TlsRedis]:
         plain.stop()
         return
     server = TlsRedis().start()
-    # The clients not yet built through config.redis_tls find the test CA this way (OpenSSL
-    # reads SSL_CERT_FILE); tokenworker's own clients get it as TOKENWORKER_REDIS_CA.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SSL_CERT_FILE", str(server.certs.ca))
-        yield server
+    yield server
     denied = server.acl_denials()
     server.stop()
     assert not denied, f"the tokenworker ACL user was refused: {denied[:5]}"
@@ -179,18 +175,21 @@ def runtime_for(settings_for: Callable[..., Settings]) -> Callable[..., Runtime]
 
 
 BROWSER_SKIPPED = "browser tests NOT run"  # in tests/browser's module-level skip reason
+SENTINEL_SKIPPED = "Sentinel tests NOT run"  # tests/sentinel_group.SKIP_REASON
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say loudly, last, when the browser tests were skipped (no chromium on this machine)."""
+    shouted: set[str] = set()
     for report in terminalreporter.stats.get("skipped", []):
         longrepr = report.longrepr
         reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
-        if BROWSER_SKIPPED in reason:
-            terminalreporter.write_sep(
-                "!",
-                f"BROWSER TESTS SKIPPED: {reason.removeprefix('Skipped: ')}",
-                red=True,
-                bold=True,
-            )
-            return
+        for marker, what in ((BROWSER_SKIPPED, "BROWSER"), (SENTINEL_SKIPPED, "SENTINEL")):
+            if marker in reason and what not in shouted:
+                shouted.add(what)
+                terminalreporter.write_sep(
+                    "!",
+                    f"{what} TESTS SKIPPED: {reason.removeprefix('Skipped: ')}",
+                    red=True,
+                    bold=True,
+                )

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from config.celery import celery_config
-from config.redaction import redact_url
 from config.redis_tls import celery_tls, client_kwargs
+from config.redis_urls import safe
 from config.settings import Settings, SettingsError
 from tests.config.test_settings import load
 from tests.conftest import TEST_KEYS
@@ -55,12 +55,12 @@ class TestSettings:
     def test_the_redis_password_never_shows_in_repr(self) -> None:
         settings = load(REDIS_URL=STORE)
         assert "s3cret-pw" not in repr(settings)
-        assert "tokenworker:[redacted]@redis.example.com:6380" in repr(settings)
+        assert "tokenworker:***@redis.example.com:6380" in repr(settings)
 
-    def test_redact_url_keeps_everything_but_the_password(self) -> None:
-        assert redact_url(STORE) == "rediss://tokenworker:[redacted]@redis.example.com:6380/0"
-        assert redact_url("redis://:pw@h/1") == "redis://:[redacted]@h/1"
-        assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    def test_safe_keeps_everything_but_the_password(self) -> None:
+        assert safe(STORE) == "rediss://tokenworker:***@redis.example.com:6380/0"
+        assert safe("redis://:pw@h/1") == "redis://:***@h/1"
+        assert safe("redis://h:6379/0") == "redis://h:6379/0"
 
 
 class TestKwargs:
@@ -114,13 +114,13 @@ async def test_runtime_client_presents_the_client_certificate(mutual_tls: TlsRed
     TOKENWORKER_REDIS_CERT/KEY and refuses it without them."""
     certs = mutual_tls.certs
     good = _settings(mutual_tls, REDIS_CERT=str(certs.client_cert), REDIS_KEY=str(certs.client_key))
-    client = redis_client(good.redis_url, client_kwargs(good))
+    client = redis_client(good.store_endpoint)
     try:
         assert await client.ping()
     finally:
         await client.aclose()
     bare = _settings(mutual_tls)
-    client = redis_client(bare.redis_url, client_kwargs(bare))
+    client = redis_client(bare.store_endpoint)
     try:
         with pytest.raises(redis.ConnectionError):
             await client.ping()
@@ -154,8 +154,7 @@ def test_the_acl_password_never_reaches_cli_output(acl_tls: TlsRedis) -> None:
     env.update(
         TOKENWORKER_REDIS_URL=acl_tls.url,
         TOKENWORKER_ENCRYPTION_KEYS=TEST_KEYS,
-        SSL_CERT_FILE=str(acl_tls.certs.ca),  # the probes' clients (not yet built through
-        **acl_tls.tls_env(),  # config.redis_tls) verify the test CA this way
+        **acl_tls.tls_env(),
     )
     runs = [cli(env, "health", "--readiness"), cli(env, "status")]
     down = dict(env, TOKENWORKER_REDIS_URL=acl_tls.url.replace(str(acl_tls.port), str(free_port())))

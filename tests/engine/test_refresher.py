@@ -289,13 +289,19 @@ class TestConcurrency:
         rt = runtime_for()
         try:
             [(cid, grant)] = await connect(rt, emu)
-            mark = rt.store.mark_refreshing
+            mark, mark_replicated = rt.store.mark_refreshing, rt.store.mark_replicated
 
             async def removed_first(connection_id: str, now: float) -> bool:
                 await rt.store.remove_connection(connection_id)
                 return await mark(connection_id, now)
 
+            async def removed_before(connection_id: str, now: float, *args: Any) -> Any:
+                await rt.store.remove_connection(connection_id)
+                return await mark_replicated(connection_id, now, *args)
+
+            # The mark is confirmed by WAIT (mark_replicated) when `auto` must ask, or not.
             rt.store.mark_refreshing = removed_first  # type: ignore[method-assign]
+            rt.store.mark_replicated = removed_before  # type: ignore[method-assign]
             result = await rt.refresher.check(cid, force=True)
             assert result.outcome is Outcome.NOT_FOUND, result
             assert emu.token_calls(grant["grant_id"]) == 0
@@ -385,13 +391,18 @@ class TestRotationSaved:
                 asyncio.get_running_loop().call_soon(order.append, "next loop step")
                 return response
 
-            async def recorded_save(*args: Any, **kwargs: Any) -> Any:
-                if answered[0]:
-                    order.append("save")
-                return await save(*args, **kwargs)
+            def recorded(save: Any) -> Any:
+                async def recorded_save(*args: Any, **kwargs: Any) -> Any:
+                    if answered[0]:
+                        order.append("save")
+                    return await save(*args, **kwargs)
+
+                return recorded_save
 
             rt.client.refresh = refresh_then_probe  # type: ignore[method-assign]
-            rt.store.save_connection = recorded_save  # type: ignore[method-assign]
+            # A rotated token is saved with WAIT for replicas (save_replicated) or without.
+            rt.store.save_connection = recorded(save)  # type: ignore[method-assign]
+            rt.store.save_replicated = recorded(rt.store.save_replicated)  # type: ignore[method-assign]
             result = await rt.refresher.check(cid, force=True)
             assert result.outcome is Outcome.REFRESHED, result
             assert order[:2] == ["save", "next loop step"], order

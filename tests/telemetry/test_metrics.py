@@ -15,6 +15,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from config.redis_urls import RedisEndpoint
 from config.settings import Settings
 from tests.conftest import Emu, run
 from tests.helpers import connect
@@ -61,7 +62,7 @@ class TestWorkerTotals:
             recorder = Recorder()
             record_task(recorder.tally, "tokenworker.check_batch", "SUCCESS", outcomes, 0.0)
             recorder.tally.observe(CALL_SECONDS, seconds, call="refresh")
-            recorder.flush(settings.redis_url, keys, "w@a", time.time())
+            recorder.flush(settings.store_endpoint, keys, "w@a", time.time())
             assert not recorder.tally
         found = scrape()
         assert value(found, "tokenworker_checks_total", outcome="refreshed") == 5
@@ -87,7 +88,7 @@ class TestWorkerTotals:
         """When the store is down the tally survives, so no count is lost."""
         recorder = Recorder()
         recorder.tally.count("checks_total", 2, outcome="fresh")
-        recorder.flush(f"redis://127.0.0.1:{free_port()}/0", Keys("x:"), "w@a", 0.0)
+        recorder.flush(RedisEndpoint(f"redis://127.0.0.1:{free_port()}/0"), Keys("x:"), "w@a", 0.0)
         assert recorder.tally.counts["checks_total|outcome=fresh"] == 2
 
 
@@ -99,7 +100,7 @@ class TestEventTotals:
         settings = settings_for()
 
         async def emit(*batch: tuple[str, dict[str, Any]]) -> None:
-            client = redis_client(settings.redis_url)
+            client = redis_client(settings.store_endpoint)
             sink = EventSink(client, Keys(settings.key_prefix))
             for name, fields in batch:
                 await sink.emit(name, **fields)

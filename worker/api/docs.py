@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from worker.api import spec
 from worker.api.app import json
 from worker.service.health import readiness
+from worker.store import clients
 
 TITLE = "tokenworker API"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -104,8 +105,10 @@ async def readyz(request: Request) -> Response:
     settings = request.app.state.settings
 
     def probe() -> tuple[bool, str, dict[str, Any]]:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+        client = clients.sync_client(
+            settings.store_endpoint,
+            socket_timeout=PROBE_TIMEOUT,
+            socket_connect_timeout=PROBE_TIMEOUT,
         )
         try:
             verdict = readiness(client, None, settings.require_persistence)

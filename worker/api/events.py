@@ -33,6 +33,7 @@ from worker.api.errors import ApiError, invalid
 from worker.api.inputs import query, whole
 from worker.engine.events import read_events
 from worker.engine.runtime import Runtime
+from worker.store import clients
 from worker.store.apikeys import Scope
 
 STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
@@ -105,7 +106,9 @@ async def _tail(request: Request, after: str | None, named: bool) -> AsyncIterat
     rt: Runtime = request.app.state.runtime
     state = request.app.state
     state.open_streams = getattr(state, "open_streams", 0) + 1
-    client = Redis.from_url(rt.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = clients.async_client(
+        rt.settings.store_endpoint, socket_timeout=10, socket_connect_timeout=5
+    )
     try:
         position = after or await _last_id(client, rt.store.keys.events)
         yield "retry: 2000\n\n"

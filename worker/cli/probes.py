@@ -9,12 +9,14 @@ from typing import Any
 
 import redis
 
+from config.redis_urls import RedisEndpoint
 from config.settings import Settings
 from worker.cli import output
 from worker.cli._base import EXIT_FAILED, EXIT_UNREACHABLE, examples
 from worker.errors import InputError
 from worker.service.health import Verdict, heartbeats, liveness, node_name, readiness
 from worker.service.reachability import PROBE_TIMEOUT, safe_url
+from worker.store import clients
 from worker.store.keys import Keys
 
 
@@ -71,9 +73,9 @@ def register(sub: Any) -> None:
 # -- health ------------------------------------------------------------------------------
 
 
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+def _client(endpoint: RedisEndpoint) -> redis.Redis:
+    return clients.sync_client(
+        endpoint, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
     )
 
 
@@ -81,8 +83,10 @@ def health(args: argparse.Namespace) -> int:
     """Exit 0 healthy, 1 unhealthy, 3 when the store or broker does not answer."""
     settings = Settings.from_env(require_keys=False)
     both = not (args.liveness or args.readiness)
-    store = _client(settings.redis_url)
-    broker = _client(settings.broker_url) if settings.broker_url != settings.redis_url else None
+    store = _client(settings.store_endpoint)
+    broker = (
+        _client(settings.broker_endpoint) if settings.broker_url != settings.redis_url else None
+    )
     verdicts: dict[str, Verdict] = {}
     try:
         if args.readiness or both:

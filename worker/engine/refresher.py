@@ -9,6 +9,7 @@ Failures are recorded by `worker.engine.failures`; this module handles the paths
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from worker.domain.models import (
 from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine import events, failures
 from worker.engine.events import EventSink
-from worker.engine.saving import STORE_DOWN, apply_refresh, save_refresh
+from worker.engine.saving import apply_refresh, save_refresh
 from worker.errors import (
     ConfigurationError,
     ConflictError,
@@ -41,8 +42,10 @@ from worker.errors import (
 )
 from worker.salesforce.client import SalesforceClient
 from worker.store import codec
+from worker.store.clients import STORE_DOWN
 from worker.store.connections import Store
 from worker.store.leases import Leases
+from worker.store.replication import Replication
 
 log = structlog.get_logger("tokenworker.refresher")
 INTEGRATION_CACHE_SECONDS = 5.0
@@ -79,6 +82,7 @@ class Refresher:
         lease_wait: float = 0.0,
         concurrency: int = 200,
         save_window: float = 120.0,
+        replication: Replication | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -90,6 +94,7 @@ class Refresher:
         self.lease_wait = lease_wait
         self.concurrency = concurrency
         self.save_window = save_window
+        self.replication = replication  # a rotated token waits for replicas (WAIT)
         self.clock = clock
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
@@ -328,9 +333,9 @@ class Refresher:
             return lost_lease
         if self._marked.get(conn.id) is None:
             started = self.clock()
-            if not await self.store.mark_refreshing(conn.id, started):
-                # Removed by an operator since we read it: never send a removed grant's token.
-                return CheckResult(conn.id, Outcome.NOT_FOUND, reason="removed before refresh")
+            unmarked = await self._mark(conn, started)
+            if unmarked is not None:
+                return unmarked
             self._marked[conn.id] = started
             conn = conn.evolve(refresh_started_at=started)
         try:
@@ -350,10 +355,41 @@ class Refresher:
             return await self.recorder.transient(conn, integration, error, stage="refresh")
         return await self._refreshed(conn, integration, response, reason)
 
+    async def _mark(self, conn: Connection, started: float) -> CheckResult | None:
+        """Mark the refresh as sent; a result (and nothing sent) when it must not go out.
+
+        When replicas are wanted the mark must be confirmed (WAIT) before the refresh token
+        leaves: a failover that loses the mark while the refresh is on the wire hands the new
+        master a record that looks idle, and its next check sends the consumed token again.
+        A shortfall sends nothing: our mark is taken back (best effort; one left behind only
+        costs the next check an introspection) and the check is due again in STORE_DOWN_RETRY."""
+        replication = self.replication
+        if replication is None or replication.cached() == 0:
+            marked, wanted, acked = await self.store.mark_refreshing(conn.id, started), 0, 0
+        else:
+            marked, wanted, acked = await self.store.mark_replicated(conn.id, started, replication)
+        if not marked:
+            # Removed by an operator since we read it: never send a removed grant's token.
+            return CheckResult(conn.id, Outcome.NOT_FOUND, reason="removed before refresh")
+        if acked >= wanted:
+            return None
+        log.warning("replication.short", stage="mark", acked=acked, wanted=wanted)
+        with contextlib.suppress(*STORE_DOWN):
+            await self.store.clear_refreshing(conn.id)
+        await self._give_back([conn.id], self.clock() + STORE_DOWN_RETRY)
+        return CheckResult(
+            conn.id, Outcome.ERROR, reason="replicas did not confirm the refresh mark: not sent"
+        )
+
     async def _still_ours(self, conn: Connection) -> bool:
         """Renew our lease on the connection; False when it ran out and may be another's."""
         token = self._lease.get(conn.id)
         return token is not None and await self.leases.renew(self.store.keys.lease(conn.id), token)
+
+    async def _keep_lease(self, conn: Connection) -> bool:
+        """Renew our lease, or take it back if nobody holds it (see save_refresh's `keep`)."""
+        token = self._lease.get(conn.id)
+        return token is not None and await self.leases.keep(self.store.keys.lease(conn.id), token)
 
     async def _admit(self, conn: Connection, integration: Integration) -> None:
         """The rate-limit permit for a refresh, taken before it is marked as sent, so a
@@ -371,7 +407,15 @@ class Refresher:
     ) -> CheckResult | None:
         """An earlier refresh was sent and its answer never saved (a crash, a timeout). With
         rotation that answer consumed the token, and sending it again makes Salesforce revoke
-        the grant: ask Salesforce about the refresh token first. None means: safe to send."""
+        the grant: ask Salesforce about the refresh token first. None means: safe to send.
+
+        Reached only with the lease, and a live holder of an answer keeps its lease until it is
+        saved (save_refresh's `keep`), so a mark met here is a dead worker's, or one cut off
+        from the store for a whole lease TTL. Not chosen: waiting until the mark is older than
+        SAVE_WINDOW + the refresh timeout, which never misjudges a live holder but holds every
+        connection a killed worker had in flight for over two minutes instead of one TTL; the
+        cut-off holder's later save still stores its answer (compare-and-set onto the
+        `reauth_required` record), so the grant survives and only the verdict was early."""
         if not integration.introspection_available:
             return None  # nothing to ask; the earlier call most likely never arrived
         try:
@@ -485,6 +529,8 @@ class Refresher:
             applied.next_check_at,
             sent=conn.refresh_token,
             window=self.save_window,
+            replication=self.replication,
+            keep=lambda: self._keep_lease(conn),
         )
         if saved.refresh_token != applied.connection.refresh_token:
             # An operator's import (or another writer) replaced the grant while we refreshed

@@ -13,36 +13,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
-from config.redis_tls import client_kwargs
+from config.redis_urls import RedisEndpoint
 from config.settings import Settings
 from worker.domain import policy
 from worker.engine.events import EventSink, Forward
 from worker.engine.limits import save_window
 from worker.engine.refresher import Refresher
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
+from worker.store import clients
 from worker.store.connections import Store
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
 from worker.store.leases import Leases
 from worker.store.pipelining import AutoPipeline
 from worker.store.ratelimit import RateLimiter
+from worker.store.replication import Replication
 
 
-def redis_client(url: str, tls: dict[str, object] | None = None) -> Redis:
-    # A blocking pool: hundreds of concurrent checks wait for a connection instead of failing
-    # with MaxConnectionsError (redis-py's default async pool raises when it runs out).
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=64,
-        timeout=20,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        **(tls or {}),
+def redis_client(endpoint: RedisEndpoint) -> Redis:
+    """The engine's store client (a blocking pool of 64, see `clients.async_client`)."""
+    return clients.async_client(
+        endpoint, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
     )
-    return Redis(connection_pool=pool, decode_responses=False)
 
 
 def timing(settings: Settings) -> policy.Timing:
@@ -80,9 +74,7 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> Runtime:
-        redis = redis if redis is not None else redis_client(
-            settings.redis_url, client_kwargs(settings)
-        )
+        redis = redis if redis is not None else redis_client(settings.store_endpoint)
         keys = Keys(settings.key_prefix)
         auto = AutoPipeline(redis)
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
@@ -100,6 +92,7 @@ class Runtime:
             lease_wait=settings.lease_ttl,
             concurrency=settings.concurrency,
             save_window=save_window(settings),
+            replication=Replication(redis, settings.min_replicas, settings.replica_wait),
             clock=clock,
             rng=rng,
         )

@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.domain import policy
 from worker.domain.answers import TokenResponse
 from worker.domain.models import Connection, ExpirySource, Integration
-from worker.errors import ConflictError, ResponseIntegrityError
+from worker.errors import ConflictError, ResponseIntegrityError, TokenworkerError
 from worker.salesforce import hosts, signature
+from worker.store.clients import STORE_DOWN
 from worker.store.connections import Store
+from worker.store.replication import Replication
 
 log = structlog.get_logger("tokenworker.tokens")
-STORE_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SAVE_RETRY_MAX_DELAY = 2.0  # a returning store is noticed within 2 s
 
 
@@ -108,7 +108,14 @@ def _instance_url(
 
 
 async def save_refresh(
-    store: Store, conn: Connection, next_check_at: float, *, sent: str, window: float
+    store: Store,
+    conn: Connection,
+    next_check_at: float,
+    *,
+    sent: str,
+    window: float,
+    replication: Replication | None = None,
+    keep: Callable[[], Awaitable[bool]] | None = None,
 ) -> Connection:
     """Save a refreshed record built from the answer to sending the refresh token `sent`.
 
@@ -118,15 +125,34 @@ async def save_refresh(
     schedule) and our answer is applied onto its version: our token fields win, they are the
     rotation of that very grant. If it holds another refresh token, an operator imported a new
     grant or another writer moved the grant on: that record stands and is returned.
+
+    A rotated token also waits for `replication` (WAIT): until enough replicas confirm it, the
+    answer stays here and is saved again the same way, so a failover that lost the write (the
+    new master holds `sent` again) gets it back. Past `window` an unconfirmed token that the
+    store holds is kept as saved, with an error logged.
+
+    `keep` (the caller's lease) is renewed, or taken back, each time the store answers
+    without the save being done: the lease tells other workers that this answer is in hand.
+    Once it is lost another worker may read the record (the mark set, the token consumed),
+    judge the answer lost and end the connection `reauth_required` while we hold its new
+    grant. Only an outage longer than the lease TTL lets that happen; a later save here still
+    stores the answer (the compare-and-set rules above) and the connection recovers.
     """
     deadline = time.monotonic() + window
     delay = 0.1
+    # Only rotation needs WAIT: a plain refresh lost in a failover leaves the previous access
+    # token and the same, still valid, refresh token, and the next check simply refreshes again.
+    confirm = replication if conn.refresh_token != sent else None
     while True:
         try:
             try:
-                return await store.save_connection(conn, next_check_at)
-            except ConflictError:
+                return await _save_once(store, conn, next_check_at, confirm)
+            except (ConflictError, Unconfirmed) as missed:
+                if isinstance(missed, Unconfirmed):
+                    await asyncio.sleep(delay)  # a failover takes seconds: do not spin
                 latest = await store.get_connection(conn.id)
+                if keep is not None and not await keep():
+                    log.warning("lease.lost_while_saving", connection_id=conn.id)
         except STORE_DOWN:
             # The store is away (a restart, a failover): wait for it rather than give it up.
             if time.monotonic() + delay > deadline:
@@ -136,9 +162,30 @@ async def save_refresh(
             continue
         if latest is None:
             return conn  # removed by an operator meanwhile: do not resurrect it
-        if latest.refresh_token != sent:
+        if latest.refresh_token not in (sent, conn.refresh_token):
             log.warning("refresh.superseded", connection_id=conn.id, version=latest.version)
             return latest
         if time.monotonic() > deadline:
+            if latest.refresh_token == conn.refresh_token:
+                log.error("replication.unconfirmed", connection_id=conn.id, after_seconds=window)
+                return latest
             raise ConflictError(f"connection {conn.id}: still losing the save after {window:g}s")
+        delay = min(delay * 2, SAVE_RETRY_MAX_DELAY)
         conn = conn.evolve(version=latest.version)
+
+
+class Unconfirmed(TokenworkerError):
+    """Fewer replicas than wanted confirmed a rotated token (WAIT ran out)."""
+
+
+async def _save_once(
+    store: Store, conn: Connection, next_check_at: float, replication: Replication | None
+) -> Connection:
+    if replication is None or replication.cached() == 0:
+        return await store.save_connection(conn, next_check_at)
+    saved, wanted, acked = await store.save_replicated(conn, next_check_at, replication)
+    if acked < wanted:
+        # The master holds it, its replicas may not: a failover now would lose the grant.
+        log.warning("replication.short", connection_id=conn.id, acked=acked, wanted=wanted)
+        raise Unconfirmed(conn.id)
+    return saved

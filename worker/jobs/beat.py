@@ -28,6 +28,7 @@ import structlog
 from celery.beat import ScheduleEntry, Scheduler
 
 from config.settings import Settings
+from worker.store import clients
 from worker.store.keys import Keys
 
 STANDBY_POLL = 1.0  # seconds between a standby's attempts to take the lease
@@ -105,8 +106,8 @@ class LeaseScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         settings: Settings = app.conf.tokenworker_settings
         self.renew_every = float(app.conf.beat_max_loop_interval)
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=self.renew_every, socket_connect_timeout=2
+        client = clients.sync_client(
+            settings.store_endpoint, socket_timeout=self.renew_every, socket_connect_timeout=2
         )
         self.lease = Lease(client, Keys(settings.key_prefix).beat, settings.beat_lock_timeout)
         self.leading = False

@@ -37,7 +37,7 @@ class CeleryDispatch:
         self.settings = settings or Settings.from_env(require_keys=False)
 
     async def check(self, connection_id: str, *, force: bool) -> CheckResult | Queued:
-        require_reachable(self.settings.redis_url, self.settings.broker_url)
+        require_reachable(self.settings.store_endpoint, self.settings.broker_endpoint)
         from worker.jobs import tasks  # noqa: PLC0415  (imports the Celery app and its settings)
 
         task = tasks.refresh_connection if force else tasks.check_connection
@@ -50,7 +50,7 @@ class CeleryDispatch:
     async def check_many(
         self, ids: Sequence[str], *, force: bool, on_progress: OnProgress
     ) -> Tally:
-        require_reachable(self.settings.redis_url, self.settings.broker_url)
+        require_reachable(self.settings.store_endpoint, self.settings.broker_endpoint)
         from worker.jobs import tasks  # noqa: PLC0415
 
         task = tasks.refresh_connection if force else tasks.check_connection
@@ -80,7 +80,7 @@ class CeleryDispatch:
 
     async def sweep(self, on_progress: OnProgress) -> SweepResult | Queued:
         del on_progress  # the pool reports a sweep's progress in its own logs
-        require_reachable(self.settings.redis_url, self.settings.broker_url)
+        require_reachable(self.settings.store_endpoint, self.settings.broker_endpoint)
         from worker.jobs import tasks  # noqa: PLC0415
 
         with self._errors():

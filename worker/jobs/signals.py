@@ -29,6 +29,7 @@ from celery.signals import (
 from config import logging as tw_logging
 from worker.jobs import process
 from worker.service import health
+from worker.store import clients
 from worker.store.keys import Keys
 from worker.telemetry import metrics
 
@@ -43,7 +44,7 @@ def _check_store(**_: Any) -> None:
     # worker_init comes before Celery's setup_logging: configure ours now, so this warning
     # is JSON (and redacted) like every other line.
     tw_logging.configure(settings.log_format)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = clients.sync_client(settings.store_endpoint, socket_connect_timeout=5)
     try:
         problems = health.persistence_problems(client)
     except redis.RedisError as error:
@@ -72,14 +73,14 @@ def _record(
     now = time.time()
     metrics.record_task(metrics.RECORDER.tally, task.name, state, retval, now)
     node = getattr(task.request, "hostname", None)
-    metrics.RECORDER.flush(settings.redis_url, Keys(settings.key_prefix), node, now)
+    metrics.RECORDER.flush(settings.store_endpoint, Keys(settings.key_prefix), node, now)
 
 
 @worker_ready.connect
 def _start_pinging(sender: Any = None, **_: Any) -> None:
     """Main process, once it consumes: forget long-gone workers, start the self-ping."""
     settings = process.settings()
-    health.forget_silent_workers(settings.redis_url, Keys(settings.key_prefix), time.time())
+    health.forget_silent_workers(settings.store_endpoint, Keys(settings.key_prefix), time.time())
     send = _ping_sender(sender.app, sender.hostname, settings.ping_interval)
     _PINGERS.append(health.Pinger(send, settings.ping_interval).start())
 
@@ -112,7 +113,7 @@ def _stop_pinging(sender: Any = None, **_: Any) -> None:
     if sender is None:
         return
     settings = process.settings()
-    health.remove_heartbeat(settings.redis_url, Keys(settings.key_prefix), sender.hostname)
+    health.remove_heartbeat(settings.store_endpoint, Keys(settings.key_prefix), sender.hostname)
 
 
 @worker_process_shutdown.connect

@@ -21,8 +21,6 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.celery import app
 from worker.engine.limits import BATCH_BUDGET, hard_time_limit, soft_time_limit
@@ -31,9 +29,10 @@ from worker.jobs import signals  # noqa: F401  (registers the signal handlers)
 from worker.jobs.process import WEBHOOK_TASK, run, runtime, settings
 from worker.service import connect
 from worker.service.health import PING_TASK
+from worker.store.clients import STORE_DOWN
 
 log = structlog.get_logger("tokenworker.tasks")
-_INFRA_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_INFRA_ERRORS = STORE_DOWN  # a failover's demoted master (ReadOnlyError) included
 MAX_RETRIES = 10
 EXPIRE_PER_SWEEP = 1_000  # abandoned connect sessions ended per sweep; the rest next time
 

@@ -21,6 +21,8 @@ from typing import Any
 import redis
 import structlog
 
+from config.redis_urls import RedisEndpoint
+from worker.store import clients
 from worker.store.keys import Keys
 
 PING_TASK = "tokenworker.ping"
@@ -156,9 +158,9 @@ class Pinger:
             self._stop.wait(self.interval)
 
 
-def forget_silent_workers(url: str, keys: Keys, now: float) -> None:
+def forget_silent_workers(endpoint: RedisEndpoint, keys: Keys, now: float) -> None:
     """Remove the heartbeats of workers gone for FORGET_AFTER (each worker start does this)."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = clients.sync_client(endpoint, socket_timeout=5, socket_connect_timeout=5)
     try:
         stale = [n for n, at in heartbeats(client, keys).items() if now - at > FORGET_AFTER]
         if stale:
@@ -169,9 +171,9 @@ def forget_silent_workers(url: str, keys: Keys, now: float) -> None:
         client.close()
 
 
-def remove_heartbeat(url: str, keys: Keys, node: str) -> None:
+def remove_heartbeat(endpoint: RedisEndpoint, keys: Keys, node: str) -> None:
     """Remove `node`'s heartbeat (a clean stop), so a replaced worker leaves no stale entry."""
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = clients.sync_client(endpoint, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.hdel(keys.heartbeat, node)
     except redis.RedisError as error:

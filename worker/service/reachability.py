@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 
+from config import redis_urls
+from config.redis_urls import RedisEndpoint
 from worker.errors import Unreachable
+from worker.store import clients
 
 PROBE_TIMEOUT = 3.0  # seconds to connect and answer PING; a healthy Redis takes milliseconds
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, for messages (a Sentinel URL's too)."""
+    return redis_urls.safe(url)
 
 
 def unreachable(where: str, url: str, error: BaseException) -> Unreachable:
@@ -32,22 +30,22 @@ def unreachable(where: str, url: str, error: BaseException) -> Unreachable:
     )
 
 
-def require_reachable(store_url: str, broker_url: str) -> None:
+def require_reachable(store: RedisEndpoint, broker: RedisEndpoint) -> None:
     """Raise Unreachable unless the store and the broker answer PING within seconds.
 
     Whatever enqueues checks first: Celery would retry an unreachable result backend for
     ~20 s and then end in a traceback instead of one line.
     """
-    places = {"store": store_url}
-    if broker_url != store_url:
-        places["broker"] = broker_url
-    for where, url in places.items():
-        client = redis.Redis.from_url(
-            url, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+    places = {"store": store}
+    if broker.url != store.url:
+        places["broker"] = broker
+    for where, endpoint in places.items():
+        client = clients.sync_client(
+            endpoint, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
         )
         try:
             client.ping()
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise unreachable(where, url, error) from None
+            raise unreachable(where, endpoint.url, error) from None
         finally:
             client.close()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from worker.domain.models import (
     Connection,
@@ -24,6 +26,7 @@ from worker.store import codec, counting
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
+from worker.store.replication import Replication
 
 # KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
 # ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
@@ -78,6 +81,27 @@ return 1
 MARK_FIELD = "refresh_started_at"
 UNSCHEDULE = ""
 KEEP_SCHEDULE = "-"
+
+
+def _saved(conn: Connection, version: Any) -> Connection:
+    """The record as saved, from the save script's reply (-1: compare-and-set lost)."""
+    if int(version) < 0:
+        raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
+    return conn.evolve(version=int(version))
+
+
+async def _confirm(single: Redis, replication: Replication) -> tuple[int, int]:
+    """(replicas wanted, replicas holding this connection's last write): WAIT on `single`."""
+    wanted = replication.cached()
+    if wanted is None:
+        wanted = replication.learn(await single.info("replication"))
+    if wanted == 0:
+        return 0, 0
+    try:
+        acked = int(await single.wait(wanted, max(1, round(replication.timeout * 1000))))
+    except ResponseError:  # no longer a master: WAIT is refused, nothing is confirmed
+        acked = 0
+    return wanted, acked
 
 
 class Store:
@@ -194,6 +218,27 @@ class Store:
         import) may hold a copy read before a worker marked a refresh in flight, and must
         neither erase that mark nor restore an old one. The worker's own saves own the mark.
         """
+        keys, args = self._save_args(conn, next_check_at, mark)
+        version = await eval_script(self.auto, self._save, keys, args)
+        return _saved(conn, version)
+
+    async def save_replicated(
+        self, conn: Connection, next_check_at: float | str | None, replication: Replication
+    ) -> tuple[Connection, int, int]:
+        """save_connection, then WAIT for the replicas `replication` wants: (the saved record,
+        replicas wanted, replicas that confirmed it). One connection for all of it, outside the
+        shared pipeline: WAIT counts the replicas holding that connection's last write, and a
+        WAIT that runs out must not hold up the other commands of a batch. The save goes first,
+        before anything else is awaited (`auto` asks INFO on the same connection after it)."""
+        keys, args = self._save_args(conn, next_check_at, mark=True)
+        async with self.redis.client() as single:
+            saved = _saved(conn, await self._save(keys=keys, args=args, client=single))
+            wanted, acked = await _confirm(single, replication)
+        return saved, wanted, acked
+
+    def _save_args(
+        self, conn: Connection, next_check_at: float | str | None, mark: bool
+    ) -> tuple[list[str], list[bytes | str | float]]:
         fields = codec.connection_fields(conn, self.cipher)
         if not mark:
             del fields[MARK_FIELD]
@@ -202,10 +247,7 @@ class Store:
         for name, value in fields.items():
             args.extend((name, value))
         keys = [self.keys.conn(conn.id), self.keys.due, *counting.fleet_keys(self.keys)]
-        version = await eval_script(self.auto, self._save, keys, args)
-        if int(version) < 0:
-            raise ConflictError(f"connection {conn.id}: version {conn.version} is stale")
-        return conn.evolve(version=int(version))
+        return keys, args
 
     async def mark_refreshing(self, connection_id: str, now: float) -> bool:
         """Record that a refresh token is about to be sent (outside the version: a flag).
@@ -214,6 +256,23 @@ class Store:
         """
         keys = [self.keys.conn(connection_id)]
         return bool(await eval_script(self.auto, self._mark, keys, [repr(now)]))
+
+    async def mark_replicated(
+        self, connection_id: str, now: float, replication: Replication
+    ) -> tuple[bool, int, int]:
+        """mark_refreshing, then WAIT as for a rotated token: (marked, replicas wanted,
+        replicas that confirmed it), on the mark's own connection (see save_replicated).
+
+        A mark a failover can lose lets the new master's next check send the refresh token
+        this refresh is about to consume (a reuse: Salesforce revokes the grant). The WAIT
+        also covers every earlier write on that master: the record read under the lease (a
+        rotated token someone saved unconfirmed) and the lease itself."""
+        keys = [self.keys.conn(connection_id)]
+        async with self.redis.client() as single:
+            if not await self._mark(keys=keys, args=[repr(now)], client=single):
+                return False, 0, 0
+            wanted, acked = await _confirm(single, replication)
+        return True, wanted, acked
 
     async def clear_refreshing(self, connection_id: str) -> None:
         """Undo mark_refreshing once the refresh it marked was answered (lease held).

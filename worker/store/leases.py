@@ -2,6 +2,12 @@
 
 A lease is not a fencing lock: a holder stalled past the TTL can overlap a new holder. That is
 why every connection save is also a compare-and-set on the record's version.
+
+Leases are not confirmed by WAIT on their own (that would cost a WAIT per check): one lost in
+a failover at most lets a second worker check the connection. Nothing is sent on it: a refresh
+first confirms its "sent" mark by WAIT, and that WAIT covers the lease written before it on the
+same master (the replication stream is ordered); a worker whose lease and mark were on a master
+being demoted gets no confirmation and sends nothing. An answer in hand keeps its lease (`keep`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.store.clients import STORE_DOWN
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
 
 log = structlog.get_logger("tokenworker.locks")
@@ -25,6 +30,16 @@ log = structlog.get_logger("tokenworker.locks")
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+
+# Renew, or take back a lease that is gone (a failover lost it, or it ran out): ours again
+# unless another holder has it.
+_KEEP = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if held then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 _RELEASE = """
@@ -40,10 +55,19 @@ class Leases:
         self.ttl_ms = int(ttl * 1000)
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
+        self._keep = redis.register_script(_KEEP)
 
     async def renew(self, key: str, token: str) -> bool:
         """Reset the TTL if we still own the lease; False means it was lost (expired)."""
         return bool(await eval_script(self.auto, self._renew, [key], [token, self.ttl_ms]))
+
+    async def keep(self, key: str, token: str) -> bool:
+        """Renew the lease, or take it back if nobody holds it; False: another holder has it.
+
+        For a holder that must not let go (an answered refresh not saved yet): a lease lost in
+        a failover (leases are not confirmed by WAIT on their own) or run out during an outage
+        would let another worker judge the refresh's answer lost."""
+        return bool(await eval_script(self.auto, self._keep, [key], [token, self.ttl_ms]))
 
     async def release(self, key: str, token: str) -> bool:
         return bool(await eval_script(self.auto, self._release, [key], [token]))
@@ -104,5 +128,5 @@ class Leases:
         is done (its result must not turn into a store error)."""
         try:
             await self.release(key, token)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        except STORE_DOWN as error:
             log.warning("lease.unreleased", problem=type(error).__name__, ttl_ms=self.ttl_ms)

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from config.settings import Settings
 from worker.service.health import current
+from worker.store import clients
 from worker.store.fleet import Counts, Fleet, Processes
 from worker.store.keys import Keys
 from worker.telemetry.event_counts import EventCounts
@@ -89,8 +90,8 @@ class StoreCollector(Collector):
 
     def _run(self, work: Callable[[Redis], Awaitable[T]]) -> T:
         async def scrape() -> T:
-            client = Redis.from_url(
-                self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+            client = clients.async_client(
+                self.settings.store_endpoint, socket_timeout=5, socket_connect_timeout=5
             )
             try:
                 return await work(client)

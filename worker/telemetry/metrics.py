@@ -21,8 +21,10 @@ from typing import Any
 import redis
 import structlog
 
+from config.redis_urls import RedisEndpoint
 from worker.salesforce import hosts
 from worker.salesforce.client import SalesforceClient
+from worker.store import clients
 from worker.store.keys import Keys
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
@@ -133,18 +135,18 @@ class Recorder:
     def __init__(self) -> None:
         self.tally = Tally()
         self._client: redis.Redis | None = None
-        self._url = ""
+        self._endpoint: RedisEndpoint | None = None
 
-    def client(self, url: str) -> redis.Redis:
-        if self._client is None or self._url != url:
-            self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-            self._url = url
+    def client(self, endpoint: RedisEndpoint) -> redis.Redis:
+        if self._client is None or self._endpoint != endpoint:
+            self._client = clients.sync_client(endpoint, socket_timeout=2, socket_connect_timeout=2)
+            self._endpoint = endpoint
         return self._client
 
-    def flush(self, url: str, keys: Keys, hostname: str | None, now: float) -> None:
+    def flush(self, endpoint: RedisEndpoint, keys: Keys, hostname: str | None, now: float) -> None:
         """Add the tally to the store's metrics hash and record this worker's heartbeat."""
         try:
-            with self.client(url).pipeline(transaction=False) as pipe:
+            with self.client(endpoint).pipeline(transaction=False) as pipe:
                 self.tally.write(pipe, metrics_key(keys))
                 if hostname:
                     pipe.hset(keys.heartbeat, hostname, f"{now:.3f}")

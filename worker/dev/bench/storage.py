@@ -89,7 +89,7 @@ async def _time_sweeps(
 ) -> list[float]:
     """`repeats` timed sweeps on one warm client (a first, untimed one connects and loads
     the claim script); `before` runs ahead of each, untimed."""
-    redis_async = redis_client(settings.redis_url)
+    redis_async = redis_client(settings.store_endpoint)
     keys = Keys(settings.key_prefix)
     store = Store(redis_async, cipher_of(settings), keys)
     times: list[float] = []

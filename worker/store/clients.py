@@ -1,0 +1,106 @@
+"""Every Redis client of tokenworker is made here, from a `RedisEndpoint` (the settings' URL).
+
+A plain URL (`redis://`, `rediss://`, `unix://`) is redis-py's `from_url`. A Sentinel URL asks
+the sentinels for the master and gets a client whose pool follows a failover by itself: on a
+ConnectionError, or a write refused by a demoted master (ReadOnlyError, turned into a
+ConnectionError by redis-py's Sentinel-managed connections), it disconnects and asks the
+sentinels again. Callers treat `STORE_DOWN` as "the store is away for a moment" in every case.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from config.redis_tls import endpoint_kwargs
+from config.redis_urls import RedisEndpoint, Sentinel
+
+# The store is away (a restart, a failover, a demoted master refusing writes): wait for it.
+# Sentinel's MasterNotFoundError is a ConnectionError.
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+
+class _BlockingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection instead of raising."""
+
+
+def connection_kwargs(endpoint: RedisEndpoint) -> dict[str, Any]:
+    """Keyword arguments every connection to `endpoint` gets (the single place: TLS joins
+    here). Timeouts are the caller's."""
+    return dict(endpoint_kwargs(endpoint))
+
+
+def sync_client(endpoint: RedisEndpoint, **options: Any) -> redis.Redis:
+    """A blocking client; `options` are redis-py's (socket_timeout, ...)."""
+    group = endpoint.sentinel
+    if group is None:
+        return redis.Redis.from_url(endpoint.url, **connection_kwargs(endpoint), **options)
+    sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(group.sentinels), sentinel_kwargs=_sentinel_kwargs(endpoint, options)
+    )
+    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        group.master, **_master_kwargs(endpoint, group), **options
+    )
+    return client
+
+
+def async_client(
+    endpoint: RedisEndpoint, *, max_connections: int = 64, timeout: float = 20, **options: Any
+) -> redis.asyncio.Redis:
+    """An asyncio client on a blocking pool: hundreds of concurrent checks wait for one of
+    `max_connections` connections (up to `timeout` s) instead of failing with
+    MaxConnectionsError, which redis-py's default async pool raises when it runs out."""
+    group = endpoint.sentinel
+    if group is None:
+        pool = BlockingConnectionPool.from_url(
+            endpoint.url,
+            max_connections=max_connections,
+            timeout=timeout,
+            **connection_kwargs(endpoint),
+            **options,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+    sentinels = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        list(group.sentinels), sentinel_kwargs=_sentinel_kwargs(endpoint, options)
+    )
+    client: redis.asyncio.Redis = sentinels.master_for(
+        group.master,
+        connection_pool_class=_BlockingSentinelPool,
+        max_connections=max_connections,
+        timeout=timeout,
+        **_master_kwargs(endpoint, group),
+        **options,
+    )
+    return client
+
+
+def _master_kwargs(endpoint: RedisEndpoint, group: Sentinel) -> dict[str, Any]:
+    found: dict[str, Any] = {"db": group.db, **connection_kwargs(endpoint)}
+    if group.username:
+        found["username"] = group.username
+    if group.password is not None:
+        found["password"] = group.password
+    return found
+
+
+def _sentinel_kwargs(endpoint: RedisEndpoint, options: dict[str, Any]) -> dict[str, Any]:
+    """The sentinels' own connections: their password, and the caller's timeouts (a dead
+    sentinel must not hang a probe)."""
+    found: dict[str, Any] = {
+        name: options[name]
+        for name in ("socket_timeout", "socket_connect_timeout")
+        if name in options
+    }
+    found.setdefault("socket_timeout", 2.0)
+    found.setdefault("socket_connect_timeout", 2.0)
+    if endpoint.sentinel_password:
+        found["password"] = endpoint.sentinel_password
+    return found
