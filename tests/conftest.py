@@ -66,7 +66,12 @@ def redis_server() -> Iterator[EmbeddedRedis | TlsRedis]:
         plain.stop()
         return
     server = TlsRedis().start()
-    yield server
+    # The tests' own clients (redis.Redis.from_url(redis_server.url)) find the test CA this way
+    # (OpenSSL reads SSL_CERT_FILE). tokenworker's processes are started without it
+    # (tests.processes._product_env) and must verify through TOKENWORKER_REDIS_CA.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(server.certs.ca))
+        yield server
     denied = server.acl_denials()
     server.stop()
     assert not denied, f"the tokenworker ACL user was refused: {denied[:5]}"

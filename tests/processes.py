@@ -48,13 +48,21 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def _product_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) without what only the tests' own clients may use: a
+    tokenworker process under TLS must verify Redis through TOKENWORKER_REDIS_CA alone."""
+    clean = dict(os.environ if env is None else env)
+    clean.pop("SSL_CERT_FILE", None)
+    return clean
+
+
 def celery_env(
     redis_server: EmbeddedRedis | TlsRedis, broker_db: int, **extra: str
 ) -> dict[str, str]:
     """Environment for tokenworker processes under a fresh key prefix; flushes the broker db."""
     broker = db_url(redis_server, broker_db)
     flush_db(redis_server, broker_db)
-    env = dict(os.environ)
+    env = _product_env()
     env.update(FAST)
     env.update(server_env(redis_server))
     env.update(
@@ -181,7 +189,7 @@ def cli(
     """`python -m worker.cli ARGS` as an operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
-        env=env,
+        env=_product_env(env),
         cwd=ROOT,
         input=stdin,
         capture_output=True,
