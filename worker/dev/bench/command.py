@@ -24,6 +24,8 @@ REQUIRED = (
     "calls_per_conn_day",
     "calls_lower_bound",
     "cost_ratio",
+    "calls_floor",
+    "floor_ratio",
     "naive_calls_per_conn_day",
     "stale_max",
     "redis_bytes_per_conn",
