@@ -21,19 +21,22 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError as BrokerUnreachable
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.celery import app
 from worker.engine.limits import BATCH_BUDGET, hard_time_limit, soft_time_limit
-from worker.engine.sweep import sweep
+from worker.engine.sweep import room, sweep
 from worker.jobs import signals  # noqa: F401  (registers the signal handlers)
 from worker.jobs.process import WEBHOOK_TASK, run, runtime, settings
 from worker.service.health import PING_TASK
 
 log = structlog.get_logger("tokenworker.tasks")
-_INFRA_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# BrokerUnreachable: kombu's word for the broker's Redis being away (the sweep reads its depth)
+_INFRA_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, BrokerUnreachable)
 MAX_RETRIES = 10
+REFRESH_QUEUE = "refresh"  # config.celery routes check_batch here (Redis: one list)
 
 
 def _time_limits() -> dict[str, float]:
@@ -64,16 +67,32 @@ def _retried_on_outage(task: Task) -> Iterator[None]:
 
 @app.task(name="tokenworker.sweep", bind=True, ignore_result=False, max_retries=MAX_RETRIES)
 def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
-    """Claim due connections and enqueue one check_batch per chunk."""
+    """Claim due connections and enqueue one check_batch per chunk.
+
+    A sweep that claimed all it was allowed sends the next one at once, into the refresh
+    queue behind its own batches: it runs when the pool has reached them, so a backlog keeps
+    the pool busy instead of waiting for beat, and the broker never holds much more than one
+    sweep's batches (`worker.engine.sweep.room`)."""
 
     def dispatch(ids: list[str]) -> None:
         check_batch.apply_async((ids,), queue="refresh")
 
     with _retried_on_outage(self):
         store = runtime().store
-        result = run(sweep(store, settings(), time.time(), dispatch, window_guard=scheduled))
-    log.info("sweep.done", **result.as_dict())
+        allowed = room(settings(), _queued_batches())
+        result = run(
+            sweep(store, settings(), time.time(), dispatch, window_guard=scheduled, limit=allowed)
+        )
+        if result.full:
+            sweep_task.apply_async((False,), queue=REFRESH_QUEUE)
+    log.info("sweep.done", allowed=allowed, **result.as_dict())
     return result.as_dict()
+
+
+def _queued_batches() -> int:
+    """Messages waiting in the broker's refresh queue (check batches, mostly)."""
+    with app.connection_for_read() as connection:
+        return int(connection.default_channel.client.llen(REFRESH_QUEUE))
 
 
 @app.task(name="tokenworker.check_batch", bind=True, ignore_result=True, max_retries=MAX_RETRIES)
