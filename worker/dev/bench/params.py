@@ -124,6 +124,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-processes", type=int, help="--api: api processes serving the load (default 2)"
     )
+    parser.add_argument(
+        "--deployed",
+        action="store_true",
+        help="instead: checks/s with beat sending the sweeps at the default settings, beside "
+        "the pool's capacity on the same mix (issue 16)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> BenchParams:

@@ -48,6 +48,14 @@ API_TARGETS = (
 )
 
 
+# `tokenworker bench --deployed` (issue 16): beat-driven checks/s against the pool's capacity.
+DEPLOYED_TARGETS = (
+    Target("deployed_checks_per_s", "- (beat, default settings)", None),
+    Target("pool_checks_per_s", "- (a sweep every 0.5 s)", None),
+    Target("deployed_share", ">= 0.9 of the pool", lambda v: v >= 0.9),
+)
+
+
 # Set by the benchmark for every process it starts; anything else TOKENWORKER_* in the
 # environment reaches the Celery worker and is listed with the results.
 OWN_SETTINGS = frozenset(
