@@ -37,6 +37,9 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
         assert results[key] > 0, key
     assert isinstance(results["stale_max"], int)
     assert results["naive_calls_per_conn_day"] > results["calls_per_conn_day"]
+    assert results["calls_floor"] == 24.0  # 16 connections, two of each session timeout
+    ratio = results["calls_per_conn_day"] / results["calls_floor"]
+    assert abs(results["floor_ratio"] - ratio) < 0.01
     assert set(results["machine"]) >= {
         "cpu_count",
         "cpu_model",
@@ -73,4 +76,30 @@ def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
     assert results["nango_reads_per_s"] == 8 / 0.05
     assert results["params"]["mode"] == "api-smoke"
     assert "reads_per_s" in done.stdout and "nango_reads_per_s" in done.stdout
+    assert _leftovers() <= before
+
+
+def test_deployed_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
+    """`tokenworker bench --deployed --smoke`: the pool's capacity, then beat (started by the
+    benchmark, first sending after one default sweep interval) drains the backlog."""
+    from worker.dev.bench.report import DEPLOYED_TARGETS  # noqa: PLC0415
+
+    before = _leftovers()
+    output = tmp_path / "bench-deployed.json"
+    argv = ["bench", "--deployed", "--smoke", "--output", str(output)]
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for target in DEPLOYED_TARGETS:
+        assert results[target.key] > 0, target.key
+    assert results["details"]["deployed"]["sweeps"] >= 1  # sent by beat: the bench sent none
+    assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default
+    assert results["params"]["mode"] == "smoke"
+    assert "deployed_checks_per_s" in done.stdout
     assert _leftovers() <= before
