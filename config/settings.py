@@ -307,9 +307,10 @@ class Settings:
     refresh_margin: float = _setting(
         "REFRESH_MARGIN",
         Seconds(DAY),
-        900.0,
-        "Refresh when fewer seconds than this remain (a day at most: no Salesforce session "
-        "lasts longer).",
+        300.0,
+        "Refresh when fewer seconds than this remain (at most half the session lifetime; a "
+        "day at most). The default covers a late sweep, a failed call and its retry at the "
+        "default sweep interval; a reader needing longer asks with min_ttl.",
     )
     default_lifetime: float = _setting(
         "DEFAULT_LIFETIME",

@@ -29,7 +29,7 @@ class TestDefaults:
         assert settings.redis_url == "redis://127.0.0.1:6379/0"
         assert settings.broker_url == settings.redis_url
         assert settings.encryption_keys == (KEY,)
-        assert settings.refresh_margin == 900.0
+        assert settings.refresh_margin == 300.0
         assert settings.default_lifetime == 7200.0
         assert settings.sweep_interval == 60.0
         assert settings.keepalive_interval == 604_800.0
@@ -48,7 +48,7 @@ class TestDefaults:
 
     def test_blank_value_means_default(self) -> None:
         """A variable set to whitespace is treated as unset."""
-        assert load(REFRESH_MARGIN="   ").refresh_margin == 900.0
+        assert load(REFRESH_MARGIN="   ").refresh_margin == 300.0
 
     def test_values_are_parsed_and_stripped(self) -> None:
         """Durations take decimals, counts whole numbers, flags yes/no words; spaces trimmed."""
@@ -200,7 +200,7 @@ class TestReference:
     def test_defaults_are_shown(self) -> None:
         """Defaults appear as text; empty defaults are shown as blank."""
         rows = {name: default for name, default, _ in reference()}
-        assert rows[f"{PREFIX}REFRESH_MARGIN"] == "900.0"
+        assert rows[f"{PREFIX}REFRESH_MARGIN"] == "300.0"
         assert rows[f"{PREFIX}BROKER_URL"] == ""
         assert rows[f"{PREFIX}ENCRYPTION_KEYS"] == ""
 

@@ -4,29 +4,35 @@ harness (every figure present, sane, everything cleaned up), not a timed asserti
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from worker.dev.bench.command import REQUIRED
 
 
-def _leftovers() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("tokenworker-bench-*")}
+def _bench(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`tokenworker bench ARGS` with its own temporary directory (TMPDIR), so the check that
+    it leaves no workspace behind sees only this run's (other runs may share /tmp)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", *args],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert not list(scratch.glob("tokenworker-bench-*")), "the bench left its workspace behind"
+    return done
 
 
 def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None:
     """`tokenworker bench --smoke` runs all three scenarios and writes every key of issue 6."""
-    before = _leftovers()
     output = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "bench", "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _bench(tmp_path, "--smoke", "--output", str(output), timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())
     for key in REQUIRED:
@@ -37,6 +43,9 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
         assert results[key] > 0, key
     assert isinstance(results["stale_max"], int)
     assert results["naive_calls_per_conn_day"] > results["calls_per_conn_day"]
+    assert results["calls_floor"] == 24.0  # 16 connections, two of each session timeout
+    ratio = results["calls_per_conn_day"] / results["calls_floor"]
+    assert abs(results["floor_ratio"] - ratio) < 0.01
     assert set(results["machine"]) >= {
         "cpu_count",
         "cpu_model",
@@ -46,7 +55,6 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
     }
     assert results["params"]["mode"] == "smoke"
     assert "METRIC" in done.stdout and "idle_sweep_ms_1m" in done.stdout
-    assert _leftovers() <= before
 
 
 def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
@@ -54,15 +62,8 @@ def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
     figure of the api table is written, fresh reads cost no Salesforce call."""
     from worker.dev.bench.api import REQUIRED as API_REQUIRED  # noqa: PLC0415
 
-    before = _leftovers()
     output = tmp_path / "bench-api.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "bench", "--api", "--smoke", "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _bench(tmp_path, "--api", "--smoke", "--output", str(output), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())
     for key in API_REQUIRED:
@@ -73,4 +74,20 @@ def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
     assert results["nango_reads_per_s"] == 8 / 0.05
     assert results["params"]["mode"] == "api-smoke"
     assert "reads_per_s" in done.stdout and "nango_reads_per_s" in done.stdout
-    assert _leftovers() <= before
+
+
+def test_deployed_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
+    """`tokenworker bench --deployed --smoke`: the pool's capacity, then beat (started by the
+    benchmark, first sending after one default sweep interval) drains the backlog."""
+    from worker.dev.bench.report import DEPLOYED_TARGETS  # noqa: PLC0415
+
+    output = tmp_path / "bench-deployed.json"
+    done = _bench(tmp_path, "--deployed", "--smoke", "--output", str(output), timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for target in DEPLOYED_TARGETS:
+        assert results[target.key] > 0, target.key
+    assert results["details"]["deployed"]["sweeps"] >= 1  # sent by beat: the bench sent none
+    assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default
+    assert results["params"]["mode"] == "smoke"
+    assert "deployed_checks_per_s" in done.stdout

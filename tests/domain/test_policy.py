@@ -12,6 +12,7 @@ from config.settings import Settings
 from worker.domain.answers import IntrospectionResult, TokenResponse
 from worker.domain.models import Connection, ExpirySource
 from worker.domain.policy import (
+    MAX_JITTER,
     MIN_DELAY,
     Expiry,
     Timing,
@@ -19,6 +20,7 @@ from worker.domain.policy import (
     decide,
     expiry_after_refresh,
     next_check_at,
+    refresh_without_looking,
 )
 from worker.engine.runtime import timing
 
@@ -115,6 +117,43 @@ class TestDecideWithoutLooking:
         conn = connection(issued_at=None, last_refresh_at=None)
         decision = decide(conn, active(now + 7000), now, TIMING)
         assert (decision.refresh, decision.reason) == (True, "keepalive")
+
+
+class TestDueByStoredExpiry:
+    """A known stored expiry inside the margin refreshes at once: no introspection first."""
+
+    def known(self, left: float, source: ExpirySource = ExpirySource.INTROSPECTION) -> Connection:
+        return connection(expires_at=now + left, expiry_source=source, lifetime=3600.0)
+
+    def test_due_refreshes_without_looking(self) -> None:
+        """Inside the margin by a learned expiry: refresh, the expiry carried along."""
+        decision = refresh_without_looking(self.known(TIMING.margin), now, TIMING)
+        assert decision is not None
+        assert (decision.refresh, decision.reason) == (True, "near_expiry")
+        assert decision.expiry == Expiry(now + TIMING.margin, ExpirySource.INTROSPECTION, 3600.0)
+
+    def test_a_check_jittered_early_still_counts_as_due(self) -> None:
+        """`next_check_at` schedules up to MAX_JITTER before the margin: that is due (else
+        each cycle introspects once to find the token fresh for a few seconds more)."""
+        conn = self.known(TIMING.margin + MAX_JITTER, ExpirySource.EXPIRES_IN)
+        assert refresh_without_looking(conn, now, TIMING) is not None
+
+    def test_beyond_the_margin_and_jitter_it_looks(self) -> None:
+        """One second further out is left to introspection (None: not decided yet)."""
+        conn = self.known(TIMING.margin + MAX_JITTER + 1)
+        assert refresh_without_looking(conn, now, TIMING) is None
+
+    def test_an_assumed_expiry_is_not_enough(self) -> None:
+        """An expiry only assumed from age may be wrong either way: introspect first."""
+        conn = self.known(0.0, ExpirySource.ASSUMED)
+        assert refresh_without_looking(conn, now, TIMING) is None
+
+    def test_the_margin_is_capped_by_the_learned_lifetime(self) -> None:
+        """A 15-minute session's margin is half of it, not the configured 900 s."""
+        conn = connection(expires_at=now + 600, expiry_source=ExpirySource.INTROSPECTION)
+        short = conn.evolve(lifetime=900.0)
+        assert refresh_without_looking(short, now, TIMING) is None  # 600 > 450 + 60
+        assert refresh_without_looking(conn.evolve(lifetime=7200.0), now, TIMING) is not None
 
 
 class TestDecideWithIntrospection:

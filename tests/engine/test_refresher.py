@@ -47,6 +47,29 @@ class TestDecisions:
         finally:
             await rt.close()
 
+    async def test_due_by_the_stored_expiry_refreshes_without_introspecting(
+        self, settings_for: Callable[..., Settings], emu: Emu
+    ) -> None:
+        """Once the expiry is known, the check that finds it due sends one call: the refresh
+        (an introspection first could only save it when activity extended the session, and
+        costs the same one call)."""
+        offset = [0.0]
+        rt = Runtime.open(
+            settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
+        )
+        try:
+            [(cid, grant)] = await connect(rt, emu, lifetime=3600)
+            assert (await rt.refresher.check(cid)).outcome is Outcome.FRESH  # learns exp
+            looked = emu.http.get("/_admin/stats").json()["introspect_calls"]
+            offset[0] = 3600.0 - 300.0
+            result = await rt.refresher.check(cid)
+            assert (result.outcome, result.reason) == (Outcome.REFRESHED, "near_expiry")
+            assert emu.token_calls(grant["grant_id"]) == 1
+            # one introspection, of the new token, to learn its lifetime: none before it
+            assert emu.http.get("/_admin/stats").json()["introspect_calls"] == looked + 1
+        finally:
+            await rt.close()
+
     async def test_margin_never_exceeds_half_the_session_lifetime(
         self, runtime_for: RuntimeFor, emu: Emu
     ) -> None:

@@ -14,6 +14,7 @@ from worker.domain.models import Connection, ExpirySource
 
 RATE_LIMIT_BACKOFF = 3600.0  # Salesforce blocks a user's logins for the rest of the hour
 MIN_DELAY = 1.0
+MAX_JITTER = 60.0  # the most `next_check_at` moves a check earlier than the margin
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def assumed_expiry(conn: Connection, now: float, timing: Timing) -> Expiry:
 def refresh_without_looking(
     conn: Connection, now: float, timing: Timing, *, force: bool = False
 ) -> Decision | None:
-    """A refresh that no introspection could avert (forced, no token, keep-alive due)."""
+    """A refresh no introspection should precede (forced, no token, keep-alive due, or the
+    stored expiry says the token is due)."""
     if force:
         return Decision(True, "forced")
     if conn.access_token is None:
@@ -84,7 +86,25 @@ def refresh_without_looking(
     deadline = keepalive_deadline(conn, timing)
     if deadline is None or now >= deadline:
         return Decision(True, "keepalive")
-    return None
+    return due_by_stored_expiry(conn, now, timing)
+
+
+def due_by_stored_expiry(conn: Connection, now: float, timing: Timing) -> Decision | None:
+    """Refresh at once when an expiry Salesforce told us (not assumed) is within the margin.
+
+    Activity can only extend a session (Salesforce, past half its timeout), never shorten
+    it, so the stored expiry is the earliest the token can end. Introspecting first could
+    avert this refresh only when activity extended the session, and costs the same one call
+    as the refresh it might avert: it never pays. The check was scheduled up to MAX_JITTER
+    before the margin starts, so that much earlier still counts as due (else every cycle
+    would introspect once, find the token fresh for a few seconds more, and look again).
+    """
+    if conn.expires_at is None or conn.expiry_source in (None, ExpirySource.ASSUMED):
+        return None
+    if conn.expires_at - now > margin_for(conn.lifetime, timing) + MAX_JITTER:
+        return None
+    expiry = Expiry(conn.expires_at, conn.expiry_source, conn.lifetime)
+    return Decision(True, "near_expiry", expiry)
 
 
 def decide(
@@ -138,7 +158,7 @@ def next_check_at(
 ) -> float:
     """Look again just before the margin starts, never later than the keep-alive deadline.
 
-    A little jitter (at most 5% of the wait, at most a minute) spreads connections that were
+    A little jitter (at most 5% of the wait, at most MAX_JITTER) spreads connections that were
     imported together, and only ever makes the check earlier.
     """
     target = expiry.expires_at - margin_for(expiry.lifetime, timing)
@@ -147,7 +167,7 @@ def next_check_at(
         target = min(target, deadline)
     wait = target - now
     if wait > 0:
-        target -= rng.uniform(0.0, min(60.0, wait * 0.05))
+        target -= rng.uniform(0.0, min(MAX_JITTER, wait * 0.05))
     return max(target, now + MIN_DELAY)
 
 

@@ -1,7 +1,10 @@
 """One check cycle for one or many connections: the only place that combines the store, the
 lease, the Salesforce client and the events.
 
-    lease -> re-read -> introspect -> decide -> (refresh -> save -> learn expiry) -> reschedule
+    lease -> re-read -> [introspect] -> decide -> (refresh -> save -> learn expiry) -> reschedule
+
+Introspection comes first only when the stored expiry cannot decide: a known expiry inside
+the margin refreshes at once (`policy.refresh_without_looking`), one call per session.
 
 Failures are recorded by `worker.engine.failures`; this module handles the paths that succeed.
 """

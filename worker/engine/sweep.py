@@ -4,6 +4,11 @@ Cost is O(due), never O(all): it reads the due index from its low end only. Each
 claimed atomically (its scores pushed to `now + claim_for`), so two overlapping sweeps, or two
 beats firing at once, never hand out one id twice; an id whose batch is lost (worker killed)
 comes due again when its claim runs out.
+
+A sweep that claimed all it was allowed ends `full`: more may be due than one sweep takes, and
+the task sweeps again as soon as the pool has reached its batches (`worker.jobs.tasks`), so a
+backlog drains at the pool's pace, not at `sweep_limit` per `sweep_interval`. `room` keeps the
+batches waiting in the broker under one sweep's worth, however many sweeps run.
 """
 
 from __future__ import annotations
@@ -37,9 +42,22 @@ class SweepResult:
     claimed: int
     batches: int
     skipped: bool = False  # another sweep already ran in this window
+    full: bool = False  # claimed all it was allowed: more may be due
 
     def as_dict(self) -> dict[str, object]:
-        return {"claimed": self.claimed, "batches": self.batches, "skipped": self.skipped}
+        return {
+            "claimed": self.claimed,
+            "batches": self.batches,
+            "skipped": self.skipped,
+            "full": self.full,
+        }
+
+
+def room(settings: SweepSettings, queued_batches: int) -> int:
+    """How many ids a sweep may claim while `queued_batches` check batches wait in the broker:
+    what keeps the backlog there under one `sweep_limit` (claims older than the claim window
+    would come due again while still queued, and be checked twice)."""
+    return max(0, settings.sweep_limit - queued_batches * settings.batch_size)
 
 
 def claim_window(settings: SweepSettings) -> float:
@@ -54,14 +72,17 @@ async def sweep(
     dispatch: Callable[[list[str]], None],
     *,
     window_guard: bool = True,
+    limit: int | None = None,
 ) -> SweepResult:
-    """Claim up to `sweep_limit` due ids, `batch_size` at a time, and dispatch each chunk."""
+    """Claim up to `limit` (at most `sweep_limit`) due ids, `batch_size` at a time, and
+    dispatch each chunk."""
     if window_guard and not await _first_in_window(store, settings):
         return SweepResult(0, 0, skipped=True)
+    most = settings.sweep_limit if limit is None else min(limit, settings.sweep_limit)
     claimed = batches = 0
     claim_for = claim_window(settings)
-    while claimed < settings.sweep_limit:
-        size = min(settings.batch_size, settings.sweep_limit - claimed)
+    while claimed < most:
+        size = min(settings.batch_size, most - claimed)
         ids = await store.claim_due(now, size, claim_for)
         if not ids:
             break
@@ -70,7 +91,7 @@ async def sweep(
         batches += 1
         if len(ids) < size:
             break
-    return SweepResult(claimed, batches)
+    return SweepResult(claimed, batches, full=claimed > 0 and claimed >= most)
 
 
 async def _first_in_window(store: Store, settings: SweepSettings) -> bool:

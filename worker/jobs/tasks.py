@@ -21,10 +21,11 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError as BrokerUnreachable
 
 from config.celery import app
 from worker.engine.limits import BATCH_BUDGET, hard_time_limit, soft_time_limit
-from worker.engine.sweep import sweep
+from worker.engine.sweep import room, sweep
 from worker.jobs import signals  # noqa: F401  (registers the signal handlers)
 from worker.jobs.process import WEBHOOK_TASK, run, runtime, settings
 from worker.service import connect
@@ -32,9 +33,12 @@ from worker.service.health import PING_TASK
 from worker.store.clients import STORE_DOWN
 
 log = structlog.get_logger("tokenworker.tasks")
-_INFRA_ERRORS = STORE_DOWN  # a failover's demoted master (ReadOnlyError) included
+# A failover's demoted master (ReadOnlyError) included; BrokerUnreachable: kombu's word for
+# the broker's Redis being away (the sweep reads the refresh queue's depth).
+_INFRA_ERRORS = (*STORE_DOWN, BrokerUnreachable)
 MAX_RETRIES = 10
 EXPIRE_PER_SWEEP = 1_000  # abandoned connect sessions ended per sweep; the rest next time
+REFRESH_QUEUE = "refresh"  # config.celery routes check_batch here (Redis: one list)
 
 
 def _time_limits() -> dict[str, float]:
@@ -67,18 +71,34 @@ def _retried_on_outage(task: Task) -> Iterator[None]:
 def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
     """Claim due connections and enqueue one check_batch per chunk; then end the connect
     sessions past their TTL (a customer left on Salesforce's own error page never comes back,
-    and the host app may never ask: each ends `expired` with `connection.connect_failed`)."""
+    and the host app may never ask: each ends `expired` with `connection.connect_failed`).
+
+    A sweep that claimed all it was allowed sends the next one at once, into the refresh
+    queue behind its own batches: it runs when the pool has reached them, so a backlog keeps
+    the pool busy instead of waiting for beat, and the broker never holds much more than one
+    sweep's batches (`worker.engine.sweep.room`)."""
 
     def dispatch(ids: list[str]) -> None:
         check_batch.apply_async((ids,), queue="refresh")
 
     with _retried_on_outage(self):
         store = runtime().store
-        result = run(sweep(store, settings(), time.time(), dispatch, window_guard=scheduled))
+        allowed = room(settings(), _queued_batches())
+        result = run(
+            sweep(store, settings(), time.time(), dispatch, window_guard=scheduled, limit=allowed)
+        )
+        if result.full:
+            sweep_task.apply_async((False,), queue=REFRESH_QUEUE)
         expired = run(connect.expire_sessions(runtime(), EXPIRE_PER_SWEEP))
     done = {**result.as_dict(), "connect_sessions_expired": expired}
-    log.info("sweep.done", **done)
+    log.info("sweep.done", allowed=allowed, **done)
     return done
+
+
+def _queued_batches() -> int:
+    """Messages waiting in the broker's refresh queue (check batches, mostly)."""
+    with app.connection_for_read() as connection:
+        return int(connection.default_channel.client.llen(REFRESH_QUEUE))
 
 
 @app.task(name="tokenworker.check_batch", bind=True, ignore_result=True, max_retries=MAX_RETRIES)

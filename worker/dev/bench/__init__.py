@@ -7,8 +7,10 @@ million Salesforce connections fresh?
     throughput checks/s through a real Celery worker fed by tokenworker.sweep
     ceiling    the best bare aiohttp loop against the same emulator endpoint
     profile    py-spy on the worker processes, CPU per process
-    cost       calls per connection per simulated day (simemulator, workload) and freshness
+    cost       calls per connection per simulated day (simemulator, workload) against the
+               floor (one refresh per session lifetime), and freshness
     naive      the naive policy on the same simulated org
     storage    Redis bytes per connection, sweep cost vs stored and due
     scenarios  runs them in order; report prints the table and writes the JSON
+    deployed   `--deployed`: checks/s with beat sending the sweeps, beside the pool's capacity
 """

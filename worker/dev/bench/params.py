@@ -59,7 +59,7 @@ FULL = BenchParams(
     naive_connections=80,
     days=2.0,
     naive_days=1.0,
-    margin=900.0,
+    margin=300.0,  # the default TOKENWORKER_REFRESH_MARGIN
     sweep_interval=60.0,
     active_share=0.25,
     freshness_every=600.0,
@@ -134,6 +134,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rdb", help="--console: load this store (key prefix tw:) instead")
     parser.add_argument("--runs", type=int, default=100, help="--console: requests per page")
+    parser.add_argument(
+        "--deployed",
+        action="store_true",
+        help="instead: checks/s with beat sending the sweeps at the default settings, beside "
+        "the pool's capacity on the same mix (issue 16)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> BenchParams:

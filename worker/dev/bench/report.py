@@ -25,7 +25,9 @@ TARGETS = (
     Target("efficiency", ">= 0.5", lambda v: v >= 0.5),
     Target("calls_per_conn_day", "-", None),
     Target("calls_lower_bound", "-", None),
-    Target("cost_ratio", "<= 1.2", lambda v: v <= 1.2),
+    Target("cost_ratio", "<= 1.2 (old model)", lambda v: v <= 1.2),
+    Target("calls_floor", "- (1 refresh/lifetime)", None),
+    Target("floor_ratio", "<= 1.5", lambda v: v <= 1.5),
     Target("naive_calls_per_conn_day", "-", None),
     Target("stale_max", "0", lambda v: v == 0),
     Target("redis_bytes_per_conn", "<= 1024", lambda v: v <= 1024),
@@ -43,6 +45,14 @@ API_TARGETS = (
     Target("nango_reads_per_s", "- (Nango's model)", None),
     Target("nango_p50_ms", "- (Nango's model)", None),
     Target("nango_salesforce_calls", "- (Nango's model)", None),
+)
+
+
+# `tokenworker bench --deployed` (issue 16): beat-driven checks/s against the pool's capacity.
+DEPLOYED_TARGETS = (
+    Target("deployed_checks_per_s", "- (beat, default settings)", None),
+    Target("pool_checks_per_s", "- (a sweep every 0.5 s)", None),
+    Target("deployed_share", ">= 0.9 of the pool", lambda v: v >= 0.9),
 )
 
 

@@ -115,6 +115,8 @@ class Run:
         self.figures["calls_per_conn_day"] = round(smart.calls_per_conn_day, 2)
         self.figures["calls_lower_bound"] = round(smart.lower_bound, 2)
         self.figures["cost_ratio"] = round(smart.cost_ratio, 3)
+        self.figures["calls_floor"] = round(smart.floor, 2)
+        self.figures["floor_ratio"] = round(smart.floor_ratio, 3)
         self.figures["naive_calls_per_conn_day"] = round(plain.calls_per_conn_day, 1)
         self.figures["stale_max"] = smart.stale_max
         self.notes["cost_ratio"] = (
@@ -125,6 +127,7 @@ class Run:
         self.details["cost"] = {
             **asdict(smart),
             "calls_per_conn_day": round(smart.calls_per_conn_day, 3),
+            "floor_ratio": round(smart.floor_ratio, 3),
         }
         self.details["naive"] = {**asdict(plain), "calls_per_conn_day": plain.calls_per_conn_day}
         self._phase("cost", started)

@@ -6,6 +6,11 @@ simulated day takes as long as its calls take, not a day. One route is added for
 freshness probe: POST /_bench/stale {"tokens": [...]} answers how many of those access tokens
 are past their emulator-side expiry (or revoked, or forgotten because expired) at the
 simulated now. It is not a Salesforce call and is not counted in /_admin/stats.
+
+Users' activity goes through POST /_bench/activity {"grants": [...]} (one request per sweep
+interval, not one per grant): an API call on each grant's latest session, with Salesforce's
+half-timeout rule (`State.use_session`: it extends the session only once more than half of it
+has passed). The admin `activity` route extends unconditionally, which Salesforce never does.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from worker.dev.emulator.server import Emulator, new_event_loop
 from worker.dev.emulator.state import State
 
 STALE_PATH = "/_bench/stale"
+ACTIVITY_PATH = "/_bench/activity"
 _DOUBLE = struct.Struct("<d")
 
 
@@ -34,7 +40,18 @@ class SimApp(App):
     def handle(self, request: Request) -> Response:
         if request.path == STALE_PATH:
             return self._stale(request)
+        if request.path == ACTIVITY_PATH:
+            return self._activity(request)
         return super().handle(request)
+
+    def _activity(self, request: Request) -> Response:
+        grant_ids: list[str] = json.loads(request.body)["grants"]
+        used = 0
+        for grant_id in grant_ids:
+            grant = self.state.grants.get(grant_id)
+            if grant is not None and self.state.use_session(grant.latest.token):
+                used += 1
+        return json_response(200, {"grants": len(grant_ids), "used": used})
 
     def _stale(self, request: Request) -> Response:
         tokens: list[str] = json.loads(request.body)["tokens"]

@@ -125,7 +125,7 @@ class Pool:
         self.broker.close()
 
 
-def _drain(
+def drain(
     store: redis.Redis, keys: Keys, pool: Pool | None, total: int, deadline_s: float
 ) -> tuple[float, float, int]:
     """Feed sweeps until nothing is due or claimed; (first claim, end, sweeps sent)."""
@@ -171,7 +171,7 @@ def run_celery(
     say(f"throughput: Celery worker up ({processes} processes); warming up")
     if population.warm_ids:
         pool.sweep()
-        _drain(store, keys, None, len(population.warm_ids), deadline_s)
+        drain(store, keys, None, len(population.warm_ids), deadline_s)
         time.sleep(0.5)  # the warm-up's last batch.done lines
     admin.reset_stats()
     offset = pool.log_size()
@@ -190,7 +190,7 @@ def run_celery(
     spies = []
     if profile_dir is not None:
         spies = profile.start(children, PROFILE_S, profile_dir)
-    first, end, sweeps = _drain(store, keys, pool, len(population.ids), deadline_s)
+    first, end, sweeps = drain(store, keys, pool, len(population.ids), deadline_s)
     cores = meter.stop()
     for spy in spies:
         spy.wait(PROFILE_S + 30)

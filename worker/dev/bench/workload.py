@@ -1,8 +1,9 @@
-"""The simulated org population shared by both cost runs: lifetimes, activity, lower bound.
+"""The simulated org population shared by both cost runs: lifetimes, activity, the floor.
 
 Connections are spread evenly over Salesforce's session timeouts (15 min .. 24 h); a share of
-them belong to users whose activity keeps extending their session (the emulator's admin
-`activity` route sets exp = now + lifetime), at random moments about twice per lifetime.
+them belong to users whose activity keeps extending their session, at random moments about
+twice per lifetime, by Salesforce's rule: only a session past half its timeout is extended
+(`simemulator.ACTIVITY_PATH`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from worker.dev.bench.emuadmin import EmulatorAdmin, Grant
 from worker.dev.bench.params import DAY, LIFETIMES_MIN
+from worker.dev.bench.simemulator import ACTIVITY_PATH
 from worker.domain import policy
 
 
@@ -28,9 +30,19 @@ def lifetimes(count: int) -> list[float]:
     return [LIFETIMES_MIN[i % len(LIFETIMES_MIN)] * 60.0 for i in range(count)]
 
 
+def floor_per_day(lifetime: float) -> float:
+    """The true floor: one refresh per session lifetime, nothing else.
+
+    Activity may make a session outlast its timeout, but only an introspection tells, and
+    one costs as much as the refresh it might save; so no policy that keeps every token
+    fresh pays less than one call per timeout, active user or not."""
+    return DAY / lifetime
+
+
 def lower_bound_per_day(lifetime: float, margin: float) -> float:
-    """Calls per day no policy can beat: one refresh per (lifetime - margin), one
-    introspection per refresh. The margin is the one the policy applies to this lifetime."""
+    """The old cost model (kept beside the floor so the change shows): one refresh per
+    (lifetime - margin), one introspection per refresh. The margin is the one the policy
+    applies to this lifetime."""
     timing = policy.Timing(
         margin=margin, default_lifetime=lifetime, keepalive=7 * DAY, retry_base=30, retry_max=900
     )
@@ -59,7 +71,7 @@ class Activity:
         while self._queue and self._queue[0][0] <= now:
             due.append(heapq.heappop(self._queue)[1])
         if due:
-            admin.grant_action(due, "activity")
+            admin.http.post(ACTIVITY_PATH, json={"grants": due}).raise_for_status()
             self.fired += len(due)
 
 
