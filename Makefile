@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-tls lint bench bench-full clean
+.PHONY: demo test test-tls lint bench bench-full bench-deployed bench-console clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ lint: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/tokenworker bench --quick
 	$(BIN)/tokenworker bench --api --quick --output bench-api-results.json
+
+bench-deployed: $(VENV)/.test-installed
+	$(BIN)/tokenworker bench --deployed --quick --output bench-deployed-results.json
+
+bench-console: $(VENV)/.test-installed
+	$(BIN)/tokenworker bench --console --output bench-console-results.json
 
 bench-full: $(VENV)/.test-installed
 	$(BIN)/tokenworker bench

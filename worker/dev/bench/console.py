@@ -39,6 +39,7 @@ from worker.dev.bench.status import PREFIX, _seed, _server
 from worker.dev.embedded import free_port
 from worker.store.apikeys import ApiKeys, Scope
 from worker.store.counting import Counting
+from worker.store.crypto import generate_key
 from worker.store.keys import Keys
 
 TARGET_MS = 100.0
@@ -164,6 +165,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         client = redis.Redis(port=port)
         url = f"redis://127.0.0.1:{port}/0"
         os.environ["SECRET"] = "bench-secret"
+        if not args.rdb:  # a store of its own: any key will do (an --rdb needs the seed's key)
+            os.environ.setdefault("TOKENWORKER_ENCRYPTION_KEYS", generate_key())
         if not args.rdb:
             _seed(client, args.seed)
             _fail_some(client, args.seed)
