@@ -52,27 +52,34 @@ def broker_config(settings: Settings) -> dict[str, Any]:
     the sentinels' password in the transport options)."""
     options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
     group = settings.broker_endpoint.sentinel
-    url = settings.broker_url
+    url = backend = settings.broker_url
     if group is not None:
         url = sentinel_urls(group)
+        # Celery's sentinel backend reads the credentials from the first URL only, and its
+        # censored config dump (`celery inspect conf`, `celery report`) masks only that one.
+        backend = sentinel_urls(group, credentials_on_all=False)
         options["master_name"] = group.master
         if settings.sentinel_password:
             options["sentinel_kwargs"] = {"password": settings.sentinel_password}
     return {
         "broker_url": url,
-        "result_backend": url,
+        "result_backend": backend,
         "broker_transport_options": options,
         "result_backend_transport_options": dict(options),
     }
 
 
-def sentinel_urls(group: Sentinel) -> str:
+def sentinel_urls(group: Sentinel, *, credentials_on_all: bool = True) -> str:
     """kombu's form of a Sentinel group: one sentinel:// URL per sentinel, `;`-separated, each
-    with the data nodes' credentials and database (kombu reads them from the first)."""
+    with the data nodes' database, and their credentials on every URL (kombu's failover reads
+    each alternate's) or on the first only (Celery's result backend)."""
     auth = ""
     if group.password is not None:
         auth = f"{quote(group.username or '', safe='')}:{quote(group.password, safe='')}@"
-    return ";".join(f"sentinel://{auth}{host}:{port}/{group.db}" for host, port in group.sentinels)
+    return ";".join(
+        f"sentinel://{auth if n == 0 or credentials_on_all else ''}{host}:{port}/{group.db}"
+        for n, (host, port) in enumerate(group.sentinels)
+    )
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

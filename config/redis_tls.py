@@ -39,11 +39,6 @@ def endpoint_kwargs(endpoint: RedisEndpoint) -> dict[str, object]:
     return _tls_options(endpoint.tls) if uses_tls(endpoint.url) else {}
 
 
-def client_kwargs(settings: Settings, url: str | None = None) -> dict[str, object]:
-    """`endpoint_kwargs` for `url` (default: the store URL) with the settings' TLS files."""
-    return endpoint_kwargs(RedisEndpoint(url or settings.redis_url, tls=settings.redis_tls))
-
-
 def celery_tls(settings: Settings) -> dict[str, object]:
     """`broker_use_ssl` and `redis_backend_use_ssl` for Celery when the broker is rediss://
     (the result backend is the broker's Redis); nothing otherwise."""

@@ -101,7 +101,7 @@ def parse_sentinel(url: str) -> Sentinel:
         raise RedisUrlError(f"{EXPECTED}: the master name is missing (after the hosts)")
     db = 0
     if len(parts) == 2:
-        if not parts[1].isdigit():
+        if not (parts[1].isascii() and parts[1].isdigit()):
             raise RedisUrlError(f"{EXPECTED}: database {parts[1]!r} is not a number")
         db = int(parts[1])
     return Sentinel(sentinels, unquote(parts[0]), db, username, password)
@@ -113,6 +113,6 @@ def _host_port(item: str) -> tuple[str, int]:
         raise RedisUrlError(f"{EXPECTED}: sentinel {item!r} is not host:port")
     if not colon:
         return host, SENTINEL_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise RedisUrlError(f"{EXPECTED}: sentinel {item!r} has no valid port")
     return host, int(port)

@@ -129,7 +129,7 @@ class Replicas:
     def __call__(self, name: str, raw: str) -> int | None:
         if raw.lower() == "auto":
             return None
-        if not raw.isdigit() or int(raw) > self.high:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > self.high:
             raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
         return int(raw)
 
@@ -293,7 +293,7 @@ class Settings:
     )
     replica_wait: float = _setting(
         "REPLICA_WAIT",
-        Seconds(10.0, low=0.01),
+        Seconds(5.0, low=0.01),  # below the store clients' 10 s socket timeout
         1.0,
         "Seconds one WAIT for MIN_REPLICAS may take; a shortfall keeps the answer and saves it "
         "again (on the new master after a failover) until it is confirmed.",
@@ -483,6 +483,15 @@ class Settings:
         if bool(self.redis_cert) != bool(self.redis_key):
             raise SettingsError(
                 f"{PREFIX}REDIS_CERT and {PREFIX}REDIS_KEY go together: set both or neither"
+            )
+        files = self.redis_ca or self.redis_cert
+        urls = (self.redis_url, self.broker_url)
+        if files and not any(url.startswith("rediss://") for url in urls):
+            # Silently plaintext would be worse than refusing: TLS applies to rediss:// URLs
+            # only (a redis+sentinel:// group is reached without TLS).
+            raise SettingsError(
+                f"{PREFIX}REDIS_CA/REDIS_CERT are set but neither {PREFIX}REDIS_URL nor "
+                f"{PREFIX}BROKER_URL is a rediss:// URL: TLS would not be used"
             )
 
     @classmethod

@@ -363,6 +363,21 @@ class TestExpiry:
         assert world.call(world.rt.redis.zcard, keys.connect_pending) == 0
 
 
+    def test_an_unreadable_due_session_does_not_stop_the_others(self, world: World) -> None:
+        """A session sealed under a key since dropped cannot be read: it is expired without
+        its event and the sweep goes on to the next one (else it would sit first in the due
+        list and fail every sweep after it)."""
+        broken, fine = world.create("cust-1"), world.create("cust-2")
+        keys = world.rt.store.keys
+        world.call(
+            world.rt.redis.hset, keys.connect_session(broken["id"]), "verifier", b"\x01" * 60
+        )
+        world.clock.offset = 601
+        assert world.call(connect.expire_sessions, world.rt) == 1
+        assert world.call(world.rt.redis.zcard, keys.connect_pending) == 0
+        [event] = world.events("connection.connect_failed")
+        assert event["connection_id"] == "cust-2" and fine["id"] != broken["id"]
+
     def test_an_interrupted_callback_ends_expired(self, world: World) -> None:
         """A callback that took the session and never finished (a crash mid-exchange) shows
         `pending`, then `expired` with `interrupted` once its grace is over, reported once."""

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from config.celery import celery_config
-from config.redis_tls import celery_tls, client_kwargs
+from config.redis_tls import celery_tls, endpoint_kwargs
 from config.redis_urls import safe
 from config.settings import Settings, SettingsError
 from tests.config.test_settings import load
@@ -66,11 +66,17 @@ class TestSettings:
 
 
 class TestKwargs:
-    def test_plain_redis_gets_nothing(self, certs: Path) -> None:
-        settings = load(REDIS_CA=str(certs / "ca.pem"))
-        assert client_kwargs(settings) == {}
+    def test_plain_redis_gets_nothing(self) -> None:
+        settings = load()
+        assert endpoint_kwargs(settings.store_endpoint) == {}
         assert celery_tls(settings) == {}
         assert "broker_use_ssl" not in celery_config(settings)
+
+    def test_tls_files_without_a_rediss_url_are_refused(self, certs: Path) -> None:
+        """Plaintext while the operator believes TLS is on is worse than not starting."""
+        for url in ("redis://h:6379/0", "redis+sentinel://s1:26379/master/0"):
+            with pytest.raises(SettingsError, match="neither TOKENWORKER_REDIS_URL nor"):
+                load(REDIS_URL=url, REDIS_CA=str(certs / "ca.pem"))
 
     def test_rediss_is_always_verified_against_the_ca(self, certs: Path) -> None:
         settings = load(
@@ -85,14 +91,14 @@ class TestKwargs:
             "ssl_certfile": str(certs / "client.pem"),
             "ssl_keyfile": str(certs / "client.key"),
         }
-        assert client_kwargs(settings) == expected
+        assert endpoint_kwargs(settings.store_endpoint) == expected
         config = celery_config(settings)  # the broker defaults to the store URL
         assert config["broker_use_ssl"] == expected == config["redis_backend_use_ssl"]
 
     def test_the_url_decides_per_client(self) -> None:
         settings = load(REDIS_URL=STORE, BROKER_URL="redis://broker:6379/1")
-        assert client_kwargs(settings) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-        assert client_kwargs(settings, settings.broker_url) == {}
+        assert endpoint_kwargs(settings.store_endpoint) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        assert endpoint_kwargs(settings.broker_endpoint) == {}
         assert celery_tls(settings) == {}
 
 
@@ -134,7 +140,7 @@ async def test_runtime_client_presents_the_client_certificate(mutual_tls: TlsRed
 def test_a_server_outside_the_ca_is_refused(mutual_tls: TlsRedis, certs: Path) -> None:
     """TOKENWORKER_REDIS_CA is what the server is checked against: another CA fails."""
     other = _settings(mutual_tls, REDIS_CA=str(certs / "ca.pem"))
-    client = redis.Redis.from_url(other.redis_url, **client_kwargs(other))  # type: ignore[arg-type]
+    client = redis.Redis.from_url(other.redis_url, **endpoint_kwargs(other.store_endpoint))  # type: ignore[arg-type]
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         client.ping()
 

@@ -32,9 +32,7 @@ class TestDecisions:
         """A token with less than the margin left is refreshed once; the next check leaves it."""
         offset = [3400.0]  # the first check happens "3400 s later": 200 s of 3600 left
 
-        rt = Runtime.open(
-            settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
-        )
+        rt = Runtime.open(settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0])
         try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             first = await rt.refresher.check(cid)
@@ -54,9 +52,7 @@ class TestDecisions:
         (an introspection first could only save it when activity extended the session, and
         costs the same one call)."""
         offset = [0.0]
-        rt = Runtime.open(
-            settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0]
-        )
+        rt = Runtime.open(settings_for(refresh_margin="300"), clock=lambda: time.time() + offset[0])
         try:
             [(cid, grant)] = await connect(rt, emu, lifetime=3600)
             assert (await rt.refresher.check(cid)).outcome is Outcome.FRESH  # learns exp
@@ -67,6 +63,41 @@ class TestDecisions:
             assert emu.token_calls(grant["grant_id"]) == 1
             # one introspection, of the new token, to learn its lifetime: none before it
             assert emu.http.get("/_admin/stats").json()["introspect_calls"] == looked + 1
+        finally:
+            await rt.close()
+
+    async def test_a_learned_lifetime_is_checked_again_at_the_days_first_refresh(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A direct refresh reuses the learned lifetime (no introspection) when the last
+        refresh was today; the first refresh of a UTC day introspects the new token again, so
+        an org that cut its session timeout is noticed within a day."""
+        rt = runtime_for(refresh_margin="300")
+        try:
+            [(cid, _)] = await connect(rt, emu, lifetime=3600)
+            looked = [emu.http.get("/_admin/stats").json()["introspect_calls"]]
+
+            async def refresh_after(last_refresh_at: float) -> int:
+                conn = await rt.store.get_connection(cid)
+                assert conn is not None
+                due = conn.evolve(
+                    expires_at=time.time() + 100.0,
+                    expiry_source=ExpirySource.INTROSPECTION,
+                    lifetime=7200.0,  # learned earlier; the org now says 3600
+                    last_refresh_at=last_refresh_at,
+                )
+                await rt.store.save_connection(due, time.time())
+                result = await rt.refresher.check(cid)
+                assert (result.outcome, result.reason) == (Outcome.REFRESHED, "near_expiry")
+                calls = emu.http.get("/_admin/stats").json()["introspect_calls"] - looked[0]
+                looked[0] += calls
+                return int(calls)
+
+            assert await refresh_after(time.time() - 60.0) == 0  # same day: lifetime reused
+            assert await refresh_after(time.time() - 2 * 86400.0) == 1  # a new day: re-learned
+            learned = await rt.store.get_connection(cid)
+            assert learned is not None and learned.lifetime is not None
+            assert abs(learned.lifetime - 3600.0) < 5.0
         finally:
             await rt.close()
 
@@ -451,9 +482,7 @@ class TestRotationSaved:
             try:
                 flight = asyncio.create_task(rt.refresher.check(cid, force=True))
                 await _await_token_call(emu, old["grant_id"])
-                report = await connections.import_lines(
-                    rt, [json.dumps(line)], skip_invalid=False
-                )
+                report = await connections.import_lines(rt, [json.dumps(line)], skip_invalid=False)
                 assert report.updated == 1, report
                 result = await flight
             finally:

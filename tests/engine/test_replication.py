@@ -217,7 +217,14 @@ def test_auto_keeps_wanting_a_replica_for_a_while_after_it_vanished(
     auto = Replication(None, configured=None, timeout=1.0)  # type: ignore[arg-type]
     assert auto.learn({"connected_slaves": 0}) == 0  # alone from the start: no WAIT
     assert auto.learn({"connected_slaves": 1}) == 1
-    now[0] += REPLICA_LOST_GRACE - 1
+    # A process that asks rarely: its next question comes long after it last saw the replica,
+    # in the middle of a failover. The grace runs from this first answer without a replica.
+    now[0] += 10 * REPLICA_LOST_GRACE
     assert auto.learn({"connected_slaves": 0}) == 1  # vanished: maybe promoted
+    now[0] += REPLICA_LOST_GRACE - 1
+    assert auto.learn({"connected_slaves": 0}) == 1
     now[0] += 2
     assert auto.learn({"connected_slaves": 0}) == 0  # gone for good: trusted alone
+    assert auto.learn({"connected_slaves": 1}) == 1  # back: the next loss starts a new grace
+    now[0] += 5 * REPLICA_LOST_GRACE
+    assert auto.learn({"connected_slaves": 0}) == 1

@@ -3,13 +3,19 @@ client; the settings refuse a malformed Sentinel URL at start, naming what was e
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+import redis
 import redis.asyncio.sentinel
 import redis.sentinel
+from celery import Celery
 
 from config.celery import celery_config
 from config.redis_urls import RedisEndpoint, safe
 from config.settings import Settings, SettingsError
+from worker.dev.embedded import EmbeddedRedis
 from worker.store import clients
 
 URL = "redis+sentinel://:data%40pw@127.0.0.1:26001,127.0.0.2/tw-master/3"
@@ -34,6 +40,32 @@ def test_a_sentinel_url_gives_clients_managed_by_the_sentinels() -> None:
     assert aio.connection_pool.max_connections == 64
 
 
+@pytest.mark.integration
+def test_closing_a_client_closes_its_connections(redis_server: EmbeddedRedis) -> None:
+    """The exporter and every SSE stream make a client of their own: closing it must close
+    its connections, not leave them to the garbage collector."""
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    def connected() -> int:
+        return int(watcher.info("clients")["connected_clients"])
+
+    async def go(before: int) -> tuple[int, int]:
+        client = clients.async_client(RedisEndpoint(redis_server.url), socket_timeout=2)
+        await asyncio.gather(*(client.ping() for _ in range(5)))
+        during = connected()
+        await client.aclose()
+        # the server notices closed sockets on its next event-loop turn: wait, bounded
+        deadline = time.monotonic() + 3.0
+        while connected() > before and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return during, connected()
+
+    before = connected()
+    during, after = asyncio.run(go(before))
+    watcher.close()
+    assert during > before and after <= before
+
+
 def test_the_broker_maps_onto_kombus_sentinel_transport() -> None:
     settings = Settings.from_env(
         {"TOKENWORKER_REDIS_URL": URL, "TOKENWORKER_SENTINEL_PASSWORD": "s3cret"},
@@ -43,7 +75,15 @@ def test_the_broker_maps_onto_kombus_sentinel_transport() -> None:
     assert config["broker_url"] == (
         "sentinel://:data%40pw@127.0.0.1:26001/3;sentinel://:data%40pw@127.0.0.2:26379/3"
     )
-    assert config["result_backend"] == config["broker_url"]
+    # Celery's result backend reads the credentials from the first URL, and Celery's
+    # censored dump (celery inspect conf, celery report) masks only the first one.
+    assert config["result_backend"] == (
+        "sentinel://:data%40pw@127.0.0.1:26001/3;sentinel://127.0.0.2:26379/3"
+    )
+    app = Celery(set_as_current=False)
+    app.conf.update(config)
+    dump = app.conf.humanize(with_defaults=False, censored=True)
+    assert "data%40pw" not in dump and "data@pw" not in dump and "s3cret" not in dump
     options = config["broker_transport_options"]
     assert options["master_name"] == "tw-master"
     assert options["sentinel_kwargs"] == {"password": "s3cret"}
@@ -56,6 +96,8 @@ def test_the_broker_maps_onto_kombus_sentinel_transport() -> None:
     [
         ("redis+sentinel://127.0.0.1:26379", "master name is missing"),
         ("redis+sentinel://127.0.0.1:x/m", "has no valid port"),
+        ("redis+sentinel://127.0.0.1:\u00b2/m", "has no valid port"),
+        ("redis+sentinel://127.0.0.1/m/\u00b2", "is not a number"),
         ("redis+sentinel://127.0.0.1/m/zero", "is not a number"),
         ("redis+sentinel://a,,b/m", "is not host:port"),
         ("http://127.0.0.1", "got scheme 'http'"),
@@ -74,7 +116,7 @@ def test_min_replicas_is_auto_or_a_count(raw: str, value: int | None) -> None:
     assert settings.min_replicas == value
 
 
-@pytest.mark.parametrize("raw", ["-1", "17", "one"])
+@pytest.mark.parametrize("raw", ["-1", "17", "one", "\u00b2"])
 def test_min_replicas_out_of_range_is_refused(raw: str) -> None:
     with pytest.raises(SettingsError, match="auto, or a whole number from 0 to 16"):
         Settings.from_env({"TOKENWORKER_MIN_REPLICAS": raw}, require_keys=False)

@@ -89,6 +89,17 @@ def refresh_without_looking(
     return due_by_stored_expiry(conn, now, timing)
 
 
+def relearn_due(conn: Connection, now: float) -> bool:
+    """Whether the token a refresh just brought should be introspected although its lifetime
+    is known: at the first refresh of each UTC day. A learned lifetime is otherwise reused
+    forever (a direct refresh never looks at the old token), so an org that shortened its
+    session timeout would be served expired tokens until someone noticed; this bounds that to
+    a day, for one call per connection per day. (A host app's rejected-token report re-learns
+    at once.)"""
+    last = conn.last_refresh_at
+    return last is None or int(last // 86400) != int(now // 86400)
+
+
 def due_by_stored_expiry(conn: Connection, now: float, timing: Timing) -> Decision | None:
     """Refresh at once when an expiry Salesforce told us (not assumed) is within the margin.
 

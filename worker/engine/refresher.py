@@ -558,8 +558,13 @@ class Refresher:
                 instance_url=saved.instance_url,
             )
         # After an "inactive" verdict, look at the new token once: if it reads inactive too,
-        # this app cannot introspect (no "Introspect All Tokens").
-        unknown = applied.expiry is None or reason == "inactive"
+        # this app cannot introspect (no "Introspect All Tokens"). A rejected token (a host
+        # app got a 401) or the day's first refresh re-learns a lifetime the org may have cut.
+        unknown = (
+            applied.expiry is None
+            or reason in ("inactive", "token_rejected")
+            or policy.relearn_due(conn, now)
+        )
         saved = await self._learn_expiry(saved, integration, unknown, now)
         await self.sink.emit(
             events.TOKEN_REFRESHED,

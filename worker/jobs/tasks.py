@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError as BrokerUnreachable
 from config.celery import app
 from worker.engine.limits import BATCH_BUDGET, hard_time_limit, soft_time_limit
 from worker.engine.sweep import room, sweep
+from worker.errors import TokenworkerError
 from worker.jobs import signals  # noqa: F401  (registers the signal handlers)
 from worker.jobs.process import WEBHOOK_TASK, run, runtime, settings
 from worker.service import connect
@@ -88,11 +89,23 @@ def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
             sweep(store, settings(), time.time(), dispatch, window_guard=scheduled, limit=allowed)
         )
         if result.full:
-            sweep_task.apply_async((False,), queue=REFRESH_QUEUE)
-        expired = run(connect.expire_sessions(runtime(), EXPIRE_PER_SWEEP))
+            sweep_task.apply_async((False,), queue=REFRESH_QUEUE, ignore_result=True)
+        expired = _expire_sessions()
     done = {**result.as_dict(), "connect_sessions_expired": expired}
     log.info("sweep.done", allowed=allowed, **done)
     return done
+
+
+def _expire_sessions() -> int:
+    """End the connect sessions past their TTL; a failure of this step (other than the store
+    being away, which retries the whole sweep) is logged and never fails the sweep itself."""
+    try:
+        return run(connect.expire_sessions(runtime(), EXPIRE_PER_SWEEP))
+    except _INFRA_ERRORS:
+        raise
+    except TokenworkerError as error:
+        log.error("sweep.expire_sessions_failed", error=type(error).__name__)
+        return 0
 
 
 def _queued_batches() -> int:

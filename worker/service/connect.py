@@ -17,16 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
+
 from config.redaction import redact_text
 from config.urls import origin_of
 from worker.domain.models import Integration
 from worker.engine import events
 from worker.engine.runtime import Runtime
-from worker.errors import InputError, NotFoundError
+from worker.errors import InputError, NotFoundError, StoreError
 from worker.salesforce import hosts, oauth
 from worker.service import connecting
 from worker.store.keys import check_id
 from worker.store.sessions import EXPIRED_NOW, WON, ConnectSession, Sessions, SessionStatus
+
+log = structlog.get_logger("tokenworker.connect")
 
 MAX_RETURN_TO = 2048
 
@@ -189,15 +193,23 @@ async def expire(rt: Runtime, session: ConnectSession) -> bool:
 
 
 async def expire_sessions(rt: Runtime, limit: int = 100) -> int:
-    """The sweep: record and report every pending session past its TTL; how many."""
+    """The sweep: record and report every pending session past its TTL; how many.
+
+    One bad session never stops the rest: a session that cannot be read (sealed under a key
+    since dropped from TOKENWORKER_ENCRYPTION_KEYS) is expired without its event, and logged,
+    so it cannot sit first in the due list and fail every sweep after it."""
     sessions = sessions_of(rt)
     count = 0
     for session_id in await sessions.due(_now(rt), limit):
-        session = await sessions.get(session_id)
-        if session is None:
-            await sessions.drop_due(session_id)
-        elif await expire(rt, session):
-            count += 1
+        try:
+            session = await sessions.get(session_id)
+            if session is None:
+                await sessions.drop_due(session_id)
+            elif await expire(rt, session):
+                count += 1
+        except StoreError as error:
+            log.error("connect_session.unreadable", session_id=session_id, error=str(error))
+            await sessions.expire(session_id, _now(rt))
     return count
 
 

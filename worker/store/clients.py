@@ -67,7 +67,9 @@ def async_client(
             **connection_kwargs(endpoint),
             **options,
         )
-        return redis.asyncio.Redis(connection_pool=pool)
+        # from_pool: the client owns its pool, so aclose() closes the connections too (the
+        # exporter and each SSE stream make a client of their own).
+        return redis.asyncio.Redis.from_pool(pool)
     sentinels = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         list(group.sentinels), sentinel_kwargs=_sentinel_kwargs(endpoint, options)
     )

@@ -42,7 +42,8 @@ class Replication:
     timeout: float  # seconds one WAIT may take (TOKENWORKER_REPLICA_WAIT)
     _wanted: int = 0
     _until: float = float("-inf")
-    _replica_seen: float = float("-inf")  # monotonic time INFO last showed a replica
+    _replica_ever: bool = False  # INFO showed a replica at least once in this process
+    _alone_since: float | None = None  # monotonic time INFO first showed none after that
 
     def cached(self) -> int | None:
         """Replicas a rotated token must reach now, or None when INFO must be asked again."""
@@ -51,12 +52,21 @@ class Replication:
         return self._wanted if time.monotonic() < self._until else None
 
     def learn(self, info: Mapping[str, Any]) -> int:
-        """`auto` from the master's INFO replication: 1 while it has a replica or had one
-        within REPLICA_LOST_GRACE (it may be a master whose replica was just promoted), else 0."""
+        """`auto` from the master's INFO replication: 1 while it has a replica, and for
+        REPLICA_LOST_GRACE after it is first seen without one (it may be a master whose replica
+        was just promoted), else 0. The grace runs from the first answer without a replica, not
+        from the last with one: a process that asks rarely (the api refreshes only on reads)
+        and first asks in the middle of a failover must not trust the demoted master alone."""
         now = time.monotonic()
         if int(info.get("connected_slaves", 0)) > 0:
-            self._replica_seen = now
-        self._wanted = 1 if now - self._replica_seen < REPLICA_LOST_GRACE else 0
+            self._replica_ever, self._alone_since = True, None
+        elif self._replica_ever and self._alone_since is None:
+            self._alone_since = now
+        alone = self._alone_since
+        if not self._replica_ever or (alone is not None and now - alone >= REPLICA_LOST_GRACE):
+            self._wanted = 0
+        else:
+            self._wanted = 1
         self._until = now + (AUTO_CACHE_SECONDS if self._wanted else ALONE_CACHE_SECONDS)
         return self._wanted
 
