@@ -40,8 +40,12 @@ COUNT = 8
 LEASE_TTL = 30.0  # the product's default (the suite's 5 s: a lease no deployment runs)
 # Seconds from the last promotion to every connection refreshed again on the new master: the
 # restarted node must attach as a replica first (until then `auto` wants one and no rotated
-# refresh is sent: worker.store.replication.REPLICA_LOST_GRACE). Measured ~9 s.
-RECOVERY = 20.0
+# refresh is sent: worker.store.replication.REPLICA_LOST_GRACE). Measured 8.6-10.4 s on a
+# quiet box; one CI run on a box also running a benchmark took over 20 s (each forced refresh
+# 0.3-0.8 s, two at a time), so the bound is 45 s. This is a progress check of the publisher's
+# forced refreshes; the freshness rule (every stored token live within one sweep
+# interval of the new master) is asserted separately, before it, with its own bound.
+RECOVERY = 45.0
 
 
 @contextlib.contextmanager
