@@ -122,6 +122,10 @@ class State:
         # Every refresh token a token call ever carried (kept across stats resets).
         self._sent_refresh: set[str] = set()
         self._access_prefix = self.org_id[:15] + "!AQ"
+        # Compact mode (`bench --million`): no bookkeeping that grows with every token call
+        # (resent-token detection, calls per grant), so a long run's memory stays that of its
+        # grants. Only the totals in `stats` are kept.
+        self.compact = False
         self._seq = 0
         self._entropy = _Entropy()
 
@@ -391,6 +395,8 @@ class State:
         stats = self.stats
         if endpoint == "token":
             stats.token_calls += 1
+            if self.compact:
+                return
             grant = self._refresh.get(refresh_token) if refresh_token else None
             if refresh_token:
                 if refresh_token in self._sent_refresh:
