@@ -149,8 +149,13 @@ def _warm_up(
 
 
 def _not_active(store: redis.Redis, keys: Keys) -> int:
-    counts = store.hgetall(keys.fleet_counts)
-    return sum(int(n) for k, n in counts.items() if k.decode().split("|")[1] != "active")
+    """Connections in any status but active, from the fleet counts ("integration|status|key")."""
+    total = 0
+    counts: dict[bytes, bytes] = store.hgetall(keys.fleet_counts)  # type: ignore[assignment]
+    for name, count in counts.items():
+        if name.split(b"|")[1] != b"active":
+            total += int(count)
+    return total
 
 
 def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]]:

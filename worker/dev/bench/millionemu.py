@@ -8,8 +8,9 @@ in its own process, with three bench routes that are not Salesforce calls (never
   emulator knows each grant's newest token and its expiry, and the worker stores the newest
   token it was handed, so a live grant whose newest token expired is a connection holding an
   expired token: the freshness probe costs one pass over the grants, no decryption.
-- POST /_bench/activity {"grants": [...]} (`simemulator`'s route, so `workload.Activity` drives it): an API call on each grant's newest session
-  (Salesforce's half-timeout rule, `State.use_session`).
+- POST /_bench/activity {"grants": [...]} (`simemulator`'s route, so `workload.Activity`
+  drives it): an API call on each grant's newest session (Salesforce's half-timeout rule,
+  `State.use_session`).
 
 The org runs in compact mode (`State(compact=True)`): no per-call bookkeeping that grows with
 every refresh (see `State.count`).

@@ -61,11 +61,11 @@ class Overdue:
 
     def take(self) -> None:
         now = time.time()
-        due = self.store.zrangebyscore(
+        due: list[tuple[bytes, float]] = self.store.zrangebyscore(  # type: ignore[assignment]
             self.keys.due, "-inf", now, start=0, num=WATCH_MAX, withscores=True
         )
         self.cut += len(due) >= WATCH_MAX
-        current = {member: score for member, score in due}
+        current = dict(due)
         left = [m for m in self.watching if m not in current]
         pipe = self.store.pipeline(transaction=False)
         for member in left:

@@ -124,8 +124,9 @@ class State:
         self._access_prefix = self.org_id[:15] + "!AQ"
         # Compact mode (`bench --million`): no bookkeeping that grows with every token call
         # (resent-token detection, calls per grant), so a long run's memory stays that of its
-        # grants. Only the totals in `stats` are kept.
+        # grants, only the totals in `stats` kept; bulk grants share one identity URL.
         self.compact = False
+        self._compact_id_url: str | None = None  # made once base_url is final
         self._seq = 0
         self._entropy = _Entropy()
 
@@ -234,7 +235,14 @@ class State:
     ) -> Issued:
         self._seq += 1
         seq = self._seq
-        if user is None:
+        if user is None and self.compact:
+            # One user behind every bulk grant: one identity URL string, not one per grant.
+            if self._compact_id_url is None:
+                user_id = self.default_user.user_id
+                self._compact_id_url = f"{self.base_url}/id/{self.org_id}/{user_id}"
+            id_url = self._compact_id_url
+            username = USERNAME
+        elif user is None:
             id_url = f"{self.base_url}/id/{self.org_id}/005{seq:015d}"
             username = USERNAME
         else:
