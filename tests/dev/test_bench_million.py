@@ -36,7 +36,7 @@ def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
     assert isinstance(results["million_stale_max"], int)
     assert results["million_redis_mb"] > 0
     assert results["million_import_s"] > 0
-    assert 0 < results["million_worker_cpu"] < 1
+    assert 0 <= results["million_worker_cpu"] < 1  # an idle 20 s may round to 0
     assert results["million_floor_calls_per_s"] > 0
     assert results["million_emulator_bytes_per_grant"] > 0
     assert results["million_warmup_checks"] >= 2000  # every imported connection checked

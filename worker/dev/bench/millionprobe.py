@@ -3,8 +3,9 @@
 - stale: every `stale_every` s, the emulator counts live grants whose newest access token has
   expired (`millionemu`): no decryption, one pass over the grants in the emulator.
 - overdue: every `overdue_every` s, the due ids whose time has come (ZRANGEBYSCORE due -inf
-  now); when one leaves that range (a sweep claimed it), its stored `last_check_at` (the
-  check's start, a plaintext field) minus its due time is how late the check started.
+  now); when one leaves that range (a sweep claimed it), its stored `last_check_at` (a
+  plaintext field: the check's start, or for a refresh the answer's time, one call later)
+  minus its due time is how late the check started.
 - worker CPU: utime + stime of the Celery worker and its prefork children from /proc.
 """
 
