@@ -234,6 +234,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
     }
     details = {
         "stale_samples": sampler.stale.samples,
+        "stale_scan_ms_max": round(sampler.stale.scan_ms_max, 1),
         "overdue": {
             "checks_seen": len(steady["overdue"].late),
             "max_s": round(max(steady["overdue"].late, default=0.0), 2),

@@ -41,10 +41,12 @@ def cpu_seconds(pids: list[int]) -> float:
 @dataclass
 class Stale:
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, stale, live)
+    scan_ms_max: float = 0.0  # the emulator's longest pass over its grants
 
     def take(self, emu: MillionEmulator) -> int:
-        stale, live = emu.stale()
+        stale, live, scan_ms = emu.stale()
         self.samples.append((time.time(), stale, live))
+        self.scan_ms_max = max(self.scan_ms_max, scan_ms)
         return stale
 
     def max_since(self, start: float) -> int:
