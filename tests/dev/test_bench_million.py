@@ -41,6 +41,7 @@ def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
     assert results["million_emulator_bytes_per_grant"] > 0
     assert results["million_warmup_checks"] >= 2000  # every imported connection checked
     assert results["million_not_active"] == 0
+    assert results["details"]["warmup_absorbed"] is True
     assert results["params"]["connections"] == 2000
     assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default
     assert len(results["details"]["stale_samples"]) >= 2  # the whole run is sampled
