@@ -253,6 +253,8 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         "activity_fired": activity.fired,
         "active_users": len(imported.members),
         "steady_calls": steady["calls"],
+        "steady_token_calls": steady["token_calls"],
+        "steady_introspect_calls": steady["introspect_calls"],
         "settings": {
             "sweep_interval": settings.sweep_interval,
             "sweep_limit": settings.sweep_limit,
@@ -306,5 +308,7 @@ def _steady(
         "cpu_share": cpu / seconds / (os.cpu_count() or 1),
         "calls_per_s": calls / seconds,
         "calls": calls,
+        "token_calls": end_stats.token_calls - start_stats.token_calls,
+        "introspect_calls": end_stats.introspect_calls - start_stats.introspect_calls,
         "start_stats": start_stats,
     }
