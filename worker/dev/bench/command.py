@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return console.run(args)
     if args.deployed:
         return _run_deployed(args)
+    if args.million:
+        return _run_million(args)
     params = bench_params.from_args(args)
     restore = sigterm_as_exit()
     started = time.monotonic()
@@ -136,6 +139,30 @@ def _run_deployed(args: argparse.Namespace) -> int:
     }
     document = _document(figures, notes, details, machine, params.as_dict(), started)
     return _finish(args.output, document, report.DEPLOYED_TARGETS)
+
+
+def _run_million(args: argparse.Namespace) -> int:
+    """`bench --million`: a million connections kept fresh in real time (issue 16)."""
+    from worker.dev.bench import million, report  # noqa: PLC0415
+    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
+
+    if args.steady <= 0 or (args.connections is not None and args.connections < 1):
+        raise SystemExit("tokenworker bench: --steady and --connections must be positive")
+    params = million.MillionParams(
+        connections=args.connections or million.MillionParams.connections, steady_s=args.steady
+    )
+    restore = sigterm_as_exit()
+    started = time.monotonic()
+    _say_start(params.mode, args.output)
+    try:
+        with Workspace() as ws:
+            machine = report.machine(ws.redis().url)
+            figures, details = million.run(ws, params)
+    finally:
+        restore()
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    document = _document(figures, million.NOTES, details, machine, params.as_dict(), started)
+    return _finish(args.output, document, million.TARGETS)
 
 
 def _size(args: argparse.Namespace) -> str:

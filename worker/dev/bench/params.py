@@ -140,6 +140,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: checks/s with beat sending the sweeps at the default settings, beside "
         "the pool's capacity on the same mix (issue 16)",
     )
+    parser.add_argument(
+        "--million",
+        action="store_true",
+        help="instead: --connections (default 1,000,000) kept fresh at real lifetimes, in real "
+        "time: import, warm-up, then --steady seconds measured (issue 16; < 30 min)",
+    )
+    parser.add_argument(
+        "--steady", type=float, default=600.0, help="--million: seconds of steady state"
+    )
 
 
 def from_args(args: argparse.Namespace) -> BenchParams:

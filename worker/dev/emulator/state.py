@@ -122,6 +122,11 @@ class State:
         # Every refresh token a token call ever carried (kept across stats resets).
         self._sent_refresh: set[str] = set()
         self._access_prefix = self.org_id[:15] + "!AQ"
+        # Compact mode (`bench --million`): no bookkeeping that grows with every token call
+        # (resent-token detection, calls per grant), so a long run's memory stays that of its
+        # grants, only the totals in `stats` kept; bulk grants share one identity URL.
+        self.compact = False
+        self._compact_id_url: str | None = None  # made once base_url is final
         self._seq = 0
         self._entropy = _Entropy()
 
@@ -230,7 +235,14 @@ class State:
     ) -> Issued:
         self._seq += 1
         seq = self._seq
-        if user is None:
+        if user is None and self.compact:
+            # One user behind every bulk grant: one identity URL string, not one per grant.
+            if self._compact_id_url is None:
+                user_id = self.default_user.user_id
+                self._compact_id_url = f"{self.base_url}/id/{self.org_id}/{user_id}"
+            id_url = self._compact_id_url
+            username = USERNAME
+        elif user is None:
             id_url = f"{self.base_url}/id/{self.org_id}/005{seq:015d}"
             username = USERNAME
         else:
@@ -391,6 +403,8 @@ class State:
         stats = self.stats
         if endpoint == "token":
             stats.token_calls += 1
+            if self.compact:
+                return
             grant = self._refresh.get(refresh_token) if refresh_token else None
             if refresh_token:
                 if refresh_token in self._sent_refresh:

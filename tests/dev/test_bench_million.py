@@ -1,0 +1,70 @@
+"""`tokenworker bench --million` in its smallest configuration: a smoke test of the harness
+(every key written with a sane type and value, everything cleaned up), not a timed assertion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from worker.dev.bench.million import TARGETS
+
+
+def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    output = tmp_path / "million.json"
+    args = ["--million", "--connections", "2000", "--steady", "20", "--output", str(output)]
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", *args],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(scratch.glob("tokenworker-bench-*")), "the bench left its workspace behind"
+    results = json.loads(output.read_text())
+    for target in TARGETS:
+        value = results[target.key]
+        assert isinstance(value, int | float) and not isinstance(value, bool), target.key
+        assert value >= 0, target.key
+        assert target.key in done.stdout, target.key
+    assert isinstance(results["million_stale_max"], int)
+    assert results["million_redis_mb"] > 0
+    assert results["million_import_s"] > 0
+    assert 0 <= results["million_worker_cpu"] < 1  # an idle 20 s may round to 0
+    assert results["million_floor_calls_per_s"] > 0
+    assert results["million_emulator_bytes_per_grant"] > 0
+    assert results["million_warmup_checks"] >= 2000  # every imported connection checked
+    assert results["million_not_active"] == 0
+    assert results["details"]["warmup_absorbed"] is True
+    assert results["params"]["connections"] == 2000
+    assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default
+    assert len(results["details"]["stale_samples"]) >= 2  # the whole run is sampled
+    assert results["machine"]["load_average_at_end"]
+    assert results["command"].startswith("tokenworker bench --million")
+
+
+def test_compact_emulator_keeps_no_per_call_bookkeeping() -> None:
+    """Compact mode (the million's emulator): refreshes are counted, nothing grows per call,
+    and bulk grants share one identity URL; the default mode keeps all of it."""
+    from worker.dev.emulator.state import State  # noqa: PLC0415
+
+    for compact in (False, True):
+        state = State()
+        state.compact = compact
+        client = state.upsert_client("c", "s")
+        issued = state.create_grants("c", 3)
+        for item in issued:
+            state.count("token", item.grant.refresh_token)
+            state.refresh(client, item.grant.refresh_token)
+        assert state.stats.token_calls == 3
+        assert len(state._sent_refresh) == (0 if compact else 3)
+        assert sum(state.stats.token_calls_by_grant.values()) == (0 if compact else 3)
+        urls = {item.grant.id_url for item in issued}
+        assert len(urls) == (1 if compact else 3)
+        assert all(url.startswith(f"{state.base_url}/id/{state.org_id}/005") for url in urls)

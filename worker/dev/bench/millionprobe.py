@@ -1,0 +1,96 @@
+"""What `bench --million` samples while the fleet runs: staleness, overdue, CPU, memory.
+
+- stale: every `stale_every` s, the emulator counts live grants whose newest access token has
+  expired (`millionemu`): no decryption, one pass over the grants in the emulator.
+- overdue: every `overdue_every` s, the due ids whose time has come (ZRANGEBYSCORE due -inf
+  now); when one leaves that range (a sweep claimed it), its stored `last_check_at` (a
+  plaintext field: the check's start, or for a refresh the answer's time, one call later)
+  minus its due time is how late the check started.
+- worker CPU: utime + stime of the Celery worker and its prefork children from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from worker.dev.bench.millionemu import MillionEmulator
+from worker.store.keys import Keys
+
+TICKS = os.sysconf("SC_CLK_TCK")
+WATCH_MAX = 200_000  # due ids followed at once (a sample beyond this is cut, and noted)
+RETRIES = 30  # samples an id that left the due range may wait for its check to be saved
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime (+ the reaped children's) of these processes, in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited: its time is in its parent's reaped-children fields
+        total += sum(int(value) for value in fields[11:15])
+    return total / TICKS
+
+
+@dataclass
+class Stale:
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (t, stale, live)
+    scan_ms_max: float = 0.0  # the emulator's longest pass over its grants
+
+    def take(self, emu: MillionEmulator) -> int:
+        stale, live, scan_ms = emu.stale()
+        self.samples.append((time.time(), stale, live))
+        self.scan_ms_max = max(self.scan_ms_max, scan_ms)
+        return stale
+
+    def max_since(self, start: float) -> int:
+        return max((s for t, s, _ in self.samples if t >= start), default=0)
+
+
+@dataclass
+class Overdue:
+    store: redis.Redis
+    keys: Keys
+    watching: dict[bytes, tuple[float, int]] = field(default_factory=dict)  # id -> (due, tries)
+    late: list[float] = field(default_factory=list)
+    cut: int = 0  # samples cut at WATCH_MAX
+    unresolved: int = 0  # ids whose check was never seen saved
+
+    def take(self) -> None:
+        now = time.time()
+        due: list[tuple[bytes, float]] = self.store.zrangebyscore(  # type: ignore[assignment]
+            self.keys.due, "-inf", now, start=0, num=WATCH_MAX, withscores=True
+        )
+        self.cut += len(due) >= WATCH_MAX
+        current = dict(due)
+        left = [m for m in self.watching if m not in current]
+        pipe = self.store.pipeline(transaction=False)
+        for member in left:
+            pipe.hget(self.keys.conn(member.decode()), "last_check_at")
+        for member, stamp in zip(left, pipe.execute(), strict=True):
+            at, tries = self.watching.pop(member)
+            checked = float(stamp) if stamp else 0.0
+            if checked >= at - 1.0:
+                self.late.append(max(0.0, checked - at))
+            elif tries < RETRIES:
+                self.watching[member] = (at, tries + 1)  # claimed, not yet checked
+            else:
+                self.unresolved += 1
+        for member, score in current.items():
+            self.watching.setdefault(member, (score, 0))
+
+    def p99(self) -> float:
+        if not self.late:
+            return 0.0
+        ordered = sorted(self.late)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def redis_used_bytes(store: redis.Redis) -> int:
+    return int(store.info("memory")["used_memory"])
