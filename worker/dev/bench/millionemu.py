@@ -18,10 +18,8 @@ every refresh (see `State.count`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -33,7 +31,7 @@ from worker.dev.bench.simemulator import ACTIVITY_PATH
 from worker.dev.embedded import free_port
 from worker.dev.emulator.app import App
 from worker.dev.emulator.http import Request, Response, json_response
-from worker.dev.emulator.server import Emulator, new_event_loop
+from worker.dev.emulator.server import Emulator, serve_until_signalled
 from worker.dev.emulator.state import paused_gc
 
 GRANTS_PATH = "/_bench/million/grants"
@@ -90,23 +88,10 @@ class MillionApp(App):
 
 
 def _serve(port: int, latency_ms: float) -> None:
-    loop = new_event_loop()
     emulator = Emulator(lifetime=7200.0, latency_ms=latency_ms)
     emulator.state.compact = True
     emulator.app = MillionApp(emulator.state)
-    stopping = asyncio.Event()
-
-    async def main() -> None:
-        await emulator.start("127.0.0.1", port)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stopping.set)
-        await stopping.wait()
-        await emulator.stop()
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    serve_until_signalled(emulator, "127.0.0.1", port)
 
 
 class MillionEmulator:

@@ -15,11 +15,9 @@ has passed). The admin `activity` route extends unconditionally, which Salesforc
 
 from __future__ import annotations
 
-import asyncio
 import json
 import mmap
 import os
-import signal
 import struct
 import sys
 
@@ -28,7 +26,7 @@ from worker.dev.embedded import free_port
 from worker.dev.emulator.app import App
 from worker.dev.emulator.http import Request, Response, json_response
 from worker.dev.emulator.records import AccessToken
-from worker.dev.emulator.server import Emulator, new_event_loop
+from worker.dev.emulator.server import Emulator, serve_until_signalled
 from worker.dev.emulator.state import State
 
 STALE_PATH = "/_bench/stale"
@@ -91,22 +89,9 @@ class SharedClock:
 
 def _serve(port: int, clock_path: str) -> None:
     clock = SharedClock(clock_path)
-    loop = new_event_loop()
     emulator = Emulator(lifetime=7200.0, latency_ms=0.0, clock=clock.read)
     emulator.app = SimApp(emulator.state)
-    stopping = asyncio.Event()
-
-    async def main() -> None:
-        await emulator.start("127.0.0.1", port)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stopping.set)
-        await stopping.wait()
-        await emulator.stop()
-
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()
+    serve_until_signalled(emulator, "127.0.0.1", port)
 
 
 class SimEmulator:

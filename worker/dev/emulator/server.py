@@ -163,22 +163,31 @@ def run_forever(
     rotation: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM; prints one line with the URL to stderr."""
+    emulator = Emulator(lifetime=lifetime, latency_ms=latency_ms, rotation=rotation)
+    serve_until_signalled(emulator, host, port, announce=True)
+
+
+def serve_until_signalled(
+    emulator: Emulator, host: str, port: int, *, announce: bool = False
+) -> None:
+    """Run `emulator` on its own event loop until SIGINT or SIGTERM (the emulator process of
+    the demo, the tests and the benchmarks)."""
     loop = new_event_loop()
     try:
-        loop.run_until_complete(_serve(host, port, lifetime, latency_ms, rotation))
+        loop.run_until_complete(_serve(emulator, host, port, announce))
     finally:
         loop.close()
 
 
-async def _serve(host: str, port: int, lifetime: float, latency_ms: float, rotation: bool) -> None:
-    emulator = Emulator(lifetime=lifetime, latency_ms=latency_ms, rotation=rotation)
+async def _serve(emulator: Emulator, host: str, port: int, announce: bool) -> None:
     await emulator.start(host, port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
             loop.add_signal_handler(signum, stopping.set)
-    print(f"salesforce emulator listening on {emulator.base_url}", file=sys.stderr, flush=True)
+    if announce:
+        print(f"salesforce emulator listening on {emulator.base_url}", file=sys.stderr, flush=True)
     try:
         await stopping.wait()
     finally:
