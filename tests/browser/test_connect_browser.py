@@ -6,7 +6,7 @@ return origin; it records every query the browser brings back.
 Each test asserts what can be observed: the pages the browser shows, where it lands and with
 which query, what the api answers for the connection (`GET /connections/{id}`, its
 credentials), what the emulator saw (its authorize log, stats and grants) and the events.
-Screenshots of the pages go under the test's tmp_path and are also copied to SHOTS_DIR.
+Screenshots of the pages go under the test's tmp_path (copied to TOKENWORKER_SHOTS_DIR when set).
 
 Without chromium the module is skipped with a loud reason, and tests/conftest.py repeats it in
 the terminal summary.
@@ -14,11 +14,8 @@ the terminal summary.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +31,7 @@ import httpx
 import pytest
 
 from tests.conftest import Emu
-from tests.faults.harness import Proc, process_env, wait_until, with_runtime
+from tests.faults.harness import Proc, process_env, with_runtime
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.dev.emulator.server import EmulatorThread
 from worker.engine.runtime import Runtime
@@ -50,12 +47,10 @@ from playwright.sync_api import (  # noqa: E402  (after the skip: only needed wi
     Browser,
     BrowserContext,
     Page,
-    Playwright,
-    sync_playwright,
 )
 
-# Where the lead looks at the screenshots; copied there only when its parent exists.
-SHOTS_DIR = Path(os.environ.get("TOKENWORKER_SHOTS_DIR", "/work/scratch/shots"))
+from tests.browser.harness import api_and_browser, keep_shot  # noqa: E402
+
 AUTHORIZE_PATH = "/services/oauth2/authorize"
 LIMITS = "/services/data/v62.0/limits"
 STEP_MS = 10_000  # any one browser step
@@ -214,32 +209,12 @@ def stack(
 
     key = with_runtime(env, arrange)
     log = tmp_path_factory.mktemp("api") / "api.log"
-    argv = [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc(argv, env, log)
     api = httpx.Client(base_url=public, headers={"Authorization": f"Bearer {key}"}, timeout=10)
-    pw: Playwright | None = None
-    browser: Browser | None = None
     try:
-
-        def ready() -> bool:
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"the api exited early:\n{proc.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                return api.get("/healthz").status_code == 200
-            return False
-
-        wait_until(ready, 20, "the api process answers /healthz", interval=0.1)
-        pw = sync_playwright().start()
-        assert CHROMIUM is not None
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        print(f"browser stack up in {time.monotonic() - started:.1f}s")
-        yield Stack(public, api, emu, app, browser, client_id, integration, proc)
+        with api_and_browser(env, port, log) as (proc, browser):
+            print(f"browser stack up in {time.monotonic() - started:.1f}s")
+            yield Stack(public, api, emu, app, browser, client_id, integration, proc)
     finally:
-        if browser is not None:
-            browser.close()
-        if pw is not None:
-            pw.stop()
-        proc.stop(grace=10)
         api.close()
         emu.http.close()
         app.close()
@@ -257,10 +232,7 @@ class Tab:
     def shot(self, name: str) -> Path:
         path = self.shots_dir / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
-        if SHOTS_DIR.parent.is_dir():
-            with contextlib.suppress(OSError):
-                SHOTS_DIR.mkdir(exist_ok=True)
-                shutil.copy(path, SHOTS_DIR / f"browser-{name}.png")
+        keep_shot(path, f"browser-{name}.png")
         return path
 
     def callbacks(self, stack: Stack) -> list[str]:

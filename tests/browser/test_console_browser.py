@@ -5,15 +5,13 @@ Signed out, console URLs land on sign-in; signed in with an admin key the overvi
 match `status --json`'s numbers; Refresh updates the row's last refresh without a reload and
 the live feed shows the `console.action`; a revoked grant's refresh turns the row
 `reauth_required` and the feed shows `connection.reauth_required`; a POST without the CSRF
-token is refused; a read key sees no buttons. Screenshots go under tmp_path and SHOTS_DIR.
+token is refused; a read key sees no buttons. Screenshots go under tmp_path (and
+TOKENWORKER_SHOTS_DIR when set).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Emu
-from tests.faults.harness import Proc, process_env, wait_until, with_runtime
+from tests.faults.harness import process_env, with_runtime
 from tests.helpers import connect
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.dev.emulator.server import EmulatorThread
@@ -41,9 +38,10 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
 
-SHOTS_DIR = Path(os.environ.get("TOKENWORKER_SHOTS_DIR", "/work/scratch/shots"))
+from tests.browser.harness import api_and_browser, keep_shot  # noqa: E402
+
 STEP_MS = 10_000
 
 
@@ -78,29 +76,10 @@ def console(
 
     keys, made = with_runtime(env, arrange)
     log = tmp_path_factory.mktemp("console") / "api.log"
-    proc = Proc([sys.executable, "-m", "worker.api", "--port", str(port)], env, log)
-    pw = None
-    browser = None
     try:
-
-        def ready() -> bool:
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"the api exited early:\n{proc.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{public}/healthz", timeout=2).status_code == 200
-            return False
-
-        wait_until(ready, 20, "the api answers /healthz", interval=0.1)
-        pw = sync_playwright().start()
-        assert CHROMIUM is not None
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield Console(public, env, keys, made, emu, browser)
+        with api_and_browser(env, port, log) as (_, browser):
+            yield Console(public, env, keys, made, emu, browser)
     finally:
-        if browser is not None:
-            browser.close()
-        if pw is not None:
-            pw.stop()
-        proc.stop(grace=10)
         emu.http.close()
 
 
@@ -117,10 +96,7 @@ def page(console: Console) -> Iterator[Page]:
 def shot(page: Page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if SHOTS_DIR.parent.is_dir():
-        with contextlib.suppress(OSError):
-            SHOTS_DIR.mkdir(exist_ok=True)
-            shutil.copy(path, SHOTS_DIR / path.name)
+    keep_shot(path)
 
 
 def sign_in(console: Console, page: Page, scope: Scope = Scope.ADMIN) -> None:

@@ -10,10 +10,8 @@ also writes the screenshots there (the README's Console section uses them).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.harness import Proc, process_env, wait_until, with_runtime
+from tests.faults.harness import process_env, with_runtime
 from worker.dev.demo import _seed as demo_seed
 from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.dev.emulator.server import EmulatorThread
@@ -37,7 +35,9 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
+
+from tests.browser.harness import api_and_browser  # noqa: E402
 
 SHOTS = os.environ.get("TOKENWORKER_CONSOLE_SHOTS")
 STEP_MS = 10_000
@@ -75,28 +75,8 @@ def site(
 
     key, revoked = with_runtime(env, arrange)
     log = tmp_path_factory.mktemp("console-pages") / "api.log"
-    proc = Proc([sys.executable, "-m", "worker.api", "--port", str(port)], env, log)
-    pw = browser = None
-    try:
-
-        def ready() -> bool:
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"the api exited early:\n{proc.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{public}/healthz", timeout=2).status_code == 200
-            return False
-
-        wait_until(ready, 20, "the api answers /healthz", interval=0.1)
-        pw = sync_playwright().start()
-        assert CHROMIUM is not None
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with api_and_browser(env, port, log) as (_, browser):
         yield Site(public, key, revoked, browser)
-    finally:
-        if browser is not None:
-            browser.close()
-        if pw is not None:
-            pw.stop()
-        proc.stop(grace=10)
 
 
 def _page(site: Site, viewport: dict[str, int]) -> Page:
