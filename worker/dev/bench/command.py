@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from worker.dev.bench import params as bench_params
@@ -121,18 +122,10 @@ def _run_api(args: argparse.Namespace) -> int:
 def _run_deployed(args: argparse.Namespace) -> int:
     """`bench --deployed`: beat-driven checks/s beside the pool's capacity (issue 16)."""
     from worker.dev.bench import deployed, report  # noqa: PLC0415
-    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
 
     params = deployed.PRESETS[_size(args)]
-    restore = sigterm_as_exit()
     started = time.monotonic()
-    _say_start(params.mode, args.output)
-    try:
-        with Workspace() as ws:
-            machine = report.machine(ws.redis().url)
-            figures, details = deployed.run(ws, params)
-    finally:
-        restore()
+    figures, details, machine = _in_workspace(params.mode, args.output, deployed.run, params)
     notes = {
         "deployed_checks_per_s": "beat (LeaseScheduler) sends the sweeps; default settings "
         "but the benchmark's rate limit; mostly refreshes (the simulated day's mix)"
@@ -143,26 +136,37 @@ def _run_deployed(args: argparse.Namespace) -> int:
 
 def _run_million(args: argparse.Namespace) -> int:
     """`bench --million`: a million connections kept fresh in real time (issue 16)."""
-    from worker.dev.bench import million, report  # noqa: PLC0415
-    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
+    from worker.dev.bench import million  # noqa: PLC0415
 
     if args.steady <= 0 or (args.connections is not None and args.connections < 1):
         raise SystemExit("tokenworker bench: --steady and --connections must be positive")
     params = million.MillionParams(
         connections=args.connections or million.MillionParams.connections, steady_s=args.steady
     )
-    restore = sigterm_as_exit()
     started = time.monotonic()
-    _say_start(params.mode, args.output)
-    try:
-        with Workspace() as ws:
-            machine = report.machine(ws.redis().url)
-            figures, details = million.run(ws, params)
-    finally:
-        restore()
+    figures, details, machine = _in_workspace(params.mode, args.output, million.run, params)
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     document = _document(figures, million.NOTES, details, machine, params.as_dict(), started)
     return _finish(args.output, document, million.TARGETS)
+
+
+def _in_workspace(
+    mode: str, output: str, run: Callable[[Any, Any], tuple[Any, Any]], params: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(figures, details, machine facts) of `run(workspace, params)`, in a workspace that is
+    removed afterwards, Ctrl-C and SIGTERM stopping every process it started."""
+    from worker.dev.bench import report  # noqa: PLC0415
+    from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
+
+    restore = sigterm_as_exit()
+    _say_start(mode, output)
+    try:
+        with Workspace() as ws:
+            machine = report.machine(ws.redis().url)
+            figures, details = run(ws, params)
+    finally:
+        restore()
+    return figures, details, machine
 
 
 def _size(args: argparse.Namespace) -> str:
