@@ -62,7 +62,8 @@ def test_readyz_is_503_when_the_store_is_unreachable(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = settings_for(redis_url=f"redis://127.0.0.1:{port}/0")
+    scheme = settings_for().redis_url.partition("://")[0]  # rediss under make test-tls
+    settings = settings_for(redis_url=f"{scheme}://127.0.0.1:{port}/0")
     with TestClient(build_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
         down = client.get("/readyz")
