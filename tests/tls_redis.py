@@ -17,7 +17,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from worker.dev.embedded import CONF, free_port
+from worker.dev.embedded import CONF, free_port, log_tail, stop_process, wait_answering
 
 ROOT = Path(__file__).resolve().parents[1]
 ACL_FILE = ROOT / "deploy" / "redis-acl.conf"
@@ -168,30 +167,19 @@ class TlsRedis:
             "--tls-ca-cert-file", str(c.ca), "--tls-auth-clients", self.client_auth,
             "--aclfile", str(acl), "--logfile", str(self.directory / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_ready(timeout)
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            client = self.admin()
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-            finally:
-                client.close()
-        raise RuntimeError(f"TLS redis-server did not answer within {timeout}s: {self.log_tail()}")
+        client = self.admin()
+        try:
+            wait_answering(self.process, client, self.directory / "redis.log", timeout)
+        finally:
+            client.close()
 
     def log_tail(self) -> str:
-        path = self.directory / "redis.log"
-        return path.read_text()[-2000:] if path.exists() else "(no log)"
+        return log_tail(self.directory / "redis.log")
 
     def acl_denials(self) -> list[dict[str, object]]:
         """ACL LOG: every command or key the tokenworker user was refused."""
@@ -202,13 +190,7 @@ class TlsRedis:
             client.close()
 
     def stop(self, remove: bool = True) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)

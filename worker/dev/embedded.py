@@ -41,6 +41,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def log_tail(path: Path) -> str:
+    return path.read_text()[-2000:] if path.exists() else "(no log)"
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes] | None, client: redis.Redis, log: Path, timeout: float
+) -> None:
+    """Until `client` answers PING; a server that exits or stays silent fails with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {log_tail(log)}")
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer within {timeout}s: {log_tail(log)}")
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; a process already gone is fine."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedRedis:
     def __init__(self, port: int | None = None, directory: str | None = None) -> None:
         self.port = port or free_port()
@@ -75,33 +107,14 @@ class EmbeddedRedis:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited: {self._log_tail()}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
+            wait_answering(self.process, client, Path(self.directory, "redis.log"), timeout)
         finally:
             client.close()
-        raise RuntimeError(f"redis-server did not answer within {timeout}s")
-
-    def _log_tail(self) -> str:
-        path = Path(self.directory, "redis.log")
-        return path.read_text()[-2000:] if path.exists() else "(no log)"
 
     def stop(self, remove: bool = True) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if remove and self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -35,7 +35,7 @@ import httpx
 import redis
 from redis.asyncio import Redis
 
-from worker.dev.bench.status import PREFIX, _seed, _server
+from worker.dev.bench.status import PREFIX, bench_store
 from worker.dev.embedded import free_port
 from worker.store.apikeys import ApiKeys, Scope
 from worker.store.counting import Counting
@@ -155,29 +155,21 @@ def _time_pages(url: str, runs: int, work: str) -> dict[str, dict[str, float]]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    work = tempfile.mkdtemp(prefix="tw-console-")
-    server = None
-    try:
-        if args.rdb:
-            shutil.copy(args.rdb, os.path.join(work, "seed.rdb"))
-        port = free_port()
-        server = _server(work, port)
-        client = redis.Redis(port=port)
-        url = f"redis://127.0.0.1:{port}/0"
-        os.environ["SECRET"] = "bench-secret"
-        if not args.rdb:  # a store of its own: any key will do (an --rdb needs the seed's key)
-            os.environ.setdefault("TOKENWORKER_ENCRYPTION_KEYS", generate_key())
-        if not args.rdb:
-            _seed(client, args.seed)
-            _fail_some(client, args.seed)
-        if not client.sismember(Keys(PREFIX).integrations, "bench"):
-            env = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX}
-            add = [sys.executable, "-m", "worker.cli", "integrations", "add", "bench"]
-            add += ["--provider", "salesforce", "--client-id", "x", "--client-secret-env", "SECRET"]
-            subprocess.run(add, env=env, check=True, capture_output=True)  # noqa: S603
+    os.environ["SECRET"] = "bench-secret"
+    if not args.rdb:  # a store of its own: any key will do (an --rdb needs the seed's key)
+        os.environ.setdefault("TOKENWORKER_ENCRYPTION_KEYS", generate_key())
+
+    def fill(client: redis.Redis) -> None:
+        _fail_some(client, args.seed)
+
+    with bench_store(args.rdb, args.seed, fill=fill) as (client, url, _env):
         stored = int(client.dbsize())
         backfill = _backfill(url)
-        pages = _time_pages(url, args.runs, work)
+        work = tempfile.mkdtemp(prefix="tw-console-")
+        try:
+            pages = _time_pages(url, args.runs, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         return {
             "connections_stored": int(client.zcard(Keys(PREFIX).due)),
             "keys": stored,
@@ -190,11 +182,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "target_ms": TARGET_MS,
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace) -> int:

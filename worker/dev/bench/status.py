@@ -17,6 +17,7 @@ stopped and its files removed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -97,25 +99,44 @@ def _timed(command: list[str], code: str, env: dict[str, str]) -> dict[str, obje
     }
 
 
-def measure(args: argparse.Namespace) -> dict[str, object]:
-    work = tempfile.mkdtemp(prefix="tw-status-")
+@contextlib.contextmanager
+def bench_store(
+    rdb: str | None, count: int, code: str = HERE, fill: Callable[[redis.Redis], None] | None = None
+) -> Iterator[tuple[redis.Redis, str, dict[str, str]]]:
+    """A redis-server of its own on a copy of `rdb`, or seeded with `count` connections and
+    `fill`, holding the integration `bench`; yields its client, URL and the CLI environment.
+    Stops the server and removes its files at the end."""
+    work = tempfile.mkdtemp(prefix="tw-store-")
     server = None
     try:
-        if args.rdb:
-            shutil.copy(args.rdb, os.path.join(work, "seed.rdb"))
+        if rdb:
+            shutil.copy(rdb, os.path.join(work, "seed.rdb"))
         port = free_port()
         server = _server(work, port)
         client = redis.Redis(port=port)
-        if args.seed:
-            _seed(client, args.seed)
+        if not rdb:
+            _seed(client, count)
+            if fill is not None:
+                fill(client)
         url = f"redis://127.0.0.1:{port}/0"
         env = {**os.environ, "TOKENWORKER_REDIS_URL": url, "TOKENWORKER_KEY_PREFIX": PREFIX}
         env["SECRET"] = "bench-secret"
-        python = sys.executable
-        add = [python, "-m", "worker.cli", "integrations", "add", "bench", "--provider"]
+        add = [sys.executable, "-m", "worker.cli", "integrations", "add", "bench", "--provider"]
         add += ["salesforce", "--client-id", "x", "--client-secret-env", "SECRET"]
         if not client.sismember(Keys(PREFIX).integrations, "bench"):
-            subprocess.run(add, cwd=args.code, env={**env, "PYTHONPATH": args.code}, check=True)  # noqa: S603
+            run_env = {**env, "PYTHONPATH": code}
+            subprocess.run(add, cwd=code, env=run_env, check=True, capture_output=True)  # noqa: S603
+        yield client, url, env
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    with bench_store(args.rdb, args.seed, args.code) as (client, url, env):
+        python = sys.executable
         status = [python, "-m", "worker.cli", "status", "--json"]
         result: dict[str, object] = {"connections_stored": client.zcard(Keys(PREFIX).due)}
         result["used_memory_mb"] = round(int(client.info("memory")["used_memory"]) / 2**20, 1)
@@ -125,11 +146,6 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             done = subprocess.run(alone, cwd=args.code, env=env, capture_output=True, check=True)  # noqa: S603
             result["backfill_alone_s"] = float(done.stdout)
         return result
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
