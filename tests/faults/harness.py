@@ -17,15 +17,17 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import httpx
 import redis
 
 from tests.conftest import FAST, TEST_KEYS
@@ -38,8 +40,9 @@ from tests.processes import (
     worker_args,
 )
 from tests.processes import cli as run_cli
-from worker.dev.embedded import EmbeddedRedis
+from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.engine.runtime import Runtime
+from worker.store.apikeys import ApiKeys, Scope
 
 T = TypeVar("T")
 
@@ -160,6 +163,25 @@ class Fleet:
             "beat", celery_argv("beat", "-s", str(schedule), "--loglevel", "INFO"), env
         )
 
+    def api(self, env: dict[str, str]) -> tuple[str, Proc]:
+        """A real `python -m worker.api` on a free port, once /healthz answers: its base URL
+        and its process."""
+        port = free_port()
+        argv = [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)]
+        api = self.start("api", argv, env)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            if api.popen.poll() is not None:
+                raise AssertionError(f"the api exited:\n{api.tail()}")
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 45, "the api answers /healthz")
+        return url, api
+
     def stop_all(self) -> None:
         for proc in self.procs:
             proc.signal_group(signal.SIGCONT)
@@ -212,6 +234,57 @@ def celery_client(env: dict[str, str], results: bool = True) -> Any:
         broker_connection_retry_on_startup=True,
     )
     return app
+
+
+def read_key(ledger: Ledger, env: dict[str, str], name: str) -> str:
+    """A new API key with scope read (registered in the ledger as a secret)."""
+
+    async def create(rt: Runtime) -> str:
+        key, _ = await ApiKeys(rt.redis, env["TOKENWORKER_KEY_PREFIX"]).create(name, Scope.READ)
+        return key
+
+    key = with_runtime(env, create)
+    ledger.secret(key)
+    return key
+
+
+def emulator_stats(emu: Any) -> dict[str, Any]:
+    """The emulator's counters, with token calls per grant."""
+    data: dict[str, Any] = emu.http.get("/_admin/stats", params={"by_grant": "1"}).json()
+    return data
+
+
+def token_calls(emu: Any, grants: Iterable[str]) -> int:
+    """Token endpoint calls the emulator answered for these grants."""
+    by_grant = emulator_stats(emu).get("token_calls_by_grant", {})
+    return sum(int(by_grant.get(g, 0)) for g in grants)
+
+
+@contextlib.contextmanager
+def sending(env: dict[str, str], ids: list[str], task: str, every: float) -> Iterator[list[int]]:
+    """A thread sending `task` for each id in turn to the ops queue every `every` seconds,
+    through broker outages (a failed send is skipped); yields the count of sends."""
+    stop = threading.Event()
+    sent = [0]
+
+    def send() -> None:
+        app = celery_client(env, results=False)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):  # the broker is down for a moment
+                    app.send_task(task, args=[ids[sent[0] % len(ids)]], queue="ops")
+                    sent[0] += 1
+                stop.wait(every)
+        finally:
+            app.close()
+
+    thread = threading.Thread(target=send, name="sending", daemon=True)
+    thread.start()
+    try:
+        yield sent
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def cli(

@@ -8,9 +8,8 @@ import contextlib
 import json
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -24,6 +23,7 @@ from tests.faults.harness import (
     cli,
     process_env,
     seed,
+    sending,
     wait_until,
 )
 from worker.dev.embedded import EmbeddedRedis
@@ -34,31 +34,9 @@ pytestmark = pytest.mark.integration
 RECONNECT_BOUND = 30.0
 
 
-@contextlib.contextmanager
-def flowing(env: dict[str, str], ids: list[str]) -> Iterator[list[int]]:
+def flowing(env: dict[str, str], ids: list[str]) -> contextlib.AbstractContextManager[list[int]]:
     """Publish a check of one of `ids` every 50 ms until the block ends; yields [sent]."""
-    stop = threading.Event()
-    sent = [0]
-
-    def publish() -> None:
-        app = celery_client(env, results=False)
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(Exception):  # the broker is down for a moment
-                    cid = ids[sent[0] % len(ids)]
-                    app.send_task("tokenworker.check_connection", args=[cid], queue="ops")
-                    sent[0] += 1
-                stop.wait(0.05)
-        finally:
-            app.close()
-
-    thread = threading.Thread(target=publish, name="flow", daemon=True)
-    thread.start()
-    try:
-        yield sent
-    finally:
-        stop.set()
-        thread.join(30)
+    return sending(env, ids, "tokenworker.check_connection", 0.05)
 
 
 def test_workers_consume_again_within_30s_of_a_broker_restart(

@@ -26,20 +26,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import httpx
 
 from tests.conftest import Emu
-from tests.faults.harness import Fleet, Ledger, seed, wait_until, with_runtime
-from worker.dev.embedded import free_port
-from worker.engine.runtime import Runtime
-from worker.store.apikeys import ApiKeys, Scope
+from tests.faults.harness import (
+    Fleet,
+    Ledger,
+    emulator_stats,
+    read_key,
+    seed,
+)
 
 CONNECTIONS = 20
 LIFETIME = 15.0
@@ -139,11 +140,6 @@ async def _read_for(api_url: str, key: str, ids: list[str], emulator_url: str) -
     return tally
 
 
-def _stats(emu: Emu) -> dict[str, Any]:
-    data: dict[str, Any] = emu.http.get("/_admin/stats", params={"by_grant": "1"}).json()
-    return data
-
-
 def test_credentials_under_load(
     proc_env: dict[str, str], emu: Emu, fleet: Fleet, ledger: Ledger
 ) -> None:
@@ -156,37 +152,17 @@ def test_credentials_under_load(
     ids = [connection_id for connection_id, _ in seeded]
     grant_of = {connection_id: grant["grant_id"] for connection_id, grant in seeded}
 
-    async def make_key(rt: Runtime) -> str:
-        key, _ = await ApiKeys(rt.redis, env["TOKENWORKER_KEY_PREFIX"]).create("load", Scope.READ)
-        return key
-
-    key = with_runtime(env, make_key)
-    ledger.secret(key)
-
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}"
-    api = fleet.start(
-        "api", [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)], env
-    )
+    key = read_key(ledger, env, "load")
     worker = fleet.worker(env)
     fleet.beat(env)
     worker.wait_ready()
+    api_url, api = fleet.api(env)
 
-    def api_ready() -> bool:
-        if api.popen.poll() is not None:
-            raise AssertionError(f"the api exited:\n{api.tail()}")
-        try:
-            return httpx.get(api_url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(api_ready, 30, "the api answers /healthz")
-
-    before = _stats(emu)
+    before = emulator_stats(emu)
     started = time.monotonic()
     tally = asyncio.run(_read_for(api_url, key, ids, emu.base_url))
     seconds = time.monotonic() - started
-    after = _stats(emu)
+    after = emulator_stats(emu)
 
     def delta(name: str) -> int:
         return int(after[name]) - int(before[name])

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,12 +20,12 @@ from tests.conftest import Emu
 from tests.faults.harness import (
     Fleet,
     Ledger,
-    celery_client,
     cli,
     dump_server,
     process_env,
     redis_values,
     seed,
+    sending,
     start_redis_with,
     stored,
     wait_until,
@@ -71,31 +70,9 @@ def test_idle_store_restart_keeps_every_key_and_token(
         assert tokens_after[cid][0] == emu.grant(grant["grant_id"])["refresh_token"], cid
 
 
-@contextlib.contextmanager
-def refreshing(env: dict[str, str], ids: list[str]) -> Iterator[list[int]]:
+def refreshing(env: dict[str, str], ids: list[str]) -> contextlib.AbstractContextManager[list[int]]:
     """Publish a forced (rotating) refresh of one of `ids` every 100 ms; yields [sent]."""
-    stop = threading.Event()
-    sent = [0]
-
-    def publish() -> None:
-        app = celery_client(env, results=False)
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(Exception):
-                    cid = ids[sent[0] % len(ids)]
-                    app.send_task("tokenworker.refresh_connection", args=[cid], queue="ops")
-                    sent[0] += 1
-                stop.wait(0.1)
-        finally:
-            app.close()
-
-    thread = threading.Thread(target=publish, name="refreshing", daemon=True)
-    thread.start()
-    try:
-        yield sent
-    finally:
-        stop.set()
-        thread.join(30)
+    return sending(env, ids, "tokenworker.refresh_connection", 0.1)
 
 
 LATENCY_MS = 300

@@ -13,9 +13,7 @@ is active and the api hands out an access token the org knows and has not expire
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any
 
 import httpx
 import pytest
@@ -27,15 +25,14 @@ from tests.faults.harness import (
     SWEEP_INTERVAL,
     Fleet,
     Ledger,
+    emulator_stats,
+    read_key,
     seed,
     stored,
+    token_calls,
     wait_until,
 )
-from tests.processes import with_runtime
-from worker.dev.embedded import free_port
 from worker.domain.models import ConnectionStatus
-from worker.engine.runtime import Runtime
-from worker.store.apikeys import ApiKeys, Scope
 
 pytestmark = pytest.mark.integration
 
@@ -48,30 +45,6 @@ LATENCY_MS = 1000  # every emulator answer, the token endpoint's included, takes
 # A check once claimed: introspect + refresh + learn, a second each at the emulator.
 PROCESSING = 3 * LATENCY_MS / 1000 + 2.0
 TAKEOVER_BOUND = CLAIM_WINDOW + 2 * SWEEP_INTERVAL + PROCESSING
-
-
-def _stats(emu: Emu) -> dict[str, Any]:
-    data: dict[str, Any] = emu.http.get("/_admin/stats", params={"by_grant": "1"}).json()
-    return data
-
-
-def _start_api(fleet: Fleet, env: dict[str, str]) -> str:
-    port = free_port()
-    api = fleet.start(
-        "api", [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)], env
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if api.popen.poll() is not None:
-            raise AssertionError(f"the api exited:\n{api.tail()}")
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 45, "the api answers /healthz")
-    return url
 
 
 def _fresh_through_api(api_url: str, key: str, ids: list[str], emu: Emu) -> list[str]:
@@ -104,23 +77,14 @@ def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
     ids = [cid for cid, _ in pairs]
     grant_of = {cid: grant["grant_id"] for cid, grant in pairs}
 
-    async def make_key(rt: Runtime) -> str:
-        key, _ = await ApiKeys(rt.redis, env["TOKENWORKER_KEY_PREFIX"]).create("two", Scope.READ)
-        return key
-
-    key = with_runtime(env, make_key)
-    ledger.secret(key)
-    api_url = _start_api(fleet, env)
+    key = read_key(ledger, env, "two")
+    api_url, _ = fleet.api(env)
     doomed, survivor = fleet.worker(env), fleet.worker(env)
     assert doomed.node != survivor.node
     doomed.wait_ready()
     survivor.wait_ready()
     emu.post("/_admin/config", {"latency_ms": LATENCY_MS})
-    revocations_before = int(_stats(emu)["reuse_revocations"])
-
-    def token_calls() -> int:
-        by_grant = _stats(emu).get("token_calls_by_grant", {})
-        return sum(int(by_grant.get(g, 0)) for g in grant_of.values())
+    revocations_before = int(emulator_stats(emu)["reuse_revocations"])
 
     for grant_id in grant_of.values():
         emu.post(f"/_admin/grants/{grant_id}/expire")
@@ -129,7 +93,7 @@ def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
 
     def token_calls_arriving() -> bool:
         # Both nodes refresh now; a call that just arrived is answered a second later.
-        now = token_calls()
+        now = token_calls(emu, grant_of.values())
         arrived, seen[0] = now > seen[0], now
         return arrived and now >= COUNT // 4
 
@@ -164,7 +128,7 @@ def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
 
     emu.post("/_admin/config", {"latency_ms": 0})
     views = {cid: emu.grant(grant_of[cid]) for cid in ids}
-    reuse = int(_stats(emu)["reuse_revocations"]) - revocations_before
+    reuse = int(emulator_stats(emu)["reuse_revocations"]) - revocations_before
     revoked = [cid for cid in ids if views[cid]["revoked"]]
     assert reuse == 0 and revoked == [], (
         f"{reuse} reuse revocations, {len(revoked)} grants revoked: a refresh token was sent "

@@ -15,7 +15,6 @@ claim runs out.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 
@@ -24,8 +23,10 @@ from tests.faults.harness import (
     CLAIM_WINDOW,
     SWEEP_INTERVAL,
     Fleet,
+    emulator_stats,
     seed,
     stored,
+    token_calls,
     wait_until,
 )
 from worker.domain.models import ConnectionStatus
@@ -37,11 +38,6 @@ CONCURRENCY = 4  # per prefork child of the first worker: 8 refreshes in flight 
 LATENCY_MS = 300
 # Time for the checks themselves once claimed: introspect + refresh + learn, 300 ms each.
 PROCESSING = 5.0
-
-
-def _stats(emu: Emu) -> dict[str, Any]:
-    data: dict[str, Any] = emu.http.get("/_admin/stats", params={"by_grant": "1"}).json()
-    return data
 
 
 def test_sigkill_mid_refresh_loses_only_in_flight_answers_and_revokes_nothing(
@@ -57,11 +53,7 @@ def test_sigkill_mid_refresh_loses_only_in_flight_answers_and_revokes_nothing(
     for grant_id in grant_of.values():
         emu.post(f"/_admin/grants/{grant_id}/expire")
     emu.post("/_admin/config", {"latency_ms": LATENCY_MS})
-    revocations_before = int(_stats(emu)["reuse_revocations"])
-
-    def token_calls() -> int:
-        by_grant = _stats(emu).get("token_calls_by_grant", {})
-        return sum(int(by_grant.get(g, 0)) for g in grant_of.values())
+    revocations_before = int(emulator_stats(emu)["reuse_revocations"])
 
     fleet.beat(env)
     first = fleet.worker(env)
@@ -70,7 +62,7 @@ def test_sigkill_mid_refresh_loses_only_in_flight_answers_and_revokes_nothing(
 
     def a_token_call_just_arrived() -> bool:
         # Its answer is then ~300 ms away: the kill lands in the middle of a refresh.
-        now = token_calls()
+        now = token_calls(emu, grant_of.values())
         arrived, seen[0] = now > seen[0], now
         return arrived and now >= COUNT // 3
 
@@ -78,10 +70,10 @@ def test_sigkill_mid_refresh_loses_only_in_flight_answers_and_revokes_nothing(
     first.proc.kill()
     killed_at = time.time()
     # Requests already on the wire still land at the emulator: wait until none arrives.
-    last = [token_calls()]
+    last = [token_calls(emu, grant_of.values())]
 
     def settled() -> bool:
-        now = token_calls()
+        now = token_calls(emu, grant_of.values())
         quiet, last[0] = now == last[0], now
         return quiet
 
@@ -129,7 +121,7 @@ def test_sigkill_mid_refresh_loses_only_in_flight_answers_and_revokes_nothing(
         assert final[cid].refresh_token == views[cid]["refresh_token"], cid
         assert final[cid].status is ConnectionStatus.ACTIVE, (cid, final[cid].last_error)
     revoked = [cid for cid in ids if views[cid]["revoked"]]
-    reuse = int(_stats(emu)["reuse_revocations"]) - revocations_before
+    reuse = int(emulator_stats(emu)["reuse_revocations"]) - revocations_before
     assert revoked == [] and reuse == 0, (
         f"{len(revoked)} grants revoked ({reuse} reuse revocations): after the kill the new "
         f"worker sent the consumed refresh token of {len(lost)} connection(s) whose rotated "
