@@ -34,7 +34,13 @@ from worker.dev.bench import population
 from worker.dev.bench.emuadmin import EmulatorAdmin, Stats
 from worker.dev.bench.millionemu import MillionEmulator
 from worker.dev.bench.millionfleet import floor_calls_per_s, populate
-from worker.dev.bench.millionprobe import Overdue, Stale, cpu_seconds, redis_used_bytes
+from worker.dev.bench.millionprobe import (
+    Overdue,
+    Stale,
+    cpu_seconds,
+    memory_breakdown,
+    redis_used_bytes,
+)
 from worker.dev.bench.progress import Ticker, say
 from worker.dev.bench.report import Target
 from worker.dev.bench.services import Workspace
@@ -207,6 +213,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         steady = _steady(store, keys, pool, admin, p, loop)
         sampler.tick(force=True)
         not_active = _not_active(store, keys)
+        breakdown = memory_breakdown(store, keys, p.connections)
         rss_end = emu.rss_bytes()
     finally:
         pool.close()
@@ -222,6 +229,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         "million_calls_per_s": round(steady["calls_per_s"], 1),
         "million_floor_calls_per_s": round(floor, 1),
         "million_floor_ratio": round(steady["calls_per_s"] / floor, 3) if floor else 0.0,
+        "million_redis_bytes_per_conn": breakdown["used"],
         "million_import_s": round(imported.seconds, 1),
         "million_import_per_s": round(p.connections / imported.seconds, 1),
         "million_warmup_s": round(warmup_s, 1),
@@ -249,6 +257,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
             "imported": round(rss_full / MB, 1),
             "end": round(rss_end / MB, 1),
         },
+        "redis_bytes_per_conn": breakdown,
         "redis_used_mb_end": round(redis_used_bytes_safe(server.url) / MB, 1),
         "activity_fired": activity.fired,
         "active_users": len(imported.members),
