@@ -97,22 +97,23 @@ def redis_used_bytes(store: redis.Redis) -> int:
     return int(store.info("memory")["used_memory"])
 
 
-def memory_breakdown(store: redis.Redis, keys: Keys, connections: int, sample: int = 300) -> dict[str, float]:
+def memory_breakdown(
+    store: redis.Redis, keys: Keys, connections: int, sample: int = 300
+) -> dict[str, float]:
     """Bytes per connection by where they sit: `MEMORY USAGE ... SAMPLES 0` (key, value and
     dict entry) of a sample of record hashes, and of each whole index divided by the
     connections; `rest` is used_memory less those, per connection (leases, the stream, the
     broker's queues, Redis's own fixed cost: what does not grow with the fleet shows here
     divided by N)."""
-    ids = store.zrandmember(keys.fleet_by_id, sample) or []
+    ids: list[bytes] = store.zrandmember(keys.due, sample) or []  # type: ignore[assignment]
     pipe = store.pipeline(transaction=False)
-    for member in ids:  # type: ignore[union-attr]
+    for member in ids:
         pipe.memory_usage(keys.conn(member.decode()), samples=0)
     sizes = [int(size) for size in pipe.execute() if size]
     per = max(1, connections)
     found = {"hash": sum(sizes) / max(1, len(sizes))}
     indexes = {
         "due": keys.due,
-        "by_id": keys.fleet_by_id,
         "by_integration": keys.fleet_by_integration,
         "by_error": keys.fleet_by_error,
         "by_status": keys.fleet_by_status,
