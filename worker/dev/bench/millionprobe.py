@@ -125,3 +125,25 @@ def memory_breakdown(
     found["rest"] = used - sum(found.values())
     found["used"] = used
     return {name: round(value, 1) for name, value in found.items()}
+
+
+def not_active(store: redis.Redis, keys: Keys) -> int:
+    """Connections in any status but active, from the fleet counts ("integration|status|key")."""
+    total = 0
+    counts: dict[bytes, bytes] = store.hgetall(keys.fleet_counts)  # type: ignore[assignment]
+    for name, count in counts.items():
+        if name.split(b"|")[1] != b"active":
+            total += int(count)
+    return total
+
+
+def redis_used_bytes_safe(url: str) -> int:
+    """Used memory after the fleet stopped (0 if Redis is already gone)."""
+    try:
+        client = redis.Redis.from_url(url)
+        try:
+            return redis_used_bytes(client)
+        finally:
+            client.close()
+    except redis.RedisError:
+        return 0
