@@ -41,6 +41,11 @@ def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
     assert results["million_emulator_bytes_per_grant"] > 0
     assert results["million_warmup_checks"] >= 2000  # every imported connection checked
     assert results["million_not_active"] == 0
+    # Credential reads ran inside the steady window, through the api: fresh tokens, so no
+    # read reached Salesforce.
+    assert results["details"]["reads"]["error"] is None
+    assert results["million_reads_per_s"] > 0 and results["million_read_p99_ms"] > 0
+    assert results["million_read_salesforce_calls"] == 0
     assert results["details"]["warmup_absorbed"] is True
     assert results["params"]["connections"] == 2000
     assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default

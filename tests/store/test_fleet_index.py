@@ -17,7 +17,7 @@ from worker.dev.embedded import EmbeddedRedis
 from worker.domain.models import Connection, ConnectionStatus, LastError
 from worker.engine.runtime import Runtime
 from worker.errors import InputError
-from worker.store import counting
+from worker.store import counting, fleet_index
 from worker.store.fleet import Fleet
 from worker.store.fleet_index import FleetIndex, Query, Sort
 
@@ -116,6 +116,29 @@ def test_each_order_pages_through_everything_once(runtime_for: Callable[..., Run
         ]
         assert await _all(index, Query(prefix="c1"), 5) == ["c10", "c11"]
         assert await _all(index, Query(prefix="c1", sort=Sort.NEXT_CHECK), 5) == ["c11", "c10"]
+
+    _scenario(runtime_for, body)
+
+
+def test_every_id_merges_the_integrations_ranges_chunk_by_chunk(
+    runtime_for: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every id in order is the merge of each integration's `integration|id` range: with
+    chunks smaller than a range, the walk neither skips nor repeats an id where the
+    integrations interleave, with or without a prefix, from any cursor."""
+    monkeypatch.setattr(fleet_index, "CHUNK", 3)
+
+    async def body(rt: Runtime, index: FleetIndex) -> None:
+        await _fill(rt)
+        moved = await rt.store.get_connection("c05")
+        assert moved is not None
+        await rt.store.save_connection(moved.evolve(integration="beta"), T0)  # a third one
+        ids = [f"c{i:02d}" for i in range(12)]
+        for limit in (1, 4, 7, 50):
+            assert await _all(index, Query(), limit) == ids
+        assert await _all(index, Query(prefix="c0"), 2) == ids[:10]
+        assert await Fleet(rt.redis, rt.store.keys).ids() == ids
+        assert await Fleet(rt.redis, rt.store.keys).ids(integration="beta") == ["c05"]
 
     _scenario(runtime_for, body)
 
@@ -280,12 +303,14 @@ def test_a_store_counted_before_the_indexes_is_reindexed_once(
     async def body(rt: Runtime, index: FleetIndex) -> None:
         await _fill(rt)
         keys = rt.store.keys
-        await rt.redis.delete(*counting.fleet_keys(keys)[-5:])  # every sorted set
-        await rt.redis.hset(keys.fleet_meta, "layout", "2")  # as the previous layout left it
+        await rt.redis.delete(*counting.fleet_keys(keys)[-4:])  # every sorted set
+        await rt.redis.hset(keys.fleet_meta, "layout", "3")  # as the previous layout left it
+        await rt.redis.zadd(keys.fleet_by_id, {"c00": 0, "c01": 0})  # layout 3's id set
         generation = (await index.counting.state()).generation
         assert await index.ready(10.0)
         state = await index.counting.state()
         assert state.layout == counting.LAYOUT and state.generation != generation
+        assert not await rt.redis.exists(keys.fleet_by_id)  # its bytes are given back
         assert len(await _all(index, Query(), 50)) == 12
         assert await _all(index, Query(sort=Sort.ERROR), 50) == ["c08", "c04", "c00"]
         assert await _all(index, Query(status="failing"), 50) == ["c00", "c04", "c08"]

@@ -1,4 +1,13 @@
-"""Records <-> Redis hash fields. Secrets are sealed here and nowhere else."""
+"""Records <-> Redis hash fields. Secrets are sealed here and nowhere else.
+
+The fields every checked record holds are stored under short names (`SHORT`): a record is a
+listpack, so each name is stored in every record, and at a million records the long names
+alone were ~80 MB. A record written under the long names (before the short ones) still reads:
+a field is looked up by its short name, then its long one; the save script deletes the long
+names (`LEGACY`) whenever it writes a record, so a store converges on its own, no migration
+step. Fields read by Lua or by other modules (integration, status, rt, at, version,
+last_error, refresh_started_at) and the rare ones keep their names.
+"""
 
 from __future__ import annotations
 
@@ -35,17 +44,42 @@ _FLOATS = (
 )
 
 
+SHORT = {
+    "instance_url": "iu",
+    "identity_url": "idu",
+    "expiry_source": "xs",
+    "failures": "f",
+    "issued_at": "ia",
+    "expires_at": "xa",
+    "lifetime": "lt",
+    "last_check_at": "lc",
+    "last_refresh_at": "lr",
+}
+LEGACY = tuple(SHORT)  # the long names a save deletes (a record written before SHORT)
+
+
+def name(field: str) -> str:
+    """The name `field` is stored under."""
+    return SHORT.get(field, field)
+
+
+def _get(raw: Raw, field: str) -> bytes | None:
+    short = SHORT.get(field)
+    value = raw.get(short.encode()) if short else None
+    return value if value is not None else raw.get(field.encode())
+
+
 def _num(value: float | None) -> str:
     return "" if value is None else repr(round(value, 3))
 
 
-def _text(raw: Raw, name: str) -> str | None:
-    value = raw.get(name.encode())
+def _text(raw: Raw, field: str) -> str | None:
+    value = _get(raw, field)
     return value.decode() if value else None
 
 
-def _float(raw: Raw, name: str) -> float | None:
-    value = raw.get(name.encode())
+def _float(raw: Raw, field: str) -> float | None:
+    value = _get(raw, field)
     return float(value) if value else None
 
 
@@ -72,13 +106,13 @@ def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
         "identity_url": conn.identity_url or "",
         "expiry_source": conn.expiry_source.value if conn.expiry_source else "",
         "status": conn.status.value,
-        "failures": str(conn.failures),
+        "failures": str(conn.failures) if conn.failures else "",  # absent reads as 0
         "attempts": f"{conn.attempts_day}:{conn.attempts_today}" if conn.attempts_today else "",
         "last_error": json.dumps(conn.last_error.as_dict()) if conn.last_error else "",
     }
-    for name in _FLOATS:
-        fields[name] = _num(getattr(conn, name))
-    return fields
+    for field in _FLOATS:
+        fields[field] = _num(getattr(conn, field))
+    return {name(field): value for field, value in fields.items()}
 
 
 def connection_from_raw(connection_id: str, raw: Raw, cipher: Opener) -> Connection:
@@ -89,7 +123,7 @@ def connection_from_raw(connection_id: str, raw: Raw, cipher: Opener) -> Connect
     for `cipher` it finds every such problem but a tampered ciphertext, decrypting nothing."""
     sealed_refresh = raw.get(b"rt")
     if not sealed_refresh:
-        names = (name.decode(errors="replace") for name in raw)
+        names = (key.decode(errors="replace") for key in raw)
         present = ", ".join(sorted(n for n in names if n != COUNTED)) or "none"
         raise StoreError(
             f"{connection_id}: incomplete record: no refresh token (field 'rt'; fields present: "
@@ -106,7 +140,7 @@ def connection_from_raw(connection_id: str, raw: Raw, cipher: Opener) -> Connect
 def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Opener) -> Connection:
     sealed_access = raw.get(b"at")
     source = _text(raw, "expiry_source")
-    floats: dict[str, Any] = {name: _float(raw, name) for name in _FLOATS}
+    floats: dict[str, Any] = {field: _float(raw, field) for field in _FLOATS}
     return Connection(
         id=connection_id,
         integration=_text(raw, "integration") or "",
@@ -117,7 +151,7 @@ def _connection(connection_id: str, raw: Raw, sealed_refresh: bytes, cipher: Ope
         expiry_source=ExpirySource(source) if source else None,
         status=ConnectionStatus(_text(raw, "status") or "active"),
         version=int(raw.get(b"version", b"0")),
-        failures=int(raw.get(b"failures", b"0")),
+        failures=int(_get(raw, "failures") or b"0"),
         **_attempts(raw),
         last_error=_error(raw),
         **floats,

@@ -30,7 +30,9 @@ from worker.store.replication import Replication
 
 # KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
 # ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
-# the new version or -1. The record's counts move with it (worker.store.counting).
+# the new version or -1. The record's counts move with it (worker.store.counting); the long
+# field names of a record written before codec.SHORT go: such a record always holds `failures`
+# (the old codec wrote it on every save, "0" included), the new one never does.
 _SAVE = (
     counting.lua(3)
     + """
@@ -42,13 +44,16 @@ for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
+if redis.call('HEXISTS', KEYS[1], 'failures') == 1 then
+  redis.call('HDEL', KEYS[1], LEGACY_NAMES)
+end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[2])
 elseif ARGV[3] ~= '-' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
 recount(KEYS[1], ARGV[2], gen, before)
 return version
 """
-)
+).replace("LEGACY_NAMES", ", ".join(f"'{n}'" for n in codec.LEGACY))
 
 # KEYS: conn hash, due zset, lease, then counting.fleet_keys(). ARGV: id. Returns 1 if deleted.
 _REMOVE = (

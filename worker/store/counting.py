@@ -20,8 +20,9 @@ or say they are counting. `recount` starts a new generation (drops the counts; e
 the old one reads as uncounted) for when the counts are in doubt.
 
 The same scripts keep sorted sets for paging through a million records without a SCAN
-(worker.store.fleet_index): every counted id (score 0, read by lexical range), every
-`integration|id` (score 0: one integration's ids by lexical range), every id whose record
+(worker.store.fleet_index): every counted record's `integration|id` (score 0: one
+integration's ids by lexical range; every id in order is the merge of the integrations'
+ranges, the integrations read from the counts' buckets), every id whose record
 holds a `last_error`, scored by that error's time, and for the non-active ids only,
 `status|id` and `status|integration|id` (score 0: a status's page without reading the whole
 status). `meta.layout` names the layout of these
@@ -46,8 +47,9 @@ from worker.store.leases import Leases
 COUNTED = "counted"
 PARKED = [s.value for s in ConnectionStatus if s is not ConnectionStatus.ACTIVE]
 CHUNK = 1000  # keys per SCAN and per backfill script
-LAYOUT = "3"  # 2: the id, integration|id and error-time sorted sets; 3: status|id and
-# status|integration|id of the non-active ids
+LAYOUT = "4"  # 2: the id, integration|id and error-time sorted sets; 3: status|id and
+# status|integration|id of the non-active ids; 4: no id set (~110 bytes per record: the
+# integration|id set holds every id already)
 LOCK_TTL = 30.0  # seconds; renewed after every chunk
 Progress = Callable[[int], None]
 
@@ -59,7 +61,6 @@ def fleet_keys(keys: Keys) -> list[str]:
         keys.fleet_counts,
         keys.fleet_broken,
         *(keys.fleet_ids(status) for status in PARKED),
-        keys.fleet_by_id,
         keys.fleet_by_integration,
         keys.fleet_by_error,
         keys.fleet_by_status,
@@ -75,8 +76,8 @@ def lua(base: int) -> str:
     z = base + 3 + len(PARKED)
     return f"""
 local META, COUNTS, BROKEN = KEYS[{base}], KEYS[{base + 1}], KEYS[{base + 2}]
-local BY_ID, BY_INT, BY_ERROR = KEYS[{z}], KEYS[{z + 1}], KEYS[{z + 2}]
-local BY_STATUS, BY_STATUS_INT = KEYS[{z + 3}], KEYS[{z + 4}]
+local BY_INT, BY_ERROR = KEYS[{z}], KEYS[{z + 1}]
+local BY_STATUS, BY_STATUS_INT = KEYS[{z + 2}], KEYS[{z + 3}]
 local SETS = {{{sets}}}
 local KNOWN = {{{known}}}
 local function generation() return redis.call('HGET', META, 'gen') or '1' end
@@ -131,7 +132,6 @@ local function out(id, b)
     redis.call('ZREM', BY_STATUS_INT, by_int)
   end
   if broken then redis.call('SREM', BROKEN, id) end
-  redis.call('ZREM', BY_ID, id)
   redis.call('ZREM', BY_INT, owner(b) .. '|' .. id)
   redis.call('ZREM', BY_ERROR, id)
 end
@@ -144,7 +144,6 @@ local function into(id, b, n)
     redis.call('ZADD', BY_STATUS_INT, 0, by_int)
   end
   if broken then redis.call('SADD', BROKEN, id) end
-  redis.call('ZADD', BY_ID, 0, id)
   redis.call('ZADD', BY_INT, 0, owner(b) .. '|' .. id)
 end
 -- Count the record at key in the bucket its fields say, leaving the one it was counted in.
@@ -195,8 +194,9 @@ return n
 """
 )
 
-# KEYS: fleet_keys(). ARGV: "" or a layout. Drops every count (unless ARGV[1] names the
-# layout the store has already: then nothing); returns the (new) generation.
+# KEYS: fleet_keys(), then the keys of older layouts. ARGV: "" or a layout. Drops every count
+# (unless ARGV[1] names the layout the store has already: then nothing); returns the (new)
+# generation.
 RECOUNT = (
     lua(1)
     + """
@@ -242,10 +242,18 @@ class Counting:
             layout.decode() if layout else None,
         )
 
+    async def owners(self) -> list[bytes]:
+        """The integrations holding counted records (names as stored), sorted: from the
+        counts' buckets, O(buckets)."""
+        # HGETALL, not HKEYS: the deployed ACL (deploy/redis-acl.conf) grants the former.
+        buckets: dict[bytes, bytes] = await self.redis.hgetall(self.keys.fleet_counts)  # type: ignore[assignment]
+        return sorted({b.split(b"|", 1)[0] for b in buckets})
+
     async def recount(self, unless_layout: str = "") -> str:
         """Start counting afresh: a new generation, backfilled like a store without counts
         (nothing when `unless_layout` is the store's layout already)."""
-        return str(await self._recount(keys=fleet_keys(self.keys), args=[unless_layout]))
+        keys = [*fleet_keys(self.keys), self.keys.fleet_by_id]  # layout 3's id set goes too
+        return str(await self._recount(keys=keys, args=[unless_layout]))
 
     async def complete(self, progress: Progress | None = None, budget: float | None = None) -> bool:
         """Backfill until the counts are complete (True), or for `budget` seconds (False if

@@ -163,12 +163,12 @@ class Fleet:
         return ids if status is None else await self._scan_filter(ids, status, None)
 
     async def _indexed(self, integration: str | None) -> list[str]:
-        """Every id, or one integration's, from the lexical sorted sets (already sorted)."""
+        """Every id (the whole integration|id set, sorted by id), or one integration's."""
         if integration is None:
-            found: list[bytes] = await self.redis.zrange(self.keys.fleet_by_id, 0, -1)  # type: ignore[assignment]
-            return [m.decode() for m in found]
+            members: list[bytes] = await self.redis.zrange(self.keys.fleet_by_integration, 0, -1)  # type: ignore[assignment]
+            return sorted(m.split(b"|", 1)[1].decode() for m in members)
         head = f"{integration}|".encode()
-        members: list[bytes] = await self.redis.zrangebylex(
+        members = await self.redis.zrangebylex(
             self.keys.fleet_by_integration, b"[" + head, b"(" + head + b"\x7f"
         )  # type: ignore[assignment]
         return [m[len(head) :].decode() for m in members]

@@ -2,8 +2,9 @@
 
 Each order walks one index from the page's cursor (worker.store.counting keeps them):
 
-- by id: `fleet:by-id` (every id, score 0), or `fleet:by-integration` (`integration|id`)
-  when one integration is asked for, by lexical range; an id prefix narrows the range. A
+- by id: `fleet:by-integration` (`integration|id`, score 0) by lexical range: one
+  integration's range, or every integration's merged (the integrations that hold records, from
+  the counts: a few ranges); an id prefix narrows the ranges. A
   non-active status (failing, reauth_required) walks `fleet:by-status` (`status|id`) or, with
   an integration, `fleet:by-status-integration` (`status|integration|id`) the same way: a
   status's page never reads the whole status.
@@ -128,35 +129,40 @@ class FleetIndex:
     async def _lex(
         self, query: Query, after: str | None
     ) -> AsyncIterator[list[tuple[str, float | None]]]:
-        key, head = self._lex_index(query)
+        """Chunks of ids in order from one index's ranges, one per head (several only for
+        every id: one per integration), merged: each range gives its CHUNK first ids after
+        the cursor, and the CHUNK first of their union are all ids up to its last."""
+        key, heads = await self._lex_ranges(query)
         prefix = (query.prefix or "").encode()
-        low = b"[" + head + prefix
-        if after is not None and after.encode() >= prefix:
-            low = b"(" + head + after.encode()
-        high = b"(" + head + prefix + TOP
+        start = after.encode() if after is not None and after.encode() >= prefix else None
         while True:
-            found: list[bytes] = await self.redis.zrangebylex(key, low, high, 0, CHUNK)  # type: ignore[assignment]
-            if not found:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for head in heads:
+                    low = b"[" + head + prefix if start is None else b"(" + head + start
+                    pipe.zrangebylex(key, low, b"(" + head + prefix + TOP, 0, CHUNK)
+                found: list[list[bytes]] = await pipe.execute()
+            ids = sorted(m[len(h) :] for h, members in zip(heads, found, strict=True)
+                         for m in members)[:CHUNK]  # fmt: skip
+            if not ids:
                 return
-            yield [(m[len(head) :].decode(), None) for m in found]
-            if len(found) < CHUNK:
+            yield [(m.decode(), None) for m in ids]
+            if len(ids) < CHUNK:
                 return
-            low = b"(" + found[-1]
+            start = ids[-1]
 
-    def _lex_index(self, query: Query) -> tuple[str, bytes]:
-        """The lexical index serving the query's status and integration, and its members' head
-        before the id."""
-        by_status = query.status in PARKED
-        if by_status and query.integration is not None:
+    async def _lex_ranges(self, query: Query) -> tuple[str, list[bytes]]:
+        """The lexical index serving the query's status and integration, and the heads before
+        the id of the ranges to merge."""
+        if query.status in PARKED and query.integration is not None:
             return (
                 self.keys.fleet_by_status_integration,
-                f"{query.status}|{query.integration}|".encode(),
+                [f"{query.status}|{query.integration}|".encode()],
             )
-        if by_status:
-            return self.keys.fleet_by_status, f"{query.status}|".encode()
+        if query.status in PARKED:
+            return self.keys.fleet_by_status, [f"{query.status}|".encode()]
         if query.integration is not None:
-            return self.keys.fleet_by_integration, f"{query.integration}|".encode()
-        return self.keys.fleet_by_id, b""
+            return self.keys.fleet_by_integration, [f"{query.integration}|".encode()]
+        return self.keys.fleet_by_integration, [o + b"|" for o in await self.counting.owners()]
 
     async def _ranked(
         self, key: str, descending: bool, anchor: Anchor | None

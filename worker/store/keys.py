@@ -39,7 +39,7 @@ class Keys:
         self.fleet_lock = f"{prefix}fleet:lock"  # lease of the one process backfilling
         self.fleet_broken = f"{prefix}fleet:ids:broken"  # set: ids nobody can read
         # Sorted sets for paging (worker.store.fleet_index), kept by the same scripts.
-        self.fleet_by_id = f"{prefix}fleet:by-id"  # zset: id, score 0 (lexical ranges)
+        self.fleet_by_id = f"{prefix}fleet:by-id"  # layout 3's id set: a recount drops it
         self.fleet_by_integration = f"{prefix}fleet:by-integration"  # zset: "integration|id", 0
         self.fleet_by_error = f"{prefix}fleet:by-error"  # zset: id -> its last error's time
         # Non-active ids only (small), score 0: a status's ids by lexical range.

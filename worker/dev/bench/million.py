@@ -30,11 +30,20 @@ from typing import Any
 import redis
 
 from config.settings import Settings
-from worker.dev.bench import population
+from worker.dev.bench import api, population
 from worker.dev.bench.emuadmin import EmulatorAdmin, Stats
 from worker.dev.bench.millionemu import MillionEmulator
 from worker.dev.bench.millionfleet import floor_calls_per_s, populate
-from worker.dev.bench.millionprobe import Overdue, Stale, cpu_seconds, redis_used_bytes
+from worker.dev.bench.millionprobe import (
+    Overdue,
+    Stale,
+    cpu_seconds,
+    memory_breakdown,
+    redis_used_bytes,
+    redis_used_bytes_safe,
+)
+from worker.dev.bench.millionprobe import not_active as count_not_active
+from worker.dev.bench.millionreads import ReadParams, Reads
 from worker.dev.bench.progress import Ticker, say
 from worker.dev.bench.report import Target
 from worker.dev.bench.services import Workspace
@@ -56,6 +65,11 @@ TARGETS = (
     Target("million_warmup_s", "- (backlog absorbed)", None),
     Target("million_warmup_stale_max", "- (import + warm-up)", None),
     Target("million_emulator_bytes_per_grant", "-", None),
+    Target("million_redis_bytes_per_conn", "- (used memory / connections)", None),
+    Target("million_reads_per_s", ">= 3000 (closed loop, 64 clients)", lambda v: v >= 3000),
+    Target("million_read_p50_ms", "- (paced at 3000/s)", None),
+    Target("million_read_p99_ms", "<= 10 (paced at 3000/s)", lambda v: v <= 10),
+    Target("million_read_salesforce_calls", "0 (fresh tokens)", lambda v: v == 0),
 )
 
 NOTES = {
@@ -70,6 +84,11 @@ NOTES = {
     "(wall time x cores)",
     "million_calls_per_s": "steady state: token + introspect calls at the emulator per second; "
     "the floor is one refresh per session lifetime",
+    "million_reads_per_s": "credential reads of fresh tokens (next check >= 30 min away) "
+    "through 2 api processes, 64 keep-alive clients, inside the steady window (the fleet "
+    "keeps running): closed loop for reads/s, then paced at 3,000/s for p50/p99 (from each "
+    "read's scheduled time); million_read_salesforce_calls: the read records' version "
+    "changes (a refresh on read saves; the worker leaves these alone)",
     "rate_limit": "default settings but the benchmark's per-integration rate limit (one "
     "integration stands for a fleet's many)",
 }
@@ -154,16 +173,6 @@ def _warm_up(
     return time.monotonic() - started, checked.count(), False
 
 
-def _not_active(store: redis.Redis, keys: Keys) -> int:
-    """Connections in any status but active, from the fleet counts ("integration|status|key")."""
-    total = 0
-    counts: dict[bytes, bytes] = store.hgetall(keys.fleet_counts)  # type: ignore[assignment]
-    for name, count in counts.items():
-        if name.split(b"|")[1] != b"active":
-            total += int(count)
-    return total
-
-
 def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]]:
     """(figures, details) of one run."""
     server = ws.redis()
@@ -201,12 +210,17 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         # to an interval (in a long import beat has long been sweeping: no difference).
         pool.sweep()
         warmup_s, warmup_checks, absorbed = _warm_up(store, keys, pool, p, loop)
+        key = api._api_key(settings)
+        reads = Reads(ws, pool.env, store, keys, key, ReadParams.for_steady(p.steady_s))
         sampler.tick(force=True)
         steady_start = time.time()
         say(f"million: backlog absorbed in {warmup_s:,.0f}s; steady for {p.steady_s:g}s")
-        steady = _steady(store, keys, pool, admin, p, loop)
+        steady = _steady(store, keys, pool, admin, p, loop, reads)
+        if reads.error:
+            say(f"million: the credential reads failed: {reads.error}")
         sampler.tick(force=True)
-        not_active = _not_active(store, keys)
+        not_active = count_not_active(store, keys)
+        breakdown = memory_breakdown(store, keys, p.connections)
         rss_end = emu.rss_bytes()
     finally:
         pool.close()
@@ -222,6 +236,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         "million_calls_per_s": round(steady["calls_per_s"], 1),
         "million_floor_calls_per_s": round(floor, 1),
         "million_floor_ratio": round(steady["calls_per_s"] / floor, 3) if floor else 0.0,
+        "million_redis_bytes_per_conn": breakdown["used"],
         "million_import_s": round(imported.seconds, 1),
         "million_import_per_s": round(p.connections / imported.seconds, 1),
         "million_warmup_s": round(warmup_s, 1),
@@ -233,9 +248,11 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         "million_warmup_checks": warmup_checks,
         "million_emulator_bytes_per_grant": round((rss_full - rss_empty) / p.connections, 1),
         "million_not_active": not_active,
+        **reads.figures,
     }
     details = {
         "warmup_absorbed": absorbed,  # False: the steady window began with a backlog
+        "reads": {**reads.details, "error": reads.error},
         "stale_samples": sampler.stale.samples,
         "stale_scan_ms_max": round(sampler.stale.scan_ms_max, 1),
         "overdue": {
@@ -249,6 +266,7 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
             "imported": round(rss_full / MB, 1),
             "end": round(rss_end / MB, 1),
         },
+        "redis_bytes_per_conn": breakdown,
         "redis_used_mb_end": round(redis_used_bytes_safe(server.url) / MB, 1),
         "activity_fired": activity.fired,
         "active_users": len(imported.members),
@@ -266,18 +284,6 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
     return figures, details
 
 
-def redis_used_bytes_safe(url: str) -> int:
-    """Used memory after the fleet stopped (0 if Redis is already gone)."""
-    try:
-        client = redis.Redis.from_url(url)
-        try:
-            return redis_used_bytes(client)
-        finally:
-            client.close()
-    except redis.RedisError:
-        return 0
-
-
 def _steady(
     store: redis.Redis,
     keys: Keys,
@@ -285,14 +291,23 @@ def _steady(
     admin: EmulatorAdmin,
     p: MillionParams,
     loop: Any,
+    reads: Reads,
 ) -> dict[str, Any]:
+    """The steady window: `steady_s`, longer if the reads (started `reads.p.after_s` in, or
+    earlier when the window is short) have not ended by then, so they run inside it."""
     overdue = Overdue(store, keys)
+    reads_at = max(0.0, min(reads.p.after_s, p.steady_s - reads.p.span_s))
     pids = [pool.proc.pid, *pool.child_pids()]
     start_stats: Stats = admin.stats()
     cpu0, t0 = cpu_seconds(pids), time.monotonic()
     ticker = Ticker(30.0)
     next_overdue = 0.0
-    while (elapsed := time.monotonic() - t0) < p.steady_s:
+    while (elapsed := time.monotonic() - t0) < p.steady_s or reads.running:
+        if elapsed >= reads_at and not reads.started:
+            say(f"million: credential reads, {reads.p.clients} clients, the fleet running")
+            reads.start()
+        if elapsed > p.steady_s + 4 * reads.p.span_s:
+            break  # reads stalled: the figures say so (reads.error or none)
         if elapsed >= next_overdue:
             overdue.take()
             next_overdue = elapsed + p.overdue_every_s

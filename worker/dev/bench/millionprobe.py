@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import redis
 
 from worker.dev.bench.millionemu import MillionEmulator
+from worker.store import codec
 from worker.store.keys import Keys
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -72,7 +73,7 @@ class Overdue:
         left = [m for m in self.watching if m not in current]
         pipe = self.store.pipeline(transaction=False)
         for member in left:
-            pipe.hget(self.keys.conn(member.decode()), "last_check_at")
+            pipe.hget(self.keys.conn(member.decode()), codec.name("last_check_at"))
         for member, stamp in zip(left, pipe.execute(), strict=True):
             at, tries = self.watching.pop(member)
             checked = float(stamp) if stamp else 0.0
@@ -94,3 +95,55 @@ class Overdue:
 
 def redis_used_bytes(store: redis.Redis) -> int:
     return int(store.info("memory")["used_memory"])
+
+
+def memory_breakdown(
+    store: redis.Redis, keys: Keys, connections: int, sample: int = 300
+) -> dict[str, float]:
+    """Bytes per connection by where they sit: `MEMORY USAGE ... SAMPLES 0` (key, value and
+    dict entry) of a sample of record hashes, and of each whole index divided by the
+    connections; `rest` is used_memory less those, per connection (leases, the stream, the
+    broker's queues, Redis's own fixed cost: what does not grow with the fleet shows here
+    divided by N)."""
+    ids: list[bytes] = store.zrandmember(keys.due, sample) or []  # type: ignore[assignment]
+    pipe = store.pipeline(transaction=False)
+    for member in ids:
+        pipe.memory_usage(keys.conn(member.decode()), samples=0)
+    sizes = [int(size) for size in pipe.execute() if size]
+    per = max(1, connections)
+    found = {"hash": sum(sizes) / max(1, len(sizes))}
+    indexes = {
+        "due": keys.due,
+        "by_integration": keys.fleet_by_integration,
+        "by_error": keys.fleet_by_error,
+        "by_status": keys.fleet_by_status,
+        "by_status_integration": keys.fleet_by_status_integration,
+    }
+    for name, key in indexes.items():
+        found[name] = int(store.memory_usage(key, samples=0) or 0) / per
+    used = redis_used_bytes(store) / per
+    found["rest"] = used - sum(found.values())
+    found["used"] = used
+    return {name: round(value, 1) for name, value in found.items()}
+
+
+def not_active(store: redis.Redis, keys: Keys) -> int:
+    """Connections in any status but active, from the fleet counts ("integration|status|key")."""
+    total = 0
+    counts: dict[bytes, bytes] = store.hgetall(keys.fleet_counts)  # type: ignore[assignment]
+    for name, count in counts.items():
+        if name.split(b"|")[1] != b"active":
+            total += int(count)
+    return total
+
+
+def redis_used_bytes_safe(url: str) -> int:
+    """Used memory after the fleet stopped (0 if Redis is already gone)."""
+    try:
+        client = redis.Redis.from_url(url)
+        try:
+            return redis_used_bytes(client)
+        finally:
+            client.close()
+    except redis.RedisError:
+        return 0

@@ -1,7 +1,9 @@
 """Scenario 3: Redis memory per connection, and what a sweep costs with nothing due.
 
 Memory is `MEMORY USAGE` (key, value and dict entry) of sampled connection hashes written by
-the worker itself in the throughput run, plus each connection's share of the due index. The
+the worker itself in the throughput run, plus each connection's share of the due index and of
+the fleet's sorted sets (the console's indexes), as `bench --million` counts them in used
+memory. The
 idle sweep runs `worker.engine.sweep.sweep` exactly as the beat-triggered task does (window guard
 included, reset before each run), against a store filled to each total with checked
 connections in the real record format, none of them due; then with some due, to show that
@@ -37,10 +39,11 @@ class Memory:
     due_bytes: float
     sampled: int
     events_stream_bytes: int  # capped, not per connection: shown for completeness
+    index_bytes: float = 0.0  # the fleet's sorted sets (worker.store.counting) per record
 
     @property
     def per_connection(self) -> float:
-        return self.hash_bytes + self.due_bytes
+        return self.hash_bytes + self.due_bytes + self.index_bytes
 
 
 @dataclass
@@ -71,7 +74,18 @@ def memory(client: redis.Redis, keys: Keys, ids: list[str], sample: int, seed_: 
     due_total = int(client.memory_usage(keys.due, samples=0) or 0)
     members = int(client.zcard(keys.due))
     events = int(client.memory_usage(keys.events, samples=0) or 0)
-    return Memory(statistics.fmean(sizes), due_total / max(1, members), len(sizes), events)
+    indexed = int(client.zcard(keys.fleet_by_integration))  # every counted record
+    index_total = sum(int(client.memory_usage(key, samples=0) or 0) for key in _indexes(keys))
+    return Memory(
+        statistics.fmean(sizes), due_total / max(1, members), len(sizes), events,
+        index_total / max(1, indexed),
+    )  # fmt: skip
+
+
+def _indexes(keys: Keys) -> list[str]:
+    """The fleet's per-record sorted sets: what `bench --million` counts in used memory too."""
+    return [keys.fleet_by_integration, keys.fleet_by_error, keys.fleet_by_status,
+            keys.fleet_by_status_integration]  # fmt: skip
 
 
 def _quiet(client: redis.Redis, timeout: float) -> None:
