@@ -22,7 +22,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from worker.domain import policy
 from worker.domain.models import Connection, ConnectionStatus, IntegrationStatus, LastError
@@ -38,6 +38,7 @@ from worker.errors import (
     StoreError,
     TransientError,
 )
+from worker.service import hotreads
 
 CONTENDED_RETRY = 1.0  # the lease stayed taken for a whole lease wait: ask again soon
 
@@ -82,9 +83,25 @@ class TtlTooLong(InputError):
 
 
 async def credentials(rt: Runtime, connection_id: str, min_ttl: float | None = None) -> Credentials:
-    """A token valid for at least `min_ttl` seconds (see the module docstring)."""
+    """A token valid for at least `min_ttl` seconds (see the module docstring); from this
+    process's hot reads when they are on and hold one (worker.service.hotreads)."""
+    hot = hotreads.of(rt)
+    if hot is None:
+        conn = await _read(rt, connection_id)
+        return await _serve(rt, conn, min_ttl, "credentials_read", _never)
+    entry = hot.get(connection_id)
+    timing = rt.refresher.timing
+    if entry is not None:
+        need = _needed(entry.lifetime, min_ttl, timing)
+        if entry.value.expires_at - rt.refresher.clock() >= need:
+            hot.hits += 1
+            return cast(Credentials, entry.value)
+    hot.misses += 1
+    generation, at = hot.generation, hot.clock()
     conn = await _read(rt, connection_id)
-    return await _serve(rt, conn, min_ttl, "credentials_read", _never)
+    found = await _serve(rt, conn, min_ttl, "credentials_read", _never)
+    hot.put(connection_id, found, conn.lifetime, generation, at)
+    return found
 
 
 async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> Credentials:
@@ -97,8 +114,12 @@ async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> 
         stored = conn.access_token
         return stored is not None and hmac.compare_digest(stored.encode(), sent)
 
-    conn = await _read(rt, connection_id)
-    return await _serve(rt, conn, None, "token_rejected", rejected)
+    hotreads.drop(rt, connection_id)  # this process's readers go to the store meanwhile
+    try:
+        conn = await _read(rt, connection_id)
+        return await _serve(rt, conn, None, "token_rejected", rejected)
+    finally:
+        hotreads.drop(rt, connection_id)
 
 
 def _never(_: Connection) -> bool:
@@ -120,7 +141,7 @@ async def _serve(
     rejected: Callable[[Connection], bool],
 ) -> Credentials:
     timing = rt.refresher.timing
-    need = _needed(conn, min_ttl, timing)
+    need = _needed(conn.lifetime, min_ttl, timing)
 
     def good(c: Connection) -> bool:
         return _usable(c, need, rt.refresher.clock(), timing) and not rejected(c)
@@ -129,9 +150,12 @@ async def _serve(
     if good(conn):
         return await _credentials(rt, conn)
     await _may_refresh(rt, conn)
-    result = await rt.refresher.refresh_unless(
-        conn.id, lambda c: c.status is ConnectionStatus.REAUTH_REQUIRED or good(c), reason
-    )
+    try:
+        result = await rt.refresher.refresh_unless(
+            conn.id, lambda c: c.status is ConnectionStatus.REAUTH_REQUIRED or good(c), reason
+        )
+    finally:
+        hotreads.drop(rt, conn.id)
     latest = await _read(rt, conn.id)
     _alive(latest)
     if good(latest):
@@ -139,12 +163,12 @@ async def _serve(
     raise _unavailable(rt, conn.id, result)
 
 
-def _needed(conn: Connection, min_ttl: float | None, timing: policy.Timing) -> float:
-    """The seconds of validity to insist on: the workers' margin for this connection unless
-    the caller asked; never more than half the session lifetime."""
+def _needed(lifetime: float | None, min_ttl: float | None, timing: policy.Timing) -> float:
+    """The seconds of validity to insist on: the workers' margin for a connection of this
+    session lifetime unless the caller asked; never more than half the session lifetime."""
     if min_ttl is None:
-        return policy.margin_for(conn.lifetime, timing)
-    limit = (conn.lifetime or timing.default_lifetime) / 2.0
+        return policy.margin_for(lifetime, timing)
+    limit = (lifetime or timing.default_lifetime) / 2.0
     if min_ttl > limit:
         raise TtlTooLong(min_ttl, limit)
     return min_ttl
