@@ -114,12 +114,11 @@ async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> 
         stored = conn.access_token
         return stored is not None and hmac.compare_digest(stored.encode(), sent)
 
-    hotreads.drop(rt, connection_id)  # this process's readers go to the store meanwhile
-    try:
-        conn = await _read(rt, connection_id)
-        return await _serve(rt, conn, None, "token_rejected", rejected)
-    finally:
-        hotreads.drop(rt, connection_id)
+    # This process serves it from the store from now on: a token already replaced is never
+    # handed out again here, and a refresh (in _serve) drops what was read meanwhile.
+    hotreads.drop(rt, connection_id)
+    conn = await _read(rt, connection_id)
+    return await _serve(rt, conn, None, "token_rejected", rejected)
 
 
 def _never(_: Connection) -> bool:

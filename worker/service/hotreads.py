@@ -81,6 +81,7 @@ class HotReads(Generic[T]):
             "misses": self.misses,
             "hit_rate": round(self.hits / reads, 4) if reads else 0.0,
             "entries": len(self._entries),
+            "drops": self.generation,
         }
 
 

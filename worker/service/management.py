@@ -111,13 +111,12 @@ async def refresh_connection(rt: Runtime, connection_id: str) -> CheckResult:
     admin's, a worker's) answers it without a second call to Salesforce. Runs even when the
     connection or its integration is paused, like `tokenworker refresh`."""
     asked = rt.refresher.clock() - 0.001  # stored times are rounded to the millisecond
-    hotreads.drop(rt, connection_id)
     try:
         result = await rt.refresher.refresh_unless(
             connection_id, lambda c: (c.last_refresh_at or 0.0) >= asked, "forced"
         )
     finally:
-        hotreads.drop(rt, connection_id)
+        hotreads.drop(rt, connection_id)  # new token or status: this process reads it now
     if result.outcome is Outcome.NOT_FOUND:
         raise NotFoundError(f"no connection {connection_id!r}")
     return result

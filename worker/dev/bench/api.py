@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import sys
 import time
@@ -178,12 +179,29 @@ def run(
             "emulator": emulator_pid,
             "redis_server": server.process.pid if server.process else 0,
         }
-        return _measure(p, pool, admin, apis, ports, ids, key, others, settings.redis_url)
+        figures, notes, details = _measure(
+            p, pool, admin, apis, ports, ids, key, others, settings.redis_url
+        )
     finally:
         pool.close()
         admin.close()
         for proc in apis:
             ws.stop(proc)
+    details["api_credentials_cache"] = [
+        _cache_stats(ws.path(f"api-{n}.log")) for n in range(p.api_processes)
+    ]
+    return figures, notes, details
+
+
+def _cache_stats(log: str) -> dict[str, int]:
+    """What an api process said of its credentials cache as it stopped (both phases and their
+    warm-ups; {} when it was off)."""
+    with open(log, errors="replace") as handle:
+        lines = [line for line in handle if "api.credentials_cache" in line]
+    if not lines:
+        return {}
+    found = re.findall(r"(hits|misses|entries|drops)\W+(\d+)", lines[-1])
+    return {name: int(value) for name, value in found}
 
 
 Phase = tuple[list[loadgen.LoadResult], dict[str, Any]]
