@@ -314,6 +314,7 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
     cores["load_generator"] = round(sum(r.cpu_s for r in results) / p.duration_s, 2)
     reads = sum(r.reads for r in results)
     lags = [ms for r in results for ms in r.send_lags_ms]
+    resumes = [ms for r in results for ms in r.resume_lags_ms]
     store_reads = window.get("hgetall_after", 0) - window.get("hgetall_before", 0)
     # Reads answered per second from the window's start to the last answer: a paced run the
     # api cannot keep up with answers its window's reads late, over a longer time.
@@ -330,9 +331,12 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
         "p999_ms": round(_percentile(latencies, 0.999), 2),
         "max_ms": round(max(latencies), 2) if latencies else 0.0,
         "mean_ms": round(statistics.fmean(latencies), 2) if latencies else 0.0,
-        # the generator's own lateness (paced reads whose client was idle when due)
+        # the generator's own delays, both inside the latencies above: sending late (paced
+        # reads whose client was idle when due) and resuming a read after its answer arrived
         "send_lag_p50_ms": round(_percentile(lags, 0.50), 2),
         "send_lag_p99_ms": round(_percentile(lags, 0.99), 2),
+        "resume_lag_p50_ms": round(_percentile(resumes, 0.50), 2),
+        "resume_lag_p99_ms": round(_percentile(resumes, 0.99), 2),
         # the api processes' credentials cache (TOKENWORKER_API_CREDENTIALS_CACHE_AGE): reads
         # answered without a record read from Redis, over the window
         "store_record_reads": store_reads,

@@ -30,15 +30,22 @@ class LoadResult:
     # Paced, for reads whose client was idle at their due time: how late they actually left
     # (the generator's own delay, counted in their latency)
     send_lags_ms: list[float] = field(default_factory=list)
+    # From an answer's last byte reaching the protocol to its read resuming: the generator's
+    # own scheduling, also counted in that read's latency
+    resume_lags_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # this process's CPU time during the window
     last_done: float = 0.0  # epoch seconds of the last answer counted
 
-    def count(self, status: int, body: bytes, sent: float, lag: float | None) -> None:
-        """One answer to a read due at `sent`, which left `lag` seconds late."""
+    def count(
+        self, status: int, body: bytes, sent: float, lag: float | None, arrived: float
+    ) -> None:
+        """One answer to a read due at `sent`, which left `lag` seconds late; its last byte
+        reached the protocol at `arrived`."""
         if status == 200 and b'"access_token"' in body:
             done = time.time()
             self.reads += 1
             self.latencies_ms.append((done - sent) * 1000.0)
+            self.resume_lags_ms.append((done - arrived) * 1000.0)
             if lag is not None:
                 self.send_lags_ms.append(lag * 1000.0)
             self.last_done = max(self.last_done, done)
@@ -53,6 +60,7 @@ class _Conn(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.arrived = 0.0  # when the last answer's last byte reached this protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -78,6 +86,7 @@ class _Conn(asyncio.Protocol):
         status = int(head[9:12])
         body = bytes(self.buf[end + 4 : total])
         del self.buf[:total]
+        self.arrived = time.time()
         waiter.set_result((status, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -160,7 +169,7 @@ async def _generate(
                 continue
             if sent < begin:
                 continue
-            result.count(status, body, sent, left - sent if waited else None)
+            result.count(status, body, sent, left - sent if waited else None, conn.arrived)
         assert conn.transport is not None
         conn.transport.close()
 
