@@ -214,6 +214,42 @@ class TestEntries:
             assert await h.token(a) == "NEW-A"  # made room for c: from the store
 
 
+class TestBurst:
+    async def test_a_burst_of_misses_reads_the_record_once(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        """20 callers ask for one uncached connection at once: one store read serves them."""
+        async with await host_for(**ON) as h:
+            [(warm, _), (cid, grant)] = await connect(h.rt, emu, 2, lifetime=3600)
+            await h.token(warm)  # the API key is cached now: only record reads remain
+            before = await record_reads(h.rt)
+            answers = await burst(h, f"/connections/{cid}/credentials", 20)
+            assert all(grant["access_token"] in answer for answer in answers)
+            assert await record_reads(h.rt) - before == 1
+
+
+async def burst(h: Host, path: str, count: int) -> list[str]:
+    """`count` GETs written at once on their own connections (httpx would space them out by
+    its own overhead, longer than a store read takes); the answers."""
+    url = httpx.URL(str(h.http.base_url))
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: {h.http.headers['Authorization']}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    opened = [await asyncio.open_connection(url.host, url.port) for _ in range(count)]
+    for _, writer in opened:
+        writer.write(head)
+    answers = [(await reader.read()).decode() for reader, _ in opened]
+    for _, writer in opened:
+        writer.close()
+    return answers
+
+
+async def record_reads(rt: Runtime) -> int:
+    stats = await rt.redis.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
 def test_a_read_begun_before_a_drop_does_not_put_what_it_read() -> None:
     """The race a single process can lose: a read fetched the old token, the token was
     rejected (dropped) meanwhile; the read's put must not bring the old token back."""

@@ -19,6 +19,7 @@ asks again with a smaller `min_ttl` (0: any unexpired token).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,18 +91,39 @@ async def credentials(rt: Runtime, connection_id: str, min_ttl: float | None = N
         conn = await _read(rt, connection_id)
         return await _serve(rt, conn, min_ttl, "credentials_read", _never)
     entry = hot.get(connection_id)
-    timing = rt.refresher.timing
-    if entry is not None:
-        need = _needed(entry.lifetime, min_ttl, timing)
-        if entry.value.expires_at - rt.refresher.clock() >= need:
-            hot.hits += 1
-            return cast(Credentials, entry.value)
+    if entry is not None and _lasts(rt, entry, min_ttl):
+        hot.hits += 1
+        return cast(Credentials, entry.value)
     hot.misses += 1
+    flight = hot.in_flight(connection_id)
+    if flight is not None:
+        entry = await asyncio.shield(flight)
+        if entry is not None and _lasts(rt, entry, min_ttl):
+            hot.joined += 1
+            return cast(Credentials, entry.value)
+    return await _read_and_keep(rt, hot, connection_id, min_ttl)
+
+
+def _lasts(rt: Runtime, entry: hotreads.Entry[Any], min_ttl: float | None) -> bool:
+    """Whether a remembered token is still valid for `min_ttl` now (checked on every hit)."""
+    need = _needed(entry.lifetime, min_ttl, rt.refresher.timing)
+    expires_at: float = entry.value.expires_at
+    return expires_at - rt.refresher.clock() >= need
+
+
+async def _read_and_keep(
+    rt: Runtime, hot: hotreads.HotReads[Any], connection_id: str, min_ttl: float | None
+) -> Credentials:
     generation, at = hot.generation, hot.clock()
-    conn = await _read(rt, connection_id)
-    found = await _serve(rt, conn, min_ttl, "credentials_read", _never)
-    hot.put(connection_id, found, conn.lifetime, generation, at)
-    return found
+    flight = hot.take_off(connection_id)
+    kept = None
+    try:
+        conn = await _read(rt, connection_id)
+        found = await _serve(rt, conn, min_ttl, "credentials_read", _never)
+        kept = hot.put(connection_id, found, conn.lifetime, generation, at)
+        return found
+    finally:
+        hot.land(connection_id, flight, kept)
 
 
 async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> Credentials:

@@ -10,13 +10,17 @@ on every hit, against the clock, exactly as on a Redis read).
 What this process does to a connection drops its entry at once (`drop`): a rejected token, a
 refresh or check, a delete, a (re)connect, a read that had to refresh. A read that was in
 flight while an entry was dropped does not put what it read (the `generation` it began with is
-stale), so a rejected token cannot come back through a slow read. A change made elsewhere (a
+stale), so a rejected token cannot come back through a slow read. Misses of one connection at
+the same moment (a burst of callers) share one store read: they wait for the first and take
+what it put, each checked against its own min_ttl; when it put nothing (a drop came, it
+failed), each reads for itself. A change made elsewhere (a
 worker's refresh, another api process's rejection or delete) is unseen here for up to
 `max_age`: that is the bound this cache trades for skipping Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections import OrderedDict
@@ -48,7 +52,9 @@ class HotReads(Generic[T]):
         self.generation = 0  # bumped by every drop: reads begun before it may not put
         self.hits = 0
         self.misses = 0
+        self.joined = 0  # misses answered by another read of the same id already in flight
         self._entries: OrderedDict[str, Entry[T]] = OrderedDict()
+        self._flights: dict[str, asyncio.Future[Entry[T] | None]] = {}
 
     def get(self, key: str) -> Entry[T] | None:
         entry = self._entries.get(key)
@@ -58,18 +64,42 @@ class HotReads(Generic[T]):
             del self._entries[key]
         return None
 
-    def put(self, key: str, value: T, lifetime: float | None, generation: int, at: float) -> None:
-        """Remember `value`, read at `at` by a read that began at `generation`."""
+    def put(
+        self, key: str, value: T, lifetime: float | None, generation: int, at: float
+    ) -> Entry[T] | None:
+        """Remember `value`, read at `at` by a read that began at `generation` (the entry, or
+        None when a drop came since)."""
         if generation != self.generation:
-            return
+            return None
+        entry = Entry(value, lifetime, at)
         self._entries.pop(key, None)
-        self._entries[key] = Entry(value, lifetime, at)
+        self._entries[key] = entry
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)  # the oldest read: the first to age out anyway
+        return entry
+
+    def in_flight(self, key: str) -> asyncio.Future[Entry[T] | None] | None:
+        """The store read of `key` under way in this process, if any: a miss meanwhile waits
+        for it (shielded) instead of reading the same record again."""
+        return self._flights.get(key)
+
+    def take_off(self, key: str) -> asyncio.Future[Entry[T] | None]:
+        flight: asyncio.Future[Entry[T] | None] = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        return flight
+
+    def land(
+        self, key: str, flight: asyncio.Future[Entry[T] | None], entry: Entry[T] | None
+    ) -> None:
+        """The read is over: its waiters get `entry` (None: they read for themselves)."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.set_result(entry)
 
     def drop(self, key: str) -> None:
         self.generation += 1
         self._entries.pop(key, None)
+        self._flights.pop(key, None)  # later misses start their own read
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -80,6 +110,7 @@ class HotReads(Generic[T]):
             "hits": self.hits,
             "misses": self.misses,
             "hit_rate": round(self.hits / reads, 4) if reads else 0.0,
+            "joined": self.joined,
             "entries": len(self._entries),
             "drops": self.generation,
         }
