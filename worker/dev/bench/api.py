@@ -200,7 +200,7 @@ def _cache_stats(log: str) -> dict[str, int]:
         lines = [line for line in handle if "api.credentials_cache" in line]
     if not lines:
         return {}
-    found = re.findall(r"(hits|misses|entries|drops)\W+(\d+)", lines[-1])
+    found = re.findall(r"(hits|misses|joined|entries|drops)\W+(\d+)", lines[-1])
     return {name: int(value) for name, value in found}
 
 
