@@ -10,7 +10,12 @@ The load: `clients` keep-alive connections (worker.dev.bench.loadgen, raw asynci
 one request in flight each), `GET /connections/{id}/credentials` over every connection in
 turn, a warm-up, then the measured window. Reported: reads/s, p50/p99 latency (send to last
 byte), Salesforce calls during the window (token + introspection + REST at the emulator: 0 is
-the target for fresh tokens), and CPU seconds per wall second of each process role.
+the target for fresh tokens), CPU seconds per wall second of each process role, the api's CPU
+per read, the share of reads its credentials cache answered without a record read (HGETALLs
+at Redis against reads; each process's own counts as it stopped), and the generator's own
+delays inside the latencies (late sends, late resumes). The api processes run with the
+deployment defaults (TOKENWORKER_API_CREDENTIALS_CACHE_AGE=0 in the environment turns the
+cache off for a comparison).
 
 Nango's model beside it, COMPUTED (not measured), as an upper bound: every read introspects
 the token at Salesforce first, one call of `latency_ms` per read. With `clients` callers each
