@@ -242,6 +242,23 @@ def _host(name: str, raw: str) -> str:
     return raw
 
 
+MAX_CREDENTIALS_CACHE_AGE = 1.0
+
+
+def _cache_age(name: str, raw: str) -> float:
+    """Seconds from 0 (off) to MAX_CREDENTIALS_CACHE_AGE: longer would widen what another
+    process's refresh, rejection or delete leaves unseen here (see worker.service.hotreads)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number of seconds, e.g. 0.5") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_CREDENTIALS_CACHE_AGE:
+        raise SettingsError(
+            f"{name}={raw!r}: expected 0 (off) to {MAX_CREDENTIALS_CACHE_AGE:g} seconds"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker, beat and CLI read from the environment."""
@@ -462,6 +479,22 @@ class Settings:
         Seconds(DAY, low=60.0),
         600.0,
         "Seconds a connect session may wait for the customer to finish authorizing.",
+    )
+    api_credentials_cache_age: float = _setting(
+        "API_CREDENTIALS_CACHE_AGE",
+        _cache_age,
+        1.0,
+        "Seconds (0 to 1; 0 turns it off) an api process may answer a credentials read from "
+        "what it read in the last such seconds, each hit re-checked against min_ttl. A "
+        "refresh, rejection, delete or reconnect made through the same process drops its entry "
+        "at once; one made elsewhere (a worker, another api process) can go unseen this long.",
+    )
+    api_credentials_cache_entries: int = _setting(
+        "API_CREDENTIALS_CACHE_ENTRIES",
+        Count(1_000_000),
+        10_000,
+        "Connections one api process keeps in its credentials cache; the oldest entry makes "
+        "room.",
     )
 
     def __post_init__(self) -> None:

@@ -232,6 +232,10 @@ class TestRanges:
             ("RATE_LIMIT", "1e23", "from 0.01 to 100000 calls per second"),
             ("LEASE_TTL", "nan", "at most 600 seconds"),
             ("SWEEP_INTERVAL", "-inf", "at most 3600 seconds"),
+            ("API_CREDENTIALS_CACHE_AGE", "2", "0 (off) to 1 seconds"),
+            ("API_CREDENTIALS_CACHE_AGE", "-0.5", "0 (off) to 1 seconds"),
+            ("API_CREDENTIALS_CACHE_AGE", "nan", "0 (off) to 1 seconds"),
+            ("API_CREDENTIALS_CACHE_ENTRIES", "0", "a whole number from 1 to 1000000"),
         ],
     )
     def test_out_of_range_names_variable_and_range(
@@ -256,6 +260,7 @@ class TestRanges:
             LEASE_TTL="600", HTTP_TIMEOUT="120", SWEEP_INTERVAL="3600", SWEEP_LIMIT="1000000"
         )
         assert (top.lease_ttl, top.sweep_limit) == (600, 1_000_000)
+        assert load(API_CREDENTIALS_CACHE_AGE="0").api_credentials_cache_age == 0.0  # off
 
     def test_every_default_is_inside_its_range(self) -> None:
         """Each default parses under its own rule (the ranges never refuse a default)."""

@@ -34,6 +34,7 @@ from worker.errors import (
     StoreError,
     TokenworkerError,
 )
+from worker.service import hotreads
 from worker.store.apikeys import API_CACHE_TTL, ApiKeys
 
 log = structlog.get_logger("tokenworker.api")
@@ -54,9 +55,12 @@ def make_app(
         app.state.runtime = runtime
         app.state.settings = settings
         app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)
+        hot = _hot_reads(runtime, settings)
         try:
             yield
         finally:
+            if hot is not None:
+                log.info("api.credentials_cache", **hot.stats())
             for module in modules:
                 shutdown = getattr(module, "shutdown", None)
                 if shutdown is not None:
@@ -75,6 +79,17 @@ def make_app(
             TokenworkerError: _product_error,
         },
     )
+
+
+def _hot_reads(runtime: Runtime, settings: Settings) -> hotreads.HotReads[Any] | None:
+    """This process's credentials cache (worker.service.hotreads), unless set to 0."""
+    if settings.api_credentials_cache_age <= 0:
+        return None
+    hot: hotreads.HotReads[Any] = hotreads.HotReads(
+        settings.api_credentials_cache_age, settings.api_credentials_cache_entries
+    )
+    hotreads.attach(runtime, hot)
+    return hot
 
 
 def error_response(error: ApiError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""The `api` process: uvicorn (uvloop, httptools) serving `make_app` with every route module.
+"""The `api` process: uvicorn (uvloop, httptools; each response in one write: see
+worker.api.onewrite) serving `make_app` with every route module.
 
     python -m worker.api [--host H] [--port P]      (`tokenworker api` runs the same)
 
@@ -21,6 +22,7 @@ from starlette.applications import Starlette
 from config.settings import Settings
 from worker.api import connect, connections, console, docs, events, proxy
 from worker.api.app import make_app
+from worker.api.onewrite import OneWriteHttpTools
 
 # Route modules in mount order.
 MODULES: tuple[ModuleType, ...] = (connections, connect, proxy, events, docs, console)
@@ -50,7 +52,7 @@ def server(settings: Settings, host: str | None = None, port: int | None = None)
         host=host or settings.api_host,
         port=settings.api_port if port is None else port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpTools,
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -18,6 +18,7 @@ from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine.runtime import Runtime
 from worker.engine.sweep import SweepResult, claim_window
 from worker.errors import InputError
+from worker.service import hotreads
 from worker.service.integrations import require
 from worker.service.paging import matching_ids
 from worker.service.progress import OnProgress, quiet
@@ -98,7 +99,10 @@ class InlineDispatch:
         self.rt = rt
 
     async def check(self, connection_id: str, *, force: bool) -> CheckResult:
-        return await self.rt.refresher.check(connection_id, force=force, explicit=True)
+        try:
+            return await self.rt.refresher.check(connection_id, force=force, explicit=True)
+        finally:
+            hotreads.drop(self.rt, connection_id)
 
     async def check_many(
         self, ids: Sequence[str], *, force: bool, on_progress: OnProgress
@@ -108,7 +112,12 @@ class InlineDispatch:
         size = self.rt.settings.batch_size
         on_progress(phase, 0, len(ids))
         for start in range(0, len(ids), size):
-            results = await self.rt.refresher.check_many(ids[start : start + size], force=force)
+            batch = ids[start : start + size]
+            try:
+                results = await self.rt.refresher.check_many(batch, force=force)
+            finally:
+                for connection_id in batch:
+                    hotreads.drop(self.rt, connection_id)
             tally.outcomes.update(result.outcome.value for result in results)
             on_progress(phase, start + len(results), len(ids))
         return tally

@@ -23,6 +23,7 @@ from worker.engine.runtime import Runtime
 from worker.engine.saving import apply_refresh
 from worker.errors import ConflictError, SalesforceError, StoreError, Throttled
 from worker.salesforce import hosts, oauth
+from worker.service import hotreads
 from worker.store.sessions import ConnectSession, Sessions, SessionStatus
 
 log = structlog.get_logger("tokenworker.connect")
@@ -77,6 +78,8 @@ async def complete(rt: Runtime, session: ConnectSession, code: str) -> Refusal |
                 session, SessionStatus.FAILED, "internal_error", "the callback failed; try again"
             )
         raise
+    finally:
+        hotreads.drop(rt, session.connection_id)  # a reconnect replaced its token and status
     if refusal is not None:
         await fail(rt, session, refusal)
     return refusal

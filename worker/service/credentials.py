@@ -19,10 +19,11 @@ asks again with a smaller `min_ttl` (0: any unexpired token).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from worker.domain import policy
 from worker.domain.models import Connection, ConnectionStatus, IntegrationStatus, LastError
@@ -38,6 +39,7 @@ from worker.errors import (
     StoreError,
     TransientError,
 )
+from worker.service import hotreads
 
 CONTENDED_RETRY = 1.0  # the lease stayed taken for a whole lease wait: ask again soon
 
@@ -82,9 +84,46 @@ class TtlTooLong(InputError):
 
 
 async def credentials(rt: Runtime, connection_id: str, min_ttl: float | None = None) -> Credentials:
-    """A token valid for at least `min_ttl` seconds (see the module docstring)."""
-    conn = await _read(rt, connection_id)
-    return await _serve(rt, conn, min_ttl, "credentials_read", _never)
+    """A token valid for at least `min_ttl` seconds (see the module docstring); from this
+    process's hot reads when they are on and hold one (worker.service.hotreads)."""
+    hot = hotreads.of(rt)
+    if hot is None:
+        conn = await _read(rt, connection_id)
+        return await _serve(rt, conn, min_ttl, "credentials_read", _never)
+    entry = hot.get(connection_id)
+    if entry is not None and _lasts(rt, entry, min_ttl):
+        hot.hits += 1
+        return cast(Credentials, entry.value)
+    hot.misses += 1
+    flight = hot.in_flight(connection_id)
+    if flight is not None:
+        entry = await asyncio.shield(flight)
+        if entry is not None and _lasts(rt, entry, min_ttl):
+            hot.joined += 1
+            return cast(Credentials, entry.value)
+    return await _read_and_keep(rt, hot, connection_id, min_ttl)
+
+
+def _lasts(rt: Runtime, entry: hotreads.Entry[Any], min_ttl: float | None) -> bool:
+    """Whether a remembered token is still valid for `min_ttl` now (checked on every hit)."""
+    need = _needed(entry.lifetime, min_ttl, rt.refresher.timing)
+    expires_at: float = entry.value.expires_at
+    return expires_at - rt.refresher.clock() >= need
+
+
+async def _read_and_keep(
+    rt: Runtime, hot: hotreads.HotReads[Any], connection_id: str, min_ttl: float | None
+) -> Credentials:
+    generation, at = hot.generation, hot.clock()
+    flight = hot.take_off(connection_id)
+    kept = None
+    try:
+        conn = await _read(rt, connection_id)
+        found = await _serve(rt, conn, min_ttl, "credentials_read", _never)
+        kept = hot.put(connection_id, found, conn.lifetime, generation, at)
+        return found
+    finally:
+        hot.land(connection_id, flight, kept)
 
 
 async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> Credentials:
@@ -97,6 +136,9 @@ async def token_rejected(rt: Runtime, connection_id: str, access_token: str) -> 
         stored = conn.access_token
         return stored is not None and hmac.compare_digest(stored.encode(), sent)
 
+    # This process serves it from the store from now on: a token already replaced is never
+    # handed out again here, and a refresh (in _serve) drops what was read meanwhile.
+    hotreads.drop(rt, connection_id)
     conn = await _read(rt, connection_id)
     return await _serve(rt, conn, None, "token_rejected", rejected)
 
@@ -120,7 +162,7 @@ async def _serve(
     rejected: Callable[[Connection], bool],
 ) -> Credentials:
     timing = rt.refresher.timing
-    need = _needed(conn, min_ttl, timing)
+    need = _needed(conn.lifetime, min_ttl, timing)
 
     def good(c: Connection) -> bool:
         return _usable(c, need, rt.refresher.clock(), timing) and not rejected(c)
@@ -129,9 +171,12 @@ async def _serve(
     if good(conn):
         return await _credentials(rt, conn)
     await _may_refresh(rt, conn)
-    result = await rt.refresher.refresh_unless(
-        conn.id, lambda c: c.status is ConnectionStatus.REAUTH_REQUIRED or good(c), reason
-    )
+    try:
+        result = await rt.refresher.refresh_unless(
+            conn.id, lambda c: c.status is ConnectionStatus.REAUTH_REQUIRED or good(c), reason
+        )
+    finally:
+        hotreads.drop(rt, conn.id)
     latest = await _read(rt, conn.id)
     _alive(latest)
     if good(latest):
@@ -139,12 +184,12 @@ async def _serve(
     raise _unavailable(rt, conn.id, result)
 
 
-def _needed(conn: Connection, min_ttl: float | None, timing: policy.Timing) -> float:
-    """The seconds of validity to insist on: the workers' margin for this connection unless
-    the caller asked; never more than half the session lifetime."""
+def _needed(lifetime: float | None, min_ttl: float | None, timing: policy.Timing) -> float:
+    """The seconds of validity to insist on: the workers' margin for a connection of this
+    session lifetime unless the caller asked; never more than half the session lifetime."""
     if min_ttl is None:
-        return policy.margin_for(conn.lifetime, timing)
-    limit = (conn.lifetime or timing.default_lifetime) / 2.0
+        return policy.margin_for(lifetime, timing)
+    limit = (lifetime or timing.default_lifetime) / 2.0
     if min_ttl > limit:
         raise TtlTooLong(min_ttl, limit)
     return min_ttl

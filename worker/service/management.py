@@ -29,6 +29,7 @@ from worker.errors import (
     StoreError,
     Throttled,
 )
+from worker.service import hotreads
 from worker.service.paging import matching_ids
 from worker.store.keys import check_id
 
@@ -110,9 +111,12 @@ async def refresh_connection(rt: Runtime, connection_id: str) -> CheckResult:
     admin's, a worker's) answers it without a second call to Salesforce. Runs even when the
     connection or its integration is paused, like `tokenworker refresh`."""
     asked = rt.refresher.clock() - 0.001  # stored times are rounded to the millisecond
-    result = await rt.refresher.refresh_unless(
-        connection_id, lambda c: (c.last_refresh_at or 0.0) >= asked, "forced"
-    )
+    try:
+        result = await rt.refresher.refresh_unless(
+            connection_id, lambda c: (c.last_refresh_at or 0.0) >= asked, "forced"
+        )
+    finally:
+        hotreads.drop(rt, connection_id)  # new token or status: this process reads it now
     if result.outcome is Outcome.NOT_FOUND:
         raise NotFoundError(f"no connection {connection_id!r}")
     return result
@@ -165,7 +169,9 @@ async def _delete(
     conn: Connection | None,
     integration: Integration | None,
 ) -> Removal:
-    if not await rt.store.remove_connection(connection_id):
+    removed = await rt.store.remove_connection(connection_id)
+    hotreads.drop(rt, connection_id)
+    if not removed:
         raise NotFoundError(f"no connection {connection_id!r}")
     await rt.sink.emit(
         events.CONNECTION_REMOVED,

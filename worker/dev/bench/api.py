@@ -10,7 +10,12 @@ The load: `clients` keep-alive connections (worker.dev.bench.loadgen, raw asynci
 one request in flight each), `GET /connections/{id}/credentials` over every connection in
 turn, a warm-up, then the measured window. Reported: reads/s, p50/p99 latency (send to last
 byte), Salesforce calls during the window (token + introspection + REST at the emulator: 0 is
-the target for fresh tokens), and CPU seconds per wall second of each process role.
+the target for fresh tokens), CPU seconds per wall second of each process role, the api's CPU
+per read, the share of reads its credentials cache answered without a record read (HGETALLs
+at Redis against reads; each process's own counts as it stopped), and the generator's own
+delays inside the latencies (late sends, late resumes). The api processes run with the
+deployment defaults (TOKENWORKER_API_CREDENTIALS_CACHE_AGE=0 in the environment turns the
+cache off for a comparison).
 
 Nango's model beside it, COMPUTED (not measured), as an upper bound: every read introspects
 the token at Salesforce first, one call of `latency_ms` per read. With `clients` callers each
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import sys
 import time
@@ -178,12 +184,29 @@ def run(
             "emulator": emulator_pid,
             "redis_server": server.process.pid if server.process else 0,
         }
-        return _measure(p, pool, admin, apis, ports, ids, key, others)
+        figures, notes, details = _measure(
+            p, pool, admin, apis, ports, ids, key, others, settings.redis_url
+        )
     finally:
         pool.close()
         admin.close()
         for proc in apis:
             ws.stop(proc)
+    details["api_credentials_cache"] = [
+        _cache_stats(ws.path(f"api-{n}.log")) for n in range(p.api_processes)
+    ]
+    return figures, notes, details
+
+
+def _cache_stats(log: str) -> dict[str, int]:
+    """What an api process said of its credentials cache as it stopped (both phases and their
+    warm-ups; {} when it was off)."""
+    with open(log, errors="replace") as handle:
+        lines = [line for line in handle if "api.credentials_cache" in line]
+    if not lines:
+        return {}
+    found = re.findall(r"(hits|misses|joined|entries|drops)\W+(\d+)", lines[-1])
+    return {name: int(value) for name, value in found}
 
 
 Phase = tuple[list[loadgen.LoadResult], dict[str, Any]]
@@ -198,24 +221,37 @@ def _measure(
     ids: list[str],
     key: str,
     others: dict[str, int],
+    store_url: str,
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     paths = [f"/connections/{cid}/credentials" for cid in ids]
+    store = redis.Redis.from_url(store_url)
     roles = {
         "api": [proc.pid for proc in apis],
         "celery_worker": [pool.proc.pid],
         **{role: [pid] for role, pid in others.items()},
     }
     say(f"api: closed loop, {p.clients} clients, {p.warmup_s:g}s + {p.duration_s:g}s")
-    closed = _phase(p, pool, admin, roles, ports, paths, key, None)
-    say(f"api: paced at {TARGET_RATE:,}/s in all, {p.clients} clients")
-    paced = _phase(p, pool, admin, roles, ports, paths, key, TARGET_RATE * p.rate_share)
+    try:
+        closed = _phase(p, pool, admin, store, roles, ports, paths, key, None)
+        say(f"api: paced at {TARGET_RATE:,}/s in all, {p.clients} clients")
+        paced = _phase(p, pool, admin, store, roles, ports, paths, key, TARGET_RATE * p.rate_share)
+    finally:
+        store.close()
     return _figures(p, closed, paced)
+
+
+def _record_reads(store: redis.Redis) -> int:
+    """HGETALL calls the store Redis has served: a connection record read (nothing else in
+    this setup reads a whole hash), so reads minus these are the api's cache hits."""
+    stats: dict[str, Any] = store.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
 
 
 def _phase(
     p: ApiParams,
     pool: Pool,
     admin: EmulatorAdmin,
+    store: redis.Redis,
     roles: dict[str, list[int]],
     ports: list[int],
     paths: list[str],
@@ -239,9 +275,11 @@ def _phase(
                 next_sweep = now + SWEEP_EVERY_S
             if "before" not in window and now >= opens:
                 window["before"] = admin.http.get("/_admin/stats").json()
+                window["hgetall_before"] = _record_reads(store)
                 window["cpu_before"] = {role: _cpu(pids) for role, pids in roles.items()}
             if "before" in window and "after" not in window and now >= opens + p.duration_s:
                 window["after"] = admin.http.get("/_admin/stats").json()
+                window["hgetall_after"] = _record_reads(store)
                 window["cpu_after"] = {role: _cpu(pids) for role, pids in roles.items()}
             stop.wait(0.02)
 
@@ -280,6 +318,9 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
     }
     cores["load_generator"] = round(sum(r.cpu_s for r in results) / p.duration_s, 2)
     reads = sum(r.reads for r in results)
+    lags = [ms for r in results for ms in r.send_lags_ms]
+    resumes = [ms for r in results for ms in r.resume_lags_ms]
+    store_reads = window.get("hgetall_after", 0) - window.get("hgetall_before", 0)
     # Reads answered per second from the window's start to the last answer: a paced run the
     # api cannot keep up with answers its window's reads late, over a longer time.
     span = max(p.duration_s, max((r.last_done for r in results), default=0.0) - window["opens"])
@@ -295,6 +336,19 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
         "p999_ms": round(_percentile(latencies, 0.999), 2),
         "max_ms": round(max(latencies), 2) if latencies else 0.0,
         "mean_ms": round(statistics.fmean(latencies), 2) if latencies else 0.0,
+        # the generator's own delays, both inside the latencies above: sending late (paced
+        # reads whose client was idle when due) and resuming a read after its answer arrived
+        "send_lag_p50_ms": round(_percentile(lags, 0.50), 2),
+        "send_lag_p99_ms": round(_percentile(lags, 0.99), 2),
+        "resume_lag_p50_ms": round(_percentile(resumes, 0.50), 2),
+        "resume_lag_p99_ms": round(_percentile(resumes, 0.99), 2),
+        # the api processes' credentials cache (TOKENWORKER_API_CREDENTIALS_CACHE_AGE): reads
+        # answered without a record read from Redis, over the window
+        "store_record_reads": store_reads,
+        "cache_hit_rate": round(max(0.0, 1.0 - store_reads / reads), 3) if reads else 0.0,
+        "cpu_ms_per_read_api": round(1000.0 * cores.get("api", 0.0) * p.duration_s / reads, 3)
+        if reads
+        else 0.0,
     }
 
 

@@ -27,8 +27,31 @@ class LoadResult:
     reads: int = 0  # 200s with credentials in the window
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    # Paced, for reads whose client was idle at their due time: how late they actually left
+    # (the generator's own delay, counted in their latency)
+    send_lags_ms: list[float] = field(default_factory=list)
+    # From an answer's last byte reaching the protocol to its read resuming: the generator's
+    # own scheduling, also counted in that read's latency
+    resume_lags_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # this process's CPU time during the window
     last_done: float = 0.0  # epoch seconds of the last answer counted
+
+    def count(
+        self, status: int, body: bytes, sent: float, lag: float | None, arrived: float
+    ) -> None:
+        """One answer to a read due at `sent`, which left `lag` seconds late; its last byte
+        reached the protocol at `arrived`."""
+        if status == 200 and b'"access_token"' in body:
+            done = time.time()
+            self.reads += 1
+            self.latencies_ms.append((done - sent) * 1000.0)
+            self.resume_lags_ms.append((done - arrived) * 1000.0)
+            if lag is not None:
+                self.send_lags_ms.append(lag * 1000.0)
+            self.last_done = max(self.last_done, done)
+        else:
+            name = f"HTTP {status}"
+            self.errors[name] = self.errors.get(name, 0) + 1
 
 
 class _Conn(asyncio.Protocol):
@@ -37,6 +60,7 @@ class _Conn(asyncio.Protocol):
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.arrived = 0.0  # when the last answer's last byte reached this protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -62,6 +86,7 @@ class _Conn(asyncio.Protocol):
         status = int(head[9:12])
         body = bytes(self.buf[end + 4 : total])
         del self.buf[:total]
+        self.arrived = time.time()
         waiter.set_result((status, body))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -122,8 +147,10 @@ async def _generate(
         due = start + (n / clients) * interval
         while True:
             now = time.time()
+            waited = False  # paced and early: any lateness of this send is the generator's
             if interval:
                 if due > now:
+                    waited = True
                     await asyncio.sleep(due - now)
                 sent = due
                 due += interval
@@ -133,6 +160,7 @@ async def _generate(
                 break
             data = requests[i % len(requests)]
             i += 1
+            left = time.time()
             try:
                 status, body = await conn.request(data)
             except ConnectionError as error:
@@ -141,14 +169,7 @@ async def _generate(
                 continue
             if sent < begin:
                 continue
-            if status == 200 and b'"access_token"' in body:
-                done = time.time()
-                result.reads += 1
-                result.latencies_ms.append((done - sent) * 1000.0)
-                result.last_done = max(result.last_done, done)
-            else:
-                name = f"HTTP {status}"
-                result.errors[name] = result.errors.get(name, 0) + 1
+            result.count(status, body, sent, left - sent if waited else None, conn.arrived)
         assert conn.transport is not None
         conn.transport.close()
 

@@ -1,0 +1,262 @@
+"""The api process's credentials cache (worker.service.hotreads), through real `python -m
+worker.api` processes: bounded age, 0 = off, min_ttl checked on every hit, dropped at once on
+what the same process does (token rejected, refresh, delete), bounded entry count.
+
+"Behind the api's back" below is a write to the store by this test, as a worker or another api
+process would make it: the api under test cannot see it but through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Emu
+from tests.helpers import connect
+from tests.processes import Proc
+from worker.dev.embedded import free_port
+from worker.domain.models import ExpirySource
+from worker.engine.runtime import Runtime
+from worker.service import apikeys
+from worker.service.hotreads import HotReads
+
+ApiFor = Callable[..., str]
+RuntimeFor = Callable[..., Runtime]
+HostFor = Callable[..., Awaitable["Host"]]
+# Slack over the 1 s bound for a loaded 2-core box: a request's latency plus a poll.
+SLACK = 1.0
+
+
+@pytest.fixture
+def api_for(env: dict[str, str], tmp_path: Path) -> Iterator[ApiFor]:
+    """`api_for(**settings)`: the base URL of a running `python -m worker.api` with those
+    TOKENWORKER_ settings over the test store."""
+    started: list[Proc] = []
+
+    def start(**overrides: str) -> str:
+        values = {**os.environ, **env}
+        values.update({f"TOKENWORKER_{k.upper()}": v for k, v in overrides.items()})
+        port = free_port()
+        argv = [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)]
+        proc = Proc(argv, values, tmp_path / f"api-{port}.log")
+        started.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pytest.fail(f"the api did not come up: {proc.tail()}")
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+class Host:
+    """A host app's view of one api process, with the store open beside it."""
+
+    def __init__(self, rt: Runtime, http: httpx.AsyncClient) -> None:
+        self.rt = rt
+        self.http = http
+
+    async def __aenter__(self) -> Host:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.http.aclose()
+        await self.rt.close()
+
+    async def token(self, cid: str, **params: Any) -> str:
+        answer = await self.http.get(f"/connections/{cid}/credentials", params=params)
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
+
+    async def replace(self, cid: str, token: str, **changes: Any) -> None:
+        """A new access token stored behind the api's back (as a worker's refresh would)."""
+        conn = await self.rt.store.get_connection(cid)
+        assert conn is not None
+        await self.rt.store.save_connection(conn.evolve(access_token=token, **changes))
+
+    async def seconds_until(self, cid: str, wanted: str, limit: float) -> float:
+        """Seconds until reads of `cid` answer `wanted` (polling, at most `limit`)."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit and await self.token(cid) != wanted:
+            await asyncio.sleep(0.02)
+        return time.monotonic() - started
+
+
+async def host(rt: Runtime, base: str) -> Host:
+    key, _ = await apikeys.create(rt, f"k{time.monotonic_ns()}", "admin")
+    http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    return Host(rt, http)
+
+
+@pytest.fixture
+def host_for(api_for: ApiFor, runtime_for: RuntimeFor) -> HostFor:
+    """`async with await host_for(**settings) as h`: a Host over a new api process."""
+
+    async def make(**overrides: str) -> Host:
+        return await host(runtime_for(), api_for(**overrides))
+
+    return make
+
+
+ON = {"api_credentials_cache_age": "1"}
+
+
+class TestAge:
+    async def test_a_change_behind_its_back_is_served_within_the_age(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            assert await h.token(cid) == grant["access_token"]
+            await h.replace(cid, "NEW-TOKEN")
+            # Cached: the next read still answers the old token (the cache is on)...
+            assert await h.token(cid) == grant["access_token"]
+            # ...but never for longer than the age.
+            took = await h.seconds_until(cid, "NEW-TOKEN", 1.0 + SLACK + 2.0)
+            assert took <= 1.0 + SLACK, f"the old token was served {took:.2f}s after the change"
+
+    async def test_zero_turns_it_off(self, host_for: HostFor, emu: Emu) -> None:
+        async with await host_for(api_credentials_cache_age="0") as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            assert await h.token(cid) == grant["access_token"]
+            await h.replace(cid, "NEW-TOKEN")
+            assert await h.token(cid) == "NEW-TOKEN"
+
+
+class TestMinTtl:
+    async def test_a_hit_too_short_for_min_ttl_is_never_handed_out(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        """Cached with 600 s left: min_ttl 500 is a hit, min_ttl 700 refreshes instead."""
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            old = grant["access_token"]
+            soon = {"expires_at": time.time() + 600, "expiry_source": ExpirySource.INTROSPECTION}
+            await h.replace(cid, old, **soon)
+            assert await h.token(cid, min_ttl=500) == old
+            answer = (await h.http.get(f"/connections/{cid}/credentials?min_ttl=700")).json()
+            assert answer["access_token"] != old
+            assert answer["expires_at"] - time.time() >= 700
+            assert emu.token_calls(grant["grant_id"]) == 1
+
+
+class TestDroppedBySameProcess:
+    async def test_a_rejected_token_already_replaced_is_not_served_again(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            old = grant["access_token"]
+            assert await h.token(cid) == old  # cached
+            await h.replace(cid, "NEW-TOKEN")  # a worker refreshed meanwhile
+            report = {"access_token": old}
+            answer = await h.http.post(f"/connections/{cid}/token-rejected", json=report)
+            assert answer.json()["access_token"] == "NEW-TOKEN"
+            assert await h.token(cid) == "NEW-TOKEN"
+
+    async def test_a_rejected_token_still_stored_is_refreshed_and_not_served_again(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            old = grant["access_token"]
+            assert await h.token(cid) == old
+            report = {"access_token": old}
+            fresh = (await h.http.post(f"/connections/{cid}/token-rejected", json=report)).json()
+            assert fresh["access_token"] != old
+            assert await h.token(cid) == fresh["access_token"]
+
+    async def test_a_refresh_that_ends_reauth_required_is_seen_at_once(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            assert await h.token(cid) == grant["access_token"]
+            emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
+            await h.http.post(f"/connections/{cid}/refresh")
+            answer = await h.http.get(f"/connections/{cid}/credentials")
+            assert answer.status_code == 409, answer.text
+            assert answer.json()["error"] == "reauth_required"
+
+    async def test_a_delete_is_seen_at_once(self, host_for: HostFor, emu: Emu) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            assert await h.token(cid) == grant["access_token"]
+            removed = await h.http.delete(f"/connections/{cid}", params={"revoke": "false"})
+            assert removed.status_code == 200
+            assert (await h.http.get(f"/connections/{cid}/credentials")).status_code == 404
+
+
+class TestEntries:
+    async def test_the_oldest_entry_makes_room(self, host_for: HostFor, emu: Emu) -> None:
+        """At most 2 entries: reading a, b, c leaves b and c cached, a read from the store."""
+        async with await host_for(**ON, api_credentials_cache_entries="2") as h:
+            (a, _), (b, grant_b), (c, _) = await connect(h.rt, emu, 3, lifetime=3600)
+            for cid in (a, b, c):
+                await h.token(cid)
+            await h.replace(a, "NEW-A")
+            await h.replace(b, "NEW-B")
+            assert await h.token(b) == grant_b["access_token"]  # still cached
+            assert await h.token(a) == "NEW-A"  # made room for c: from the store
+
+
+class TestBurst:
+    async def test_a_burst_of_misses_reads_the_record_once(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        """20 callers ask for one uncached connection at once: one store read serves them."""
+        async with await host_for(**ON) as h:
+            [(warm, _), (cid, grant)] = await connect(h.rt, emu, 2, lifetime=3600)
+            await h.token(warm)  # the API key is cached now: only record reads remain
+            before = await record_reads(h.rt)
+            answers = await burst(h, f"/connections/{cid}/credentials", 20)
+            assert all(grant["access_token"] in answer for answer in answers)
+            assert await record_reads(h.rt) - before == 1
+
+
+async def burst(h: Host, path: str, count: int) -> list[str]:
+    """`count` GETs written at once on their own connections (httpx would space them out by
+    its own overhead, longer than a store read takes); the answers."""
+    url = httpx.URL(str(h.http.base_url))
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: {h.http.headers['Authorization']}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    opened = [await asyncio.open_connection(url.host, url.port) for _ in range(count)]
+    for _, writer in opened:
+        writer.write(head)
+    answers = [(await reader.read()).decode() for reader, _ in opened]
+    for _, writer in opened:
+        writer.close()
+    return answers
+
+
+async def record_reads(rt: Runtime) -> int:
+    stats = await rt.redis.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+def test_a_read_begun_before_a_drop_does_not_put_what_it_read() -> None:
+    """The race a single process can lose: a read fetched the old token, the token was
+    rejected (dropped) meanwhile; the read's put must not bring the old token back."""
+    cache: HotReads[str] = HotReads(1.0, 10, clock=lambda: 0.0)
+    began = cache.generation
+    cache.drop("c1")
+    cache.put("c1", "old", None, began, 0.0)
+    assert cache.get("c1") is None
+    cache.put("c1", "new", None, cache.generation, 0.0)
+    assert cache.get("c1") is not None

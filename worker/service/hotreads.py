@@ -1,0 +1,137 @@
+"""Hot credentials reads: a per-process memory of the credentials this process just read.
+
+A fresh-token read costs a Redis round trip and a decrypt; a host app fleet reading the same
+connections thousands of times a second reads the same record over and over. An api process
+attaches a `HotReads` to its Runtime (`attach`); `worker.service.credentials` then answers a
+read from an entry at most `max_age` seconds old (TOKENWORKER_API_CREDENTIALS_CACHE_AGE, at
+most 1 s), and only if the token it holds is still valid for the read's own `min_ttl` (checked
+on every hit, against the clock, exactly as on a Redis read).
+
+What this process does to a connection drops its entry at once (`drop`): a rejected token, a
+refresh or check, a delete, a (re)connect, a read that had to refresh. A read that was in
+flight while an entry was dropped does not put what it read (the `generation` it began with is
+stale), so a rejected token cannot come back through a slow read. Misses of one connection at
+the same moment (a burst of callers) share one store read: they wait for the first and take
+what it put, each checked against its own min_ttl; when it put nothing (a drop came, it
+failed), each reads for itself. A change made elsewhere (a
+worker's refresh, another api process's rejection or delete) is unseen here for up to
+`max_age`: that is the bound this cache trades for skipping Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from worker.engine.runtime import Runtime
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    value: T
+    lifetime: float | None  # the connection's session lifetime: its default min_ttl needs it
+    at: float  # monotonic seconds when it was read from the store
+
+
+class HotReads(Generic[T]):
+    """At most `max_entries` entries, each served for at most `max_age` seconds."""
+
+    def __init__(
+        self, max_age: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self.clock = clock
+        self.generation = 0  # bumped by every drop: reads begun before it may not put
+        self.hits = 0
+        self.misses = 0
+        self.joined = 0  # misses answered by another read of the same id already in flight
+        self._entries: OrderedDict[str, Entry[T]] = OrderedDict()
+        self._flights: dict[str, asyncio.Future[Entry[T] | None]] = {}
+
+    def get(self, key: str) -> Entry[T] | None:
+        entry = self._entries.get(key)
+        if entry is not None and self.clock() - entry.at < self.max_age:
+            return entry
+        if entry is not None:
+            del self._entries[key]
+        return None
+
+    def put(
+        self, key: str, value: T, lifetime: float | None, generation: int, at: float
+    ) -> Entry[T] | None:
+        """Remember `value`, read at `at` by a read that began at `generation` (the entry, or
+        None when a drop came since)."""
+        if generation != self.generation:
+            return None
+        entry = Entry(value, lifetime, at)
+        self._entries.pop(key, None)
+        self._entries[key] = entry
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)  # the oldest read: the first to age out anyway
+        return entry
+
+    def in_flight(self, key: str) -> asyncio.Future[Entry[T] | None] | None:
+        """The store read of `key` under way in this process, if any: a miss meanwhile waits
+        for it (shielded) instead of reading the same record again."""
+        return self._flights.get(key)
+
+    def take_off(self, key: str) -> asyncio.Future[Entry[T] | None]:
+        flight: asyncio.Future[Entry[T] | None] = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        return flight
+
+    def land(
+        self, key: str, flight: asyncio.Future[Entry[T] | None], entry: Entry[T] | None
+    ) -> None:
+        """The read is over: its waiters get `entry` (None: they read for themselves)."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.set_result(entry)
+
+    def drop(self, key: str) -> None:
+        self.generation += 1
+        self._entries.pop(key, None)
+        self._flights.pop(key, None)  # later misses start their own read
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self) -> dict[str, Any]:
+        reads = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / reads, 4) if reads else 0.0,
+            "joined": self.joined,
+            "entries": len(self._entries),
+            "drops": self.generation,
+        }
+
+
+# By the Runtime's identity (a dataclass: not hashable), forgotten when it is collected.
+_attached: dict[int, HotReads[Any]] = {}
+
+
+def attach(rt: Runtime, cache: HotReads[Any]) -> None:
+    """Serve `rt`'s credentials reads through `cache` (the api process does, at startup)."""
+    _attached[id(rt)] = cache
+    weakref.finalize(rt, _attached.pop, id(rt), None)
+
+
+def of(rt: Runtime) -> HotReads[Any] | None:
+    return _attached.get(id(rt))
+
+
+def drop(rt: Runtime, connection_id: str) -> None:
+    """This process changed (or is about to change) `connection_id`: forget what it read."""
+    cache = _attached.get(id(rt))
+    if cache is not None:
+        cache.drop(connection_id)
