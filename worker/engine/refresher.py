@@ -124,12 +124,15 @@ class Refresher:
                 if stop_at is not None and time.monotonic() >= stop_at:
                     deferred.append(connection_id)
                     return CheckResult(connection_id, Outcome.DEFERRED, reason="batch out of time")
-                return await self.check(connection_id, force=force)
+                return await self.check(connection_id, force=force, detach=True)
 
         ids = list(ids)
         # Each check turns its own failures into its result; an exception that still escapes
         # one (a bug) must not leave the others suspended in this loop without their task.
-        answers = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
+        try:
+            answers = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
+        finally:
+            await self.leases.settle()  # the detached releases, before the loop may stop
         results = [
             _crashed(cid, answer) if isinstance(answer, BaseException) else answer
             for cid, answer in zip(ids, answers, strict=True)
@@ -162,14 +165,16 @@ class Refresher:
         force: bool = False,
         explicit: bool = False,
         demand: Demand | None = None,
+        detach: bool = False,
     ) -> CheckResult:
         """One cycle. `force` refreshes whatever the token says; `explicit` (an operator asked)
         runs even when the connection or its integration is paused and waits for the lease;
-        a `demand` is explicit and refreshes unless it is satisfied under the lease."""
+        a `demand` is explicit and refreshes unless it is satisfied under the lease.
+        `detach`: return without waiting for the lease's release (check_many settles them)."""
         explicit = explicit or force or demand is not None
         with structlog.contextvars.bound_contextvars(connection_id=connection_id):
             try:
-                return await self._check(connection_id, force, explicit, demand)
+                return await self._check(connection_id, force, explicit, demand, detach)
             except Throttled as throttled:
                 at = self.clock() + throttled.retry_in
                 await self.store.give_back([connection_id], at)  # not if deleted meanwhile
@@ -212,13 +217,19 @@ class Refresher:
             )
 
     async def _check(
-        self, connection_id: str, force: bool, explicit: bool, demand: Demand | None
+        self,
+        connection_id: str,
+        force: bool,
+        explicit: bool,
+        demand: Demand | None,
+        detach: bool = False,
     ) -> CheckResult:
         wait = self.lease_wait if explicit else 0.0
         lease = self.store.keys.lease(connection_id)
         read = self.store.connection_read(connection_id)
         satisfied = None if demand is None else self._satisfies(connection_id, demand)
-        async with self.leases.hold(lease, read, wait, satisfied) as (token, raw):
+        hold = self.leases.hold(lease, read, wait, satisfied, detach=detach)
+        async with hold as (token, raw):
             if token is None and raw is not None:  # the holder did what the demand needs
                 return CheckResult(connection_id, Outcome.SUPERSEDED, reason="satisfied meanwhile")
             if token is None:
