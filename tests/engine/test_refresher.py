@@ -544,6 +544,25 @@ class TestRotationSaved:
         assert check_window(slow) > check_window(defaults)  # the limits follow the settings
 
 
+class TestBatchLeases:
+    async def test_check_many_releases_every_lease_before_it_returns(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A batch's checks do not wait for their lease's release (one round trip less each),
+        but check_many returns only once every release is done: no lease outlives the batch,
+        and nothing is left running in the loop (a worker's loop stops between tasks)."""
+        rt = runtime_for()
+        try:
+            ids = [cid for cid, _ in await connect(rt, emu, count=5)]
+            results = await rt.refresher.check_many(ids)
+            assert [r.outcome for r in results] == [Outcome.FRESH] * 5, results
+            leases = [rt.store.keys.lease(cid) for cid in ids]
+            assert await rt.redis.exists(*leases) == 0
+            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        finally:
+            await rt.close()
+
+
 class TestStoreBlips:
     async def test_a_store_error_in_one_check_is_that_checks_outcome(
         self, runtime_for: RuntimeFor, emu: Emu
