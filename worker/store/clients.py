@@ -18,8 +18,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import DataError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.redis_tls import endpoint_kwargs
@@ -42,7 +41,7 @@ class _HiredisPacking:
             args = (*first.encode().split(), *args[1:])
         elif b" " in first:  # a command name given with its subcommand: sent as two words
             args = (*first.split(), *args[1:])
-        plain = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+        plain: Any = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(plain)]
         except TypeError as error:  # None, a bool, ...: redis-py's own error for them
