@@ -544,6 +544,54 @@ class TestRotationSaved:
         assert check_window(slow) > check_window(defaults)  # the limits follow the settings
 
 
+class TestBatchLeases:
+    async def test_check_many_releases_every_lease_before_it_returns(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """A batch's checks do not wait for their lease's release (one round trip less each),
+        but check_many returns only once every release is done: no lease outlives the batch,
+        and nothing is left running in the loop (a worker's loop stops between tasks)."""
+        rt = runtime_for()
+        try:
+            ids = [cid for cid, _ in await connect(rt, emu, count=5)]
+            results = await rt.refresher.check_many(ids)
+            assert [r.outcome for r in results] == [Outcome.FRESH] * 5, results
+            leases = [rt.store.keys.lease(cid) for cid in ids]
+            assert await rt.redis.exists(*leases) == 0
+            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        finally:
+            await rt.close()
+
+    async def test_check_many_runs_at_most_concurrency_checks_and_answers_in_id_order(
+        self, runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """`concurrency` lanes each take the next id: never more checks in flight than that,
+        the slots kept full, and the results in the order of the ids whatever order the
+        checks end in."""
+        rt = runtime_for(concurrency="2")
+        try:
+            ids = [cid for cid, _ in await connect(rt, emu, count=5)]
+            check = rt.refresher.check
+            running, most = [0], [0]
+
+            async def slow_first(connection_id: str, **kwargs: Any) -> Any:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+                try:
+                    await asyncio.sleep(0.03 * (5 - ids.index(connection_id)))
+                    return await check(connection_id, **kwargs)
+                finally:
+                    running[0] -= 1
+
+            rt.refresher.check = slow_first  # type: ignore[method-assign]
+            results = await rt.refresher.check_many(ids)
+            assert most[0] == 2
+            assert [r.connection_id for r in results] == ids
+            assert [r.outcome for r in results] == [Outcome.FRESH] * 5, results
+        finally:
+            await rt.close()
+
+
 class TestStoreBlips:
     async def test_a_store_error_in_one_check_is_that_checks_outcome(
         self, runtime_for: RuntimeFor, emu: Emu

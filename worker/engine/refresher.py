@@ -115,29 +115,34 @@ class Refresher:
         With a `budget` (seconds), no check starts after it is spent: the ids not started are
         given back to the due index, due at once, and come back with the next sweep. A slow
         Salesforce therefore bounds how long a batch runs (and a warm shutdown waits)."""
-        gate = asyncio.Semaphore(self.concurrency)
         stop_at = None if budget is None else time.monotonic() + budget
         deferred: list[str] = []
+        ids = list(ids)
+        results: dict[int, CheckResult] = {}
+        pending = iter(enumerate(ids))
 
-        async def one(connection_id: str) -> CheckResult:
-            async with gate:
+        async def lane() -> None:
+            """Check the next id not taken by another lane, until none is left: `concurrency`
+            lanes, not one task per id waiting on a semaphore."""
+            for index, connection_id in pending:
                 if stop_at is not None and time.monotonic() >= stop_at:
                     deferred.append(connection_id)
-                    return CheckResult(connection_id, Outcome.DEFERRED, reason="batch out of time")
-                return await self.check(connection_id, force=force)
+                    late = CheckResult(connection_id, Outcome.DEFERRED, reason="batch out of time")
+                    results[index] = late
+                    continue
+                try:
+                    results[index] = await self.check(connection_id, force=force, detach=True)
+                except Exception as error:  # a bug: this id's result, not the batch's
+                    results[index] = _crashed(connection_id, error)
 
-        ids = list(ids)
-        # Each check turns its own failures into its result; an exception that still escapes
-        # one (a bug) must not leave the others suspended in this loop without their task.
-        answers = await asyncio.gather(*(one(cid) for cid in ids), return_exceptions=True)
-        results = [
-            _crashed(cid, answer) if isinstance(answer, BaseException) else answer
-            for cid, answer in zip(ids, answers, strict=True)
-        ]
+        try:
+            await asyncio.gather(*(lane() for _ in range(min(self.concurrency, len(ids)))))
+        finally:
+            await self.leases.settle()  # the detached releases, before the loop may stop
         if deferred:
             await self._give_back(deferred, self.clock())
             log.warning("batch.deferred", count=len(deferred), budget_s=budget)
-        return results
+        return [results[index] for index in range(len(ids))]
 
     async def _give_back(self, connection_ids: list[str], at: float) -> None:
         """Best effort: when the store is away, the sweep's claim window returns the ids."""
@@ -162,14 +167,16 @@ class Refresher:
         force: bool = False,
         explicit: bool = False,
         demand: Demand | None = None,
+        detach: bool = False,
     ) -> CheckResult:
         """One cycle. `force` refreshes whatever the token says; `explicit` (an operator asked)
         runs even when the connection or its integration is paused and waits for the lease;
-        a `demand` is explicit and refreshes unless it is satisfied under the lease."""
+        a `demand` is explicit and refreshes unless it is satisfied under the lease.
+        `detach`: return without waiting for the lease's release (check_many settles them)."""
         explicit = explicit or force or demand is not None
         with structlog.contextvars.bound_contextvars(connection_id=connection_id):
             try:
-                return await self._check(connection_id, force, explicit, demand)
+                return await self._check(connection_id, force, explicit, demand, detach)
             except Throttled as throttled:
                 at = self.clock() + throttled.retry_in
                 await self.store.give_back([connection_id], at)  # not if deleted meanwhile
@@ -212,13 +219,19 @@ class Refresher:
             )
 
     async def _check(
-        self, connection_id: str, force: bool, explicit: bool, demand: Demand | None
+        self,
+        connection_id: str,
+        force: bool,
+        explicit: bool,
+        demand: Demand | None,
+        detach: bool = False,
     ) -> CheckResult:
         wait = self.lease_wait if explicit else 0.0
         lease = self.store.keys.lease(connection_id)
         read = self.store.connection_read(connection_id)
         satisfied = None if demand is None else self._satisfies(connection_id, demand)
-        async with self.leases.hold(lease, read, wait, satisfied) as (token, raw):
+        hold = self.leases.hold(lease, read, wait, satisfied, detach=detach)
+        async with hold as (token, raw):
             if token is None and raw is not None:  # the holder did what the demand needs
                 return CheckResult(connection_id, Outcome.SUPERSEDED, reason="satisfied meanwhile")
             if token is None:

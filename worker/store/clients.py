@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import DataError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.redis_tls import endpoint_kwargs
@@ -26,6 +27,32 @@ from config.redis_urls import RedisEndpoint, Sentinel
 # The store is away (a restart, a failover, a demoted master refusing writes): wait for it.
 # Sentinel's MasterNotFoundError is a ConnectionError.
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis in C: byte for byte what redis-py's asyncio connection
+    writes with its pure-Python packer (which joins the buffer once per argument), at a sixth
+    of the CPU for a connection save's ~60 arguments (the largest share of redis-py's time
+    in a worker's profile). Mixed in front of whatever connection class the pool uses."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:  # a command name given with its subcommand: sent as two words
+            args = (*first.split(), *args[1:])
+        plain: Any = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
+        try:
+            return [hiredis.pack_command(plain)]
+        except TypeError as error:  # None, a bool, ...: redis-py's own error for them
+            raise DataError(str(error)) from None
+
+
+def _packing_in_c(pool: Any) -> None:
+    """Make the connections `pool` opens from now on pack their commands with hiredis."""
+    base = pool.connection_class
+    if not issubclass(base, _HiredisPacking):
+        pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
 
 
 class _BlockingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, BlockingConnectionPool):
@@ -67,6 +94,7 @@ def async_client(
             **connection_kwargs(endpoint),
             **options,
         )
+        _packing_in_c(pool)
         # from_pool: the client owns its pool, so aclose() closes the connections too (the
         # exporter and each SSE stream make a client of their own).
         return redis.asyncio.Redis.from_pool(pool)
@@ -81,6 +109,7 @@ def async_client(
         **_master_kwargs(endpoint, group),
         **options,
     )
+    _packing_in_c(client.connection_pool)
     return client
 
 

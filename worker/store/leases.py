@@ -56,6 +56,7 @@ class Leases:
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
         self._keep = redis.register_script(_KEEP)
+        self._releasing: set[asyncio.Future[Any]] = set()  # released without waiting
 
     async def renew(self, key: str, token: str) -> bool:
         """Reset the TTL if we still own the lease; False means it was lost (expired)."""
@@ -112,16 +113,34 @@ class Leases:
         read: Queue,
         wait: float = 0.0,
         unneeded: Callable[[Any], bool] | None = None,
+        *,
+        detach: bool = False,
     ) -> AsyncIterator[tuple[str | None, Any]]:
         """`async with leases.hold(key, read) as (token, reply):` token is None when not
         acquired; `reply` is what `read` returned once the lease was ours (or, with `unneeded`,
-        the reply that made the lease unneeded)."""
+        the reply that made the lease unneeded).
+
+        `detach`: the release is queued on the shared pipeline and not waited for (one round
+        trip less per check: the caller's slot frees as soon as its work is done); the caller
+        must await `settle()` before its event loop may stop."""
         token, reply = await self.acquire_reading(key, read, wait, unneeded)
         try:
             yield token, reply
         finally:
-            if token is not None:
+            if token is not None and detach:
+                self._release_detached(key, token)
+            elif token is not None:
                 await self._release_quietly(key, token)
+
+    def _release_detached(self, key: str, token: str) -> None:
+        released = asyncio.ensure_future(self._release_quietly(key, token))
+        self._releasing.add(released)
+        released.add_done_callback(self._releasing.discard)
+
+    async def settle(self) -> None:
+        """Wait for every detached release (each one already logs its own failure)."""
+        while self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
     async def _release_quietly(self, key: str, token: str) -> None:
         """Release, or leave it to the TTL when the store is away: what ran under the lease
