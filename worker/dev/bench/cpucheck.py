@@ -1,0 +1,160 @@
+"""CPU per check, measured in one process: `python -m worker.dev.bench.cpucheck`.
+
+Refresher.check_many runs over N connections seeded into a real redis-server against the
+emulator (latency 0) on this process's event loop (uvloop, as a worker process runs it). The
+emulator answers from a thread of this process, so the figure is the CPU time of the main
+thread only (time.thread_time): the worker's own cost per check, independent of the box's
+load and of wall time. Redis runs in its own process and is not counted.
+
+Two paths are measured, each over `--rounds` passes of check_many over every connection:
+  fresh    the common check: lease + read, introspect, save as still fresh, release
+  refresh  a forced refresh: lease + read, mark, refresh call, save, release
+`--profile FILE` writes a cProfile of the measured passes (main thread only; read it with
+`python -m pstats FILE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import redis as redis_py
+
+from config import logging as tw_logging
+from config.settings import Settings
+from worker.dev.bench import seed
+from worker.dev.bench.emuadmin import EmulatorAdmin
+from worker.dev.embedded import EmbeddedRedis
+from worker.dev.emulator.server import EmulatorThread
+from worker.domain.outcomes import CheckResult, Outcome
+from worker.engine.runtime import Runtime
+from worker.service import integrations
+from worker.store.crypto import generate_key
+from worker.telemetry import metrics
+
+PREFIX = "cpu:"
+
+
+def settings(redis_url: str, concurrency: int) -> Settings:
+    return Settings.from_env(
+        {
+            "TOKENWORKER_REDIS_URL": redis_url,
+            "TOKENWORKER_ENCRYPTION_KEYS": generate_key(),
+            "TOKENWORKER_KEY_PREFIX": PREFIX,
+            "TOKENWORKER_CONCURRENCY": str(concurrency),
+        }
+    )
+
+
+async def seeded(rt: Runtime, emu: EmulatorAdmin, count: int) -> list[str]:
+    """An integration at the emulator and `count` imported connections, checked once (the
+    first check learns each token's expiry; later ones are the steady fresh check)."""
+    client_id, secret = emu.client()
+    await integrations.add(rt, "acme", "salesforce", client_id, secret, emu.base_url)
+    grants = emu.grants(client_id, count)
+    ids = [f"c{n}" for n in range(count)]
+    now = time.time()
+    records = [(seed.imported(cid, "acme", g), now) for cid, g in zip(ids, grants, strict=True)]
+    with redis_py.Redis.from_url(rt.settings.redis_url) as sync:
+        seed.write(sync, rt.store.keys, rt.store.cipher, records)
+    await expect(rt.refresher.check_many(ids), Outcome.FRESH)
+    return ids
+
+
+async def expect(batch: Awaitable[list[CheckResult]], outcome: Outcome) -> None:
+    results = await batch
+    counts = Counter(result.outcome for result in results)
+    if counts != {outcome: len(results)}:
+        raise RuntimeError(f"cpucheck: expected every check {outcome.value}, got {counts}")
+
+
+async def cpu_per_check(
+    rounds: int,
+    ids: list[str],
+    run: Callable[[], Awaitable[None]],
+    profiler: cProfile.Profile | None,
+) -> float:
+    """Microseconds of this thread's CPU per check, over `rounds` passes."""
+    guard: AbstractContextManager[object] = profiler if profiler is not None else nullcontext()
+    start = time.thread_time()
+    with guard:
+        for _ in range(rounds):
+            await run()
+    return (time.thread_time() - start) / (rounds * len(ids)) * 1e6
+
+
+async def measure(args: argparse.Namespace, redis_url: str, emu_url: str) -> dict[str, float]:
+    rt = Runtime.open(settings(redis_url, args.concurrency))
+    metrics.instrument(rt.client, metrics.Tally())  # as a worker process does
+    emu = EmulatorAdmin(emu_url)
+    profiler = cProfile.Profile() if args.profile else None
+    try:
+        ids = await seeded(rt, emu, args.connections)
+        figures = {}
+        figures["fresh"] = await cpu_per_check(
+            args.rounds,
+            ids,
+            lambda: expect(rt.refresher.check_many(ids), Outcome.FRESH),
+            profiler if args.profile_path == "fresh" else None,
+        )
+        figures["refresh"] = await cpu_per_check(
+            args.rounds,
+            ids,
+            lambda: expect(rt.refresher.check_many(ids, force=True), Outcome.REFRESHED),
+            profiler if args.profile_path == "refresh" else None,
+        )
+        if profiler is not None:
+            profiler.dump_stats(args.profile)
+        return figures
+    finally:
+        emu.close()
+        await rt.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.dev.bench.cpucheck")
+    parser.add_argument("--connections", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3, help="measure this many times")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--profile", help="write a cProfile of one path's passes here")
+    parser.add_argument("--profile-path", choices=("fresh", "refresh"), default="fresh")
+    args = parser.parse_args()
+    import uvloop  # noqa: PLC0415  (the worker processes' loop)
+
+    quiet_logs()
+
+    redis = EmbeddedRedis().start()
+    try:
+        with EmulatorThread(lifetime=3600, latency_ms=0.0) as emulator:
+            for n in range(args.repeat):
+                figures = uvloop.run(measure(args, redis.url, emulator.base_url))
+                cells = "  ".join(f"{path} {us:7.0f} us" for path, us in figures.items())
+                print(f"run {n + 1}: CPU per check (main thread): {cells}", flush=True)
+                redis_flush(redis.url)
+    finally:
+        redis.stop()
+
+
+def quiet_logs() -> None:
+    """The worker's logging (JSON, INFO: each refresh logs its event), written to /dev/null:
+    the rendering is part of a check's cost, the terminal's is not."""
+    tw_logging.configure("json")
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115  (for the process's life)
+
+
+def redis_flush(url: str) -> None:
+    with redis_py.Redis.from_url(url) as client:
+        client.flushall()
+
+
+if __name__ == "__main__":
+    main()
