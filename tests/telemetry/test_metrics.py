@@ -24,9 +24,18 @@ from worker.dev.embedded import EmbeddedRedis, free_port
 from worker.engine import events
 from worker.engine.events import EventSink
 from worker.engine.runtime import redis_client
+from worker.salesforce.client import SalesforceClient
+from worker.salesforce.hosts import INTROSPECT_PATH, TOKEN_PATH
 from worker.store.keys import Keys
 from worker.telemetry.exporter import exposition, registry_for
-from worker.telemetry.metrics import CALL_SECONDS, Recorder, Tally, record_task
+from worker.telemetry.metrics import (
+    _CALLS,
+    CALL_SECONDS,
+    Recorder,
+    Tally,
+    instrument,
+    record_task,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -235,3 +244,21 @@ def _get(port: int) -> str | None:
         return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return None
+
+
+def test_instrumented_calls_add_what_observe_and_count_would() -> None:
+    """The observer's field names, built once per (call, status, bucket), are exactly
+    Tally.observe's and Tally.count's: every status and bucket lands in its own field."""
+    tally, expected = Tally(), Tally()
+    client = SalesforceClient(httpx.AsyncClient(), timeout=2)
+    instrument(client, tally)
+    paths = dict(_CALLS)
+    for path, seconds, status in [
+        (INTROSPECT_PATH, 0.01, 200), (INTROSPECT_PATH, 0.02, 200), (INTROSPECT_PATH, 0.3, 200),
+        (INTROSPECT_PATH, 0.01, 400), (TOKEN_PATH, 0.01, 200), (TOKEN_PATH, 7.0, 503),
+    ]:  # fmt: skip
+        client.observers[0](path, seconds, status)
+        expected.observe(CALL_SECONDS, seconds, call=paths[path])
+        expected.count("salesforce_responses_total", call=paths[path], code=status)
+    assert tally.counts == expected.counts
+    assert tally.sums == pytest.approx(expected.sums)

@@ -112,19 +112,39 @@ def record_task(tally: Tally, task: str, state: str | None, retval: Any, now: fl
             tally.set("last_sweep_timestamp_seconds", now)
 
 
+def _call_fields(call: str, status: int, le: float) -> tuple[str, str, str, str]:
+    """What Tally.observe(CALL_SECONDS, ..., call=call) and the responses count write to."""
+    return (
+        field(f"{CALL_SECONDS}_bucket", call=call, le=bound(le)),
+        field(f"{CALL_SECONDS}_count", call=call),
+        field(f"{CALL_SECONDS}_sum", call=call),
+        field("salesforce_responses_total", call=call, code=status),
+    )
+
+
 def instrument(client: SalesforceClient, tally: Tally) -> None:
     """Time every call to Salesforce's OAuth endpoints (until the whole answer is read) and
     count answers by HTTP status; once per worker process. Calls that never get an answer
     (timeouts, resets) show up as `token.refresh_failed` events, error `timeout` or
     `network_error`."""
     names = dict(_CALLS)
+    # (call, HTTP status, bucket) -> the four field names a call adds to: built once, not
+    # on every call (the same dozen combinations come back all day).
+    known: dict[tuple[str, int, float], tuple[str, str, str, str]] = {}
 
     def answered(path: str, seconds: float, status: int) -> None:
         call = names.get(path)
         if call is None:
             return
-        tally.observe(CALL_SECONDS, seconds, call=call)
-        tally.count("salesforce_responses_total", call=call, code=status)
+        le = next(b for b in LATENCY_BUCKETS if seconds <= b)
+        fields = known.get((call, status, le))
+        if fields is None:
+            fields = known[(call, status, le)] = _call_fields(call, status, le)
+        bucket, count, total, responses = fields
+        tally.counts[bucket] += 1
+        tally.counts[count] += 1
+        tally.sums[total] += seconds
+        tally.counts[responses] += 1
 
     client.observers.append(answered)
 
