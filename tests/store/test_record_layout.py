@@ -63,7 +63,7 @@ def test_a_record_under_the_long_names_reads_and_its_save_drops_them(
             old = await rt.store.get_connection(want.id)
             assert old == want.evolve(version=1)
             await rt.store.save_connection(old.evolve(last_check_at=NOW + 5), NOW + 60)
-            names = {k.decode() for k in await rt.redis.hkeys(key)}
+            names = {k.decode() for k in await rt.redis.hgetall(key)}
             assert not names & set(codec.LEGACY)
             assert {"iu", "idu", "xs", "ia", "xa", "lt", "lc", "lr"} <= names
             assert ("f" in names) == bool(failures)
@@ -83,7 +83,7 @@ def test_a_fresh_record_stores_short_names_and_no_zero_failures(
         try:
             conn = _checked()
             await rt.store.save_connection(conn, time.time() + 60)
-            names = {k.decode() for k in await rt.redis.hkeys(rt.store.keys.conn(conn.id))}
+            names = {k.decode() for k in await rt.redis.hgetall(rt.store.keys.conn(conn.id))}
             assert not names & {*codec.LEGACY, "f"}
             assert await rt.store.get_connection(conn.id) == conn.evolve(version=1)
         finally:
