@@ -25,6 +25,7 @@ from tests.faults.harness import (
     SWEEP_INTERVAL,
     Fleet,
     Ledger,
+    celery_client,
     emulator_stats,
     read_key,
     seed,
@@ -91,13 +92,22 @@ def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
     fleet.beat(env)
     seen = [0]
 
-    def token_calls_arriving() -> bool:
-        # Both nodes refresh now; a call that just arrived is answered a second later.
+    app = celery_client(env, results=False)
+
+    def doomed_refreshing() -> bool:
+        # A call that just arrived is answered a second later; the doomed node must be running
+        # a batch then (the survivor may have taken the whole first wave), or nothing is lost.
         now = token_calls(emu, grant_of.values())
         arrived, seen[0] = now > seen[0], now
-        return arrived and now >= COUNT // 4
+        if not (arrived and now >= COUNT // 4):
+            return False
+        active = app.control.inspect(destination=[doomed.node], timeout=0.3).active() or {}
+        return any(t.get("name") == "tokenworker.check_batch" for t in active.get(doomed.node, []))
 
-    wait_until(token_calls_arriving, 60, "a quarter of the refreshes under way", 0.02)
+    try:
+        wait_until(doomed_refreshing, 60, "the doomed node refreshing, answers on the wire", 0.02)
+    finally:
+        app.close()
     doomed.proc.kill()
     killed_at = time.time()
 
