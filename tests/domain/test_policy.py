@@ -65,8 +65,9 @@ def active(exp: float | None, iat: float | None = None) -> IntrospectionResult:
 
 class TestTiming:
     def test_the_runtime_copies_the_durations_from_the_settings(self) -> None:
-        """Timing takes margin, lifetime, keep-alive and retry bounds from the settings (the
-        engine's runtime builds it: the pure policy never reads the environment)."""
+        """Timing takes margin, lifetime, keep-alive and retry bounds from the settings, and
+        the sweep's lookahead from its interval (the engine's runtime builds it: the pure
+        policy never reads the environment)."""
         settings = Settings.from_env(
             {
                 "TOKENWORKER_REFRESH_MARGIN": "120",
@@ -74,10 +75,11 @@ class TestTiming:
                 "TOKENWORKER_KEEPALIVE_INTERVAL": "86400",
                 "TOKENWORKER_RETRY_BASE": "5",
                 "TOKENWORKER_RETRY_MAX": "60",
+                "TOKENWORKER_SWEEP_INTERVAL": "20",
             },
             require_keys=False,
         )
-        assert timing(settings) == Timing(120.0, 3600.0, 86400.0, 5.0, 60.0)
+        assert timing(settings) == Timing(120.0, 3600.0, 86400.0, 5.0, 60.0, lookahead=10.0)
 
 
 class TestDecideWithoutLooking:
@@ -154,6 +156,18 @@ class TestDueByStoredExpiry:
         short = conn.evolve(lifetime=900.0)
         assert refresh_without_looking(short, now, TIMING) is None  # 600 > 450 + 60
         assert refresh_without_looking(conn.evolve(lifetime=7200.0), now, TIMING) is not None
+
+    def test_a_check_the_sweep_started_early_still_counts_as_due(self) -> None:
+        """A sweep claims up to `lookahead` seconds ahead (worker.engine.sweep): a check that
+        early, with the jitter's MAX_JITTER on top, refreshes without looking; one second more
+        and it does not (it would introspect and find the token fresh)."""
+        ahead = Timing(**{**TIMING.__dict__, "lookahead": 30.0})
+        edge = now + TIMING.margin + MAX_JITTER + 30.0
+        conn = connection(expires_at=edge, expiry_source=ExpirySource.INTROSPECTION)
+        assert refresh_without_looking(conn, now, ahead) is not None
+        assert refresh_without_looking(conn, now, TIMING) is None
+        later = conn.evolve(expires_at=edge + 1.0)
+        assert refresh_without_looking(later, now, ahead) is None
 
 
 class TestDecideWithIntrospection:

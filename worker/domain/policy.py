@@ -29,6 +29,7 @@ class Timing:
     escalate_after: int = 5
     escalate_after_failing: float = 21600.0
     daily_attempt_cap: int = 100
+    lookahead: float = 0.0  # how early a sweep may start a check (worker.engine.sweep)
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,13 @@ def due_by_stored_expiry(conn: Connection, now: float, timing: Timing) -> Decisi
     it, so the stored expiry is the earliest the token can end. Introspecting first could
     avert this refresh only when activity extended the session, and costs the same one call
     as the refresh it might avert: it never pays. The check was scheduled up to MAX_JITTER
-    before the margin starts, so that much earlier still counts as due (else every cycle
-    would introspect once, find the token fresh for a few seconds more, and look again).
+    before the margin starts, and a sweep starts it up to `timing.lookahead` before that, so
+    that much earlier still counts as due (else every cycle would introspect once, find the
+    token fresh for a few seconds more, and look again).
     """
     if conn.expires_at is None or conn.expiry_source in (None, ExpirySource.ASSUMED):
         return None
-    if conn.expires_at - now > margin_for(conn.lifetime, timing) + MAX_JITTER:
+    if conn.expires_at - now > margin_for(conn.lifetime, timing) + MAX_JITTER + timing.lookahead:
         return None
     expiry = Expiry(conn.expires_at, conn.expiry_source, conn.lifetime)
     return Decision(True, "near_expiry", expiry)

@@ -21,6 +21,7 @@ from worker.domain import policy
 from worker.engine.events import EventSink, Forward
 from worker.engine.limits import save_window
 from worker.engine.refresher import Refresher
+from worker.engine.sweep import lookahead
 from worker.salesforce.client import AiohttpExchange, SalesforceClient
 from worker.store import clients
 from worker.store.connections import Store
@@ -50,6 +51,7 @@ def timing(settings: Settings) -> policy.Timing:
         escalate_after=settings.escalate_after,
         escalate_after_failing=settings.escalate_after_failing,
         daily_attempt_cap=settings.daily_attempt_cap,
+        lookahead=lookahead(settings),
     )
 
 

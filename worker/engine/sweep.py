@@ -9,6 +9,13 @@ A sweep that claimed all it was allowed ends `full`: more may be due than one sw
 the task sweeps again as soon as the pool has reached its batches (`worker.jobs.tasks`), so a
 backlog drains at the pool's pace, not at `sweep_limit` per `sweep_interval`. `room` keeps the
 batches waiting in the broker under one sweep's worth, however many sweeps run.
+
+A sweep also claims what comes due in the next `lookahead` seconds (half an interval, at most
+a minute): without it an id waits up to a whole interval after its due time for the next
+sweep, and a large fleet's share of a sweep queues behind the rest, so checks would start up
+to an interval and more late. With it they start from half an interval early to half an
+interval late. The policy counts a check that early as due (`policy.Timing.lookahead`): a
+refresh is not turned into an introspection because it came a little early.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.domain.policy import MAX_JITTER
 from worker.store.connections import Store
 
 
@@ -60,6 +68,11 @@ def room(settings: SweepSettings, queued_batches: int) -> int:
     return max(0, settings.sweep_limit - queued_batches * settings.batch_size)
 
 
+def lookahead(settings: SweepSettings) -> float:
+    """How far ahead of its time a sweep claims an id: half an interval, at most MAX_JITTER."""
+    return min(settings.sweep_interval / 2.0, MAX_JITTER)
+
+
 def claim_window(settings: SweepSettings) -> float:
     """How long claimed ids stay out of reach before they come due again."""
     return max(2 * settings.lease_ttl, 2 * settings.sweep_interval)
@@ -74,16 +87,17 @@ async def sweep(
     window_guard: bool = True,
     limit: int | None = None,
 ) -> SweepResult:
-    """Claim up to `limit` (at most `sweep_limit`) due ids, `batch_size` at a time, and
-    dispatch each chunk."""
+    """Claim up to `limit` (at most `sweep_limit`) ids due by `now` + `lookahead`,
+    `batch_size` at a time, and dispatch each chunk."""
     if window_guard and not await _first_in_window(store, settings):
         return SweepResult(0, 0, skipped=True)
     most = settings.sweep_limit if limit is None else min(limit, settings.sweep_limit)
     claimed = batches = 0
     claim_for = claim_window(settings)
+    by = now + lookahead(settings)
     while claimed < most:
         size = min(settings.batch_size, most - claimed)
-        ids = await store.claim_due(now, size, claim_for)
+        ids = await store.claim_due(by, size, claim_for)
         if not ids:
             break
         dispatch(ids)

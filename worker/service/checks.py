@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import SweepResult, claim_window
+from worker.engine.sweep import SweepResult, claim_window, lookahead
 from worker.errors import InputError
 from worker.service import hotreads
 from worker.service.integrations import require
@@ -123,11 +123,11 @@ class InlineDispatch:
         return tally
 
     async def sweep(self, on_progress: OnProgress) -> Swept:
-        """One claim of up to `sweep_limit` due ids (pushed out of reach as a real sweep
-        does), checked here."""
+        """One claim of up to `sweep_limit` due ids (due within its lookahead, pushed out of
+        reach as a real sweep does), checked here."""
         settings = self.rt.settings
         ids = await self.rt.store.claim_due(
-            time.time(), settings.sweep_limit, claim_window(settings)
+            time.time() + lookahead(settings), settings.sweep_limit, claim_window(settings)
         )
         tally = await self.check_many(ids, force=False, on_progress=on_progress)
         return Swept(len(ids), dict(tally.outcomes))
