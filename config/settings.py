@@ -484,10 +484,20 @@ class Settings:
         "API_CREDENTIALS_CACHE_AGE",
         _cache_age,
         1.0,
-        "Seconds (0 to 1; 0 turns it off) an api process may answer a credentials read from "
-        "what it read in the last such seconds, each hit re-checked against min_ttl. A "
-        "refresh, rejection, delete or reconnect made through the same process drops its entry "
-        "at once; one made elsewhere (a worker, another api process) can go unseen this long.",
+        "Seconds (0 to 1; 0 turns the cache off) an api process may answer a credentials read "
+        "from what it read in the last such seconds, each hit re-checked against min_ttl, "
+        "while Redis does not report writes (see API_CREDENTIALS_CACHE_TRACKING). A change "
+        "made through the same process drops its entry at once; one made elsewhere (a worker, "
+        "another api process) can go unseen this long.",
+    )
+    api_credentials_cache_tracking: bool = _setting(
+        "API_CREDENTIALS_CACHE_TRACKING",
+        _flag,
+        True,
+        "Ask Redis to report every write to a connection record (CLIENT TRACKING, Redis 6+): "
+        "while it does, an entry is served until its record is written (at most 60 s) and "
+        "a change made elsewhere is seen within milliseconds. A Redis or proxy that refuses "
+        "it, a lost connection or a failover fall back to API_CREDENTIALS_CACHE_AGE.",
     )
     api_credentials_cache_entries: int = _setting(
         "API_CREDENTIALS_CACHE_ENTRIES",

@@ -1,6 +1,7 @@
 """The api process's credentials cache (worker.service.hotreads), through real `python -m
-worker.api` processes: bounded age, 0 = off, min_ttl checked on every hit, dropped at once on
-what the same process does (token rejected, refresh, delete), bounded entry count.
+worker.api` processes: a change anywhere seen within milliseconds while Redis reports writes
+(CLIENT TRACKING), bounded age without it, 0 = off, min_ttl checked on every hit, dropped at
+once on what the same process does (token rejected, refresh, delete), bounded entry count.
 
 "Behind the api's back" below is a write to the store by this test, as a worker or another api
 process would make it: the api under test cannot see it but through the store.
@@ -9,6 +10,7 @@ process would make it: the api under test cannot see it but through the store.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -36,7 +38,13 @@ SLACK = 1.0
 
 
 @pytest.fixture
-def api_for(env: dict[str, str], tmp_path: Path) -> Iterator[ApiFor]:
+def api_procs() -> dict[str, Proc]:
+    """The api processes `api_for` started, by base URL."""
+    return {}
+
+
+@pytest.fixture
+def api_for(env: dict[str, str], tmp_path: Path, api_procs: dict[str, Proc]) -> Iterator[ApiFor]:
     """`api_for(**settings)`: the base URL of a running `python -m worker.api` with those
     TOKENWORKER_ settings over the test store."""
     started: list[Proc] = []
@@ -49,6 +57,7 @@ def api_for(env: dict[str, str], tmp_path: Path) -> Iterator[ApiFor]:
         proc = Proc(argv, values, tmp_path / f"api-{port}.log")
         started.append(proc)
         base = f"http://127.0.0.1:{port}"
+        api_procs[base] = proc
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -113,13 +122,62 @@ def host_for(api_for: ApiFor, runtime_for: RuntimeFor) -> HostFor:
 
 
 ON = {"api_credentials_cache_age": "1"}
+# The tests of the untracked age and of what the same process drops run without tracking:
+# with it, Redis's report of the change would hide a rule broken here.
+UNTRACKED = {**ON, "api_credentials_cache_tracking": "off"}
+
+
+def stats_at_exit(proc: Proc) -> dict[str, Any]:
+    """The cache's counts `proc` (an api process) logs when it stops (stopped here)."""
+    proc.stop()
+    for line in reversed(proc.log().splitlines()):
+        if '"api.credentials_cache"' in line:
+            found: dict[str, Any] = json.loads(line)
+            return found
+    pytest.fail(f"no api.credentials_cache line: {proc.tail()}")
+
+
+class TestTracked:
+    """While Redis reports every write to a connection record, an entry is served until its
+    record is written (worker.store.tracking), not for the 1 s of the untracked age."""
+
+    async def test_a_change_behind_its_back_is_seen_at_once(
+        self, host_for: HostFor, emu: Emu
+    ) -> None:
+        async with await host_for(**ON) as h:
+            [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+            await asyncio.sleep(0.5)  # the api's tracking session is up by now
+            assert await h.token(cid) == grant["access_token"]
+            await h.replace(cid, "NEW-TOKEN")
+            took = await h.seconds_until(cid, "NEW-TOKEN", 2.0)
+            assert took <= 0.25, f"the old token was served {took:.2f}s after the change"
+
+    async def test_an_unwritten_entry_outlives_the_untracked_age(
+        self, api_for: ApiFor, api_procs: dict[str, Proc], runtime_for: RuntimeFor, emu: Emu
+    ) -> None:
+        """Reads over 2.5 s (the untracked age is 1 s) come from one store read; with
+        tracking off the same reads go back to the store."""
+        for tracking, most_misses in (("on", 1), ("off", 3)):
+            base = api_for(**ON, api_credentials_cache_tracking=tracking)
+            async with await host(runtime_for(), base) as h:
+                [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
+                await asyncio.sleep(0.5)
+                for _ in range(11):
+                    assert await h.token(cid) == grant["access_token"]
+                    await asyncio.sleep(0.25)
+            stats = stats_at_exit(api_procs[base])
+            assert stats["tracked"] is (tracking == "on"), stats
+            if tracking == "on":
+                assert stats["misses"] <= most_misses, stats
+            else:
+                assert stats["misses"] >= most_misses, stats
 
 
 class TestAge:
     async def test_a_change_behind_its_back_is_served_within_the_age(
         self, host_for: HostFor, emu: Emu
     ) -> None:
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             assert await h.token(cid) == grant["access_token"]
             await h.replace(cid, "NEW-TOKEN")
@@ -142,7 +200,7 @@ class TestMinTtl:
         self, host_for: HostFor, emu: Emu
     ) -> None:
         """Cached with 600 s left: min_ttl 500 is a hit, min_ttl 700 refreshes instead."""
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             old = grant["access_token"]
             soon = {"expires_at": time.time() + 600, "expiry_source": ExpirySource.INTROSPECTION}
@@ -158,7 +216,7 @@ class TestDroppedBySameProcess:
     async def test_a_rejected_token_already_replaced_is_not_served_again(
         self, host_for: HostFor, emu: Emu
     ) -> None:
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             old = grant["access_token"]
             assert await h.token(cid) == old  # cached
@@ -171,7 +229,7 @@ class TestDroppedBySameProcess:
     async def test_a_rejected_token_still_stored_is_refreshed_and_not_served_again(
         self, host_for: HostFor, emu: Emu
     ) -> None:
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             old = grant["access_token"]
             assert await h.token(cid) == old
@@ -183,7 +241,7 @@ class TestDroppedBySameProcess:
     async def test_a_refresh_that_ends_reauth_required_is_seen_at_once(
         self, host_for: HostFor, emu: Emu
     ) -> None:
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             assert await h.token(cid) == grant["access_token"]
             emu.post(f"/_admin/grants/{grant['grant_id']}/revoke")
@@ -193,7 +251,7 @@ class TestDroppedBySameProcess:
             assert answer.json()["error"] == "reauth_required"
 
     async def test_a_delete_is_seen_at_once(self, host_for: HostFor, emu: Emu) -> None:
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(cid, grant)] = await connect(h.rt, emu, lifetime=3600)
             assert await h.token(cid) == grant["access_token"]
             removed = await h.http.delete(f"/connections/{cid}", params={"revoke": "false"})
@@ -204,7 +262,7 @@ class TestDroppedBySameProcess:
 class TestEntries:
     async def test_the_oldest_entry_makes_room(self, host_for: HostFor, emu: Emu) -> None:
         """At most 2 entries: reading a, b, c leaves b and c cached, a read from the store."""
-        async with await host_for(**ON, api_credentials_cache_entries="2") as h:
+        async with await host_for(**UNTRACKED, api_credentials_cache_entries="2") as h:
             (a, _), (b, grant_b), (c, _) = await connect(h.rt, emu, 3, lifetime=3600)
             for cid in (a, b, c):
                 await h.token(cid)
@@ -219,7 +277,7 @@ class TestBurst:
         self, host_for: HostFor, emu: Emu
     ) -> None:
         """20 callers ask for one uncached connection at once: one store read serves them."""
-        async with await host_for(**ON) as h:
+        async with await host_for(**UNTRACKED) as h:
             [(warm, _), (cid, grant)] = await connect(h.rt, emu, 2, lifetime=3600)
             await h.token(warm)  # the API key is cached now: only record reads remain
             before = await record_reads(h.rt)
@@ -260,3 +318,36 @@ def test_a_read_begun_before_a_drop_does_not_put_what_it_read() -> None:
     assert cache.get("c1") is None
     cache.put("c1", "new", None, cache.generation, 0.0)
     assert cache.get("c1") is not None
+
+
+async def test_a_read_in_flight_when_redis_reports_its_key_written_does_not_put() -> None:
+    """Redis may answer a read, then report a write of the same record on the other
+    connection before this process sees the answer: that read must not put. A read of
+    another record in flight meanwhile still may (a busy fleet's writes must not starve
+    the cache)."""
+    cache: HotReads[str] = HotReads(1.0, 10, clock=lambda: 0.0, key_prefix="tw:conn:")
+    cache.tracking_started()
+    began = cache.generation
+    flight, other = cache.take_off("c1"), cache.take_off("c2")
+    cache.invalidated(["tw:conn:c1"])
+    assert cache.put("c1", "old", None, began, 0.0) is None
+    assert cache.put("c2", "two", None, began, 0.0) is not None
+    cache.land("c1", flight, None)
+    cache.land("c2", other, None)
+    assert cache.put("c1", "new", None, cache.generation, 0.0) is not None  # a later read may
+
+
+def test_losing_tracking_forgets_everything_and_falls_back_to_the_short_age() -> None:
+    now = [0.0]
+    cache: HotReads[str] = HotReads(1.0, 10, clock=lambda: now[0], key_prefix="tw:conn:")
+    cache.tracking_started()
+    cache.put("c1", "kept", None, cache.generation, 0.0)
+    now[0] = 30.0
+    assert cache.get("c1") is not None  # tracked: served past the 1 s age
+    cache.tracking_lost()
+    assert cache.get("c1") is None
+    cache.put("c1", "again", None, cache.generation, 30.0)
+    now[0] = 31.5
+    assert cache.get("c1") is None  # untracked: 1 s at most
+    cache.tracking_started()
+    assert len(cache) == 0  # what was kept while untracked is not trusted either

@@ -8,6 +8,7 @@ what each route module declares, so no model layer (pydantic) is needed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -36,6 +37,7 @@ from worker.errors import (
 )
 from worker.service import hotreads
 from worker.store.apikeys import API_CACHE_TTL, ApiKeys
+from worker.store.tracking import Tracking
 
 log = structlog.get_logger("tokenworker.api")
 RuntimeFactory = Callable[[Settings], Runtime]
@@ -56,11 +58,19 @@ def make_app(
         app.state.settings = settings
         app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)
         hot = _hot_reads(runtime, settings)
+        tracking = None
+        if hot is not None and settings.api_credentials_cache_tracking:
+            listener = Tracking(settings.store_endpoint, hot.key_prefix, hot)
+            tracking = asyncio.ensure_future(listener.run())
         try:
             yield
         finally:
             if hot is not None:
                 log.info("api.credentials_cache", **hot.stats())
+            if tracking is not None:
+                tracking.cancel()
+                with contextlib.suppress(BaseException):
+                    await tracking
             for module in modules:
                 shutdown = getattr(module, "shutdown", None)
                 if shutdown is not None:
@@ -86,7 +96,9 @@ def _hot_reads(runtime: Runtime, settings: Settings) -> hotreads.HotReads[Any] |
     if settings.api_credentials_cache_age <= 0:
         return None
     hot: hotreads.HotReads[Any] = hotreads.HotReads(
-        settings.api_credentials_cache_age, settings.api_credentials_cache_entries
+        settings.api_credentials_cache_age,
+        settings.api_credentials_cache_entries,
+        key_prefix=runtime.store.keys.conn(""),
     )
     hotreads.attach(runtime, hot)
     return hot

@@ -3,19 +3,23 @@
 A fresh-token read costs a Redis round trip and a decrypt; a host app fleet reading the same
 connections thousands of times a second reads the same record over and over. An api process
 attaches a `HotReads` to its Runtime (`attach`); `worker.service.credentials` then answers a
-read from an entry at most `max_age` seconds old (TOKENWORKER_API_CREDENTIALS_CACHE_AGE, at
-most 1 s), and only if the token it holds is still valid for the read's own `min_ttl` (checked
-on every hit, against the clock, exactly as on a Redis read).
+read from an entry while it may be trusted, and only if the token it holds is still valid for
+the read's own `min_ttl` (checked on every hit, against the clock, exactly as on a Redis read).
+
+How long an entry may be trusted:
+- while Redis tells this process of every write to a connection record
+  (`worker.store.tracking`: CLIENT TRACKING; the api wires it): until that record is written,
+  however it is written and by whom, and at most `tracked_age` seconds (a safety net);
+- otherwise (no tracking yet, or its session broke): at most `max_age` seconds
+  (TOKENWORKER_API_CREDENTIALS_CACHE_AGE, at most 1 s). Losing tracking forgets every entry.
 
 What this process does to a connection drops its entry at once (`drop`): a rejected token, a
 refresh or check, a delete, a (re)connect, a read that had to refresh. A read that was in
-flight while an entry was dropped does not put what it read (the `generation` it began with is
-stale), so a rejected token cannot come back through a slow read. Misses of one connection at
-the same moment (a burst of callers) share one store read: they wait for the first and take
-what it put, each checked against its own min_ttl; when it put nothing (a drop came, it
-failed), each reads for itself. A change made elsewhere (a
-worker's refresh, another api process's rejection or delete) is unseen here for up to
-`max_age`: that is the bound this cache trades for skipping Redis.
+flight while its entry was dropped or written does not put what it read (the `generation` it
+began with is stale, or its key was invalidated meanwhile), so a rejected token cannot come
+back through a slow read. Misses of one connection at the same moment (a burst of callers)
+share one store read: they wait for the first and take what it put, each checked against its
+own min_ttl; when it put nothing (a drop came, it failed), each reads for itself.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import asyncio
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from worker.engine.runtime import Runtime
 
 T = TypeVar("T")
+TRACKED_AGE = 60.0  # seconds an entry may be served while every write is reported
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,41 @@ class Entry(Generic[T]):
 
 
 class HotReads(Generic[T]):
-    """At most `max_entries` entries, each served for at most `max_age` seconds."""
+    """At most `max_entries` entries, each served for at most `max_age` seconds, or
+    `tracked_age` while Redis reports every write (`tracking_started`)."""
 
     def __init__(
-        self, max_age: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+        self,
+        max_age: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        tracked_age: float = TRACKED_AGE,
+        key_prefix: str = "",
     ) -> None:
         self.max_age = max_age
+        self.tracked_age = tracked_age
         self.max_entries = max_entries
         self.clock = clock
+        self.key_prefix = key_prefix  # the store key of entry `id` is key_prefix + id
+        self.tracked = False
         self.generation = 0  # bumped by every drop: reads begun before it may not put
         self.hits = 0
         self.misses = 0
         self.joined = 0  # misses answered by another read of the same id already in flight
+        self.invalidations = 0  # store keys Redis reported written
         self._entries: OrderedDict[str, Entry[T]] = OrderedDict()
         self._flights: dict[str, asyncio.Future[Entry[T] | None]] = {}
+        self._written: set[str] = set()  # keys written while a read of them was in flight
+
+    @property
+    def age(self) -> float:
+        """How long an entry may be served now."""
+        return self.tracked_age if self.tracked else self.max_age
 
     def get(self, key: str) -> Entry[T] | None:
         entry = self._entries.get(key)
-        if entry is not None and self.clock() - entry.at < self.max_age:
+        if entry is not None and self.clock() - entry.at < self.age:
             return entry
         if entry is not None:
             del self._entries[key]
@@ -69,7 +91,7 @@ class HotReads(Generic[T]):
     ) -> Entry[T] | None:
         """Remember `value`, read at `at` by a read that began at `generation` (the entry, or
         None when a drop came since)."""
-        if generation != self.generation:
+        if generation != self.generation or key in self._written:
             return None
         entry = Entry(value, lifetime, at)
         self._entries.pop(key, None)
@@ -94,12 +116,48 @@ class HotReads(Generic[T]):
         """The read is over: its waiters get `entry` (None: they read for themselves)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
+            self._written.discard(key)
         flight.set_result(entry)
 
     def drop(self, key: str) -> None:
         self.generation += 1
         self._entries.pop(key, None)
         self._flights.pop(key, None)  # later misses start their own read
+        self._written.discard(key)
+
+    def forget_all(self) -> None:
+        """Nothing kept may be trusted any more; reads in flight may not put."""
+        self.generation += 1
+        self._entries.clear()
+        self._flights.clear()
+        self._written.clear()
+
+    # worker.store.tracking.Listener
+    def tracking_started(self) -> None:
+        """From now on every write is reported: what was kept before is forgotten (a write
+        between its read and this moment would never be reported)."""
+        self.forget_all()
+        self.tracked = True
+
+    def tracking_lost(self) -> None:
+        self.tracked = False
+        self.forget_all()
+
+    def invalidated(self, keys: Iterable[str] | None) -> None:
+        """Redis reports `keys` written (None: all of them). An entry goes; a read of one in
+        flight will not put what it read (Redis may have answered it before the write)."""
+        if keys is None:
+            self.forget_all()
+            return
+        skip = len(self.key_prefix)
+        for key in keys:
+            if not key.startswith(self.key_prefix):
+                continue
+            self.invalidations += 1
+            name = key[skip:]
+            self._entries.pop(name, None)
+            if name in self._flights:
+                self._written.add(name)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -113,6 +171,8 @@ class HotReads(Generic[T]):
             "joined": self.joined,
             "entries": len(self._entries),
             "drops": self.generation,
+            "invalidations": self.invalidations,
+            "tracked": self.tracked,
         }
 
 
