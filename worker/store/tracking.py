@@ -4,8 +4,10 @@ Redis tells this process the name of every key under `prefix` that anyone writes
 save, another api process, a delete, an expiry, a script), on a connection subscribed to
 `__redis__:invalidate`; `Tracking.run` hands each name to its listener at once. Two dedicated
 connections, never shared with the process's pool: `sub` receives the messages, `ctl` holds
-the tracking (it ends with `ctl`). Every `HEALTH` s `ctl` asks the server whether it is still
-the master: a failover's new master would write keys this tracking never hears of.
+the tracking (it ends with `ctl`). Every `HEALTH` s `sub` is pinged and `ctl` asks the server
+whether it is still the master (a failover's new master would write keys this tracking never
+hears of); an answer later than `ANSWER` s (a hung server, a connection dropped without a
+word) ends the session.
 
 Anything that breaks the session (a lost connection, a failover, a server or ACL that refuses
 CLIENT TRACKING) tells the listener `lost` before anything else, so it stops trusting what it
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -27,7 +30,8 @@ from config.redis_urls import RedisEndpoint
 from worker.store import clients
 
 CHANNEL = "__redis__:invalidate"
-HEALTH = 1.0  # seconds between the master checks on `ctl`
+HEALTH = 1.0  # seconds between the checks of both connections (PING on `sub`, role on `ctl`)
+ANSWER = 2.0  # seconds an answer may take before the session counts as broken
 RETRY = 1.0  # seconds before a new session after one broke (doubling, at most RETRY_MAX)
 RETRY_MAX = 30.0
 log = structlog.get_logger("tokenworker.tracking")
@@ -49,6 +53,7 @@ class Tracking:
         self.listener = listener
         self.sessions = 0  # sessions that reached `started`
         self.on = False
+        self._pong = 0.0  # monotonic time of the last PING answered on `sub`
 
     async def run(self) -> None:
         """Until cancelled: one session after another."""
@@ -74,27 +79,30 @@ class Tracking:
             self.endpoint,
             max_connections=2,
             socket_timeout=None,
+            socket_connect_timeout=ANSWER,
             health_check_interval=0,
             protocol=2,
         )
         pool = client.connection_pool
         try:
-            sub = await pool.get_connection()  # type: ignore[no-untyped-call]
-            ctl = await pool.get_connection()  # type: ignore[no-untyped-call]
-            sub_id = await _call(sub, "CLIENT", "ID")
-            await _call(sub, "SUBSCRIBE", CHANNEL)
-            await _call(ctl, "CLIENT", "TRACKING", "ON", "REDIRECT", sub_id, "BCAST", "PREFIX",
-                        self.prefix)  # fmt: skip
-            await _require_master(ctl)
+            async with asyncio.timeout(4 * ANSWER):
+                sub = await pool.get_connection()  # type: ignore[no-untyped-call]
+                ctl = await pool.get_connection()  # type: ignore[no-untyped-call]
+                sub_id = await _call(sub, "CLIENT", "ID")
+                await _call(sub, "SUBSCRIBE", CHANNEL)
+                await _call(ctl, "CLIENT", "TRACKING", "ON", "REDIRECT", sub_id, "BCAST",
+                            "PREFIX", self.prefix)  # fmt: skip
+                await _require_master(ctl)
             self.on = True
             self.sessions += 1
             self.listener.tracking_started()
+            self._pong = time.monotonic()
             reader = asyncio.ensure_future(self._read(sub))
             try:
                 while not reader.done():
                     await asyncio.wait({reader}, timeout=HEALTH)
                     if not reader.done():
-                        await _require_master(ctl)
+                        await self._check(sub, ctl)
                 reader.result()  # its error, if it ended with one
             finally:
                 reader.cancel()
@@ -106,14 +114,28 @@ class Tracking:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    async def _check(self, sub: Any, ctl: Any) -> None:
+        """Both connections still answer, and `ctl`'s server is still the master. A hung
+        server or a silently dropped connection must end the session, not leave the listener
+        trusting entries no report will ever invalidate."""
+        if time.monotonic() - self._pong > HEALTH + ANSWER:
+            raise ConnectionError("no answer on the invalidation connection")
+        await sub.send_command("PING")  # answered as a message: _read notes its time
+        async with asyncio.timeout(ANSWER):
+            await _require_master(ctl)
+
     async def _read(self, sub: Any) -> None:
         while True:
             message = await sub.read_response()
-            if not isinstance(message, list) or len(message) != 3:
+            if not isinstance(message, list) or not message:
                 continue
-            kind, channel, data = message
-            if _text(kind) != "message" or _text(channel) != CHANNEL:
+            kind = _text(message[0])
+            if kind == "pong":
+                self._pong = time.monotonic()
                 continue
+            if kind != "message" or len(message) != 3 or _text(message[1]) != CHANNEL:
+                continue
+            data = message[2]
             if data is None:
                 self.listener.invalidated(None)
             elif isinstance(data, list):
