@@ -78,6 +78,11 @@ def claim_window(settings: SweepSettings) -> float:
     return max(2 * settings.lease_ttl, 2 * settings.sweep_interval)
 
 
+async def claim(store: Store, settings: SweepSettings, now: float, size: int) -> list[str]:
+    """Up to `size` ids due by `now` + `lookahead`, pushed out of reach for the claim window."""
+    return await store.claim_due(now + lookahead(settings), size, claim_window(settings))
+
+
 async def sweep(
     store: Store,
     settings: SweepSettings,
@@ -93,11 +98,9 @@ async def sweep(
         return SweepResult(0, 0, skipped=True)
     most = settings.sweep_limit if limit is None else min(limit, settings.sweep_limit)
     claimed = batches = 0
-    claim_for = claim_window(settings)
-    by = now + lookahead(settings)
     while claimed < most:
         size = min(settings.batch_size, most - claimed)
-        ids = await store.claim_due(by, size, claim_for)
+        ids = await claim(store, settings, now, size)
         if not ids:
             break
         dispatch(ids)

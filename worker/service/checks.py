@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import SweepResult, claim_window, lookahead
+from worker.engine.sweep import SweepResult, claim
 from worker.errors import InputError
 from worker.service import hotreads
 from worker.service.integrations import require
@@ -126,9 +126,7 @@ class InlineDispatch:
         """One claim of up to `sweep_limit` due ids (due within its lookahead, pushed out of
         reach as a real sweep does), checked here."""
         settings = self.rt.settings
-        ids = await self.rt.store.claim_due(
-            time.time() + lookahead(settings), settings.sweep_limit, claim_window(settings)
-        )
+        ids = await claim(self.rt.store, settings, time.time(), settings.sweep_limit)
         tally = await self.check_many(ids, force=False, on_progress=on_progress)
         return Swept(len(ids), dict(tally.outcomes))
 

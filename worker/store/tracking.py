@@ -52,7 +52,6 @@ class Tracking:
         self.prefix = prefix
         self.listener = listener
         self.sessions = 0  # sessions that reached `started`
-        self.on = False
         self._pong = 0.0  # monotonic time of the last PING answered on `sub`
 
     async def run(self) -> None:
@@ -67,7 +66,6 @@ class Tracking:
             except Exception as error:  # redis errors, an ACL refusal, a failover: all alike
                 log.warning("api.cache_tracking_lost", problem=type(error).__name__)
             finally:
-                self.on = False
                 self.listener.tracking_lost()
             delay = RETRY if self.sessions > began else min(RETRY_MAX, delay * 2)
             await asyncio.sleep(delay)
@@ -93,7 +91,6 @@ class Tracking:
                 await _call(ctl, "CLIENT", "TRACKING", "ON", "REDIRECT", sub_id, "BCAST",
                             "PREFIX", self.prefix)  # fmt: skip
                 await _require_master(ctl)
-            self.on = True
             self.sessions += 1
             self.listener.tracking_started()
             self._pong = time.monotonic()

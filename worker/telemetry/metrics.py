@@ -56,6 +56,20 @@ def bound(le: float) -> str:
     return "+Inf" if le == float("inf") else repr(float(le))
 
 
+def bucket_of(seconds: float) -> float:
+    """The upper bound of the latency bucket `seconds` falls in."""
+    return next(b for b in LATENCY_BUCKETS if seconds <= b)
+
+
+def histogram_fields(name: str, le: float, **labels: object) -> tuple[str, str, str]:
+    """The bucket, count and sum fields an observation in bucket `le` adds to."""
+    return (
+        field(f"{name}_bucket", **labels, le=bound(le)),
+        field(f"{name}_count", **labels),
+        field(f"{name}_sum", **labels),
+    )
+
+
 class Tally:
     """Counts, float sums and last values not yet written to Redis."""
 
@@ -69,10 +83,15 @@ class Tally:
             self.counts[field(name, **labels)] += amount
 
     def observe(self, name: str, seconds: float, **labels: object) -> None:
-        le = next(b for b in LATENCY_BUCKETS if seconds <= b)
-        self.counts[field(f"{name}_bucket", **labels, le=bound(le))] += 1
-        self.counts[field(f"{name}_count", **labels)] += 1
-        self.sums[field(f"{name}_sum", **labels)] += seconds
+        self.observed(histogram_fields(name, bucket_of(seconds), **labels), seconds)
+
+    def observed(self, fields: tuple[str, str, str], seconds: float) -> None:
+        """One observation into `histogram_fields`' (bucket, count, sum), built by the caller
+        (who may keep them: the names are the same for every call of a kind)."""
+        bucket, count, total = fields
+        self.counts[bucket] += 1
+        self.counts[count] += 1
+        self.sums[total] += seconds
 
     def set(self, name: str, value: float) -> None:
         self.values[field(name)] = value
@@ -112,12 +131,10 @@ def record_task(tally: Tally, task: str, state: str | None, retval: Any, now: fl
             tally.set("last_sweep_timestamp_seconds", now)
 
 
-def _call_fields(call: str, status: int, le: float) -> tuple[str, str, str, str]:
+def _call_fields(call: str, status: int, le: float) -> tuple[tuple[str, str, str], str]:
     """What Tally.observe(CALL_SECONDS, ..., call=call) and the responses count write to."""
     return (
-        field(f"{CALL_SECONDS}_bucket", call=call, le=bound(le)),
-        field(f"{CALL_SECONDS}_count", call=call),
-        field(f"{CALL_SECONDS}_sum", call=call),
+        histogram_fields(CALL_SECONDS, le, call=call),
         field("salesforce_responses_total", call=call, code=status),
     )
 
@@ -130,20 +147,18 @@ def instrument(client: SalesforceClient, tally: Tally) -> None:
     names = dict(_CALLS)
     # (call, HTTP status, bucket) -> the four field names a call adds to: built once, not
     # on every call (the same dozen combinations come back all day).
-    known: dict[tuple[str, int, float], tuple[str, str, str, str]] = {}
+    known: dict[tuple[str, int, float], tuple[tuple[str, str, str], str]] = {}
 
     def answered(path: str, seconds: float, status: int) -> None:
         call = names.get(path)
         if call is None:
             return
-        le = next(b for b in LATENCY_BUCKETS if seconds <= b)
+        le = bucket_of(seconds)
         fields = known.get((call, status, le))
         if fields is None:
             fields = known[(call, status, le)] = _call_fields(call, status, le)
-        bucket, count, total, responses = fields
-        tally.counts[bucket] += 1
-        tally.counts[count] += 1
-        tally.sums[total] += seconds
+        histogram, responses = fields
+        tally.observed(histogram, seconds)
         tally.counts[responses] += 1
 
     client.observers.append(answered)
