@@ -30,7 +30,6 @@ from tests.faults.harness import (
     read_key,
     seed,
     stored,
-    token_calls,
     wait_until,
 )
 from worker.domain.models import ConnectionStatus
@@ -89,20 +88,44 @@ def test_sigkill_one_of_two_nodes_the_other_takes_over_without_reuse(
 
     for grant_id in grant_of.values():
         emu.post(f"/_admin/grants/{grant_id}/expire")
+    start = emulator_stats(emu).get("token_calls_by_grant", {})
+    seen = {grant: int(start.get(grant, 0)) for grant in grant_of.values()}
     fleet.beat(env)
-    seen = [0]
+    cid_of = {grant: cid for cid, grant in grant_of.items()}
 
     app = celery_client(env, results=False)
 
+    def batch_ids(task: dict[str, object]) -> set[str]:
+        """The connection ids of an active check_batch (its args, a list or their repr)."""
+        args = task.get("args")
+        if isinstance(args, (list, tuple)) and args and isinstance(args[0], (list, tuple)):
+            return {str(cid) for cid in args[0]}
+        text = str(args)
+        return {cid for cid in ids if cid in text}
+
     def doomed_refreshing() -> bool:
-        # A call that just arrived is answered a second later; the doomed node must be running
-        # a batch then (the survivor may have taken the whole first wave), or nothing is lost.
-        now = token_calls(emu, grant_of.values())
-        arrived, seen[0] = now > seen[0], now
-        if not (arrived and now >= COUNT // 4):
+        # A refresh that just arrived at the token endpoint is answered a second later. Kill
+        # only when one of those belongs to a batch the doomed node is running: any token call
+        # would do no good (it may be the survivor's, while the doomed node is introspecting or
+        # learning, and then nothing of it is lost).
+        by_grant = emulator_stats(emu).get("token_calls_by_grant", {})
+        arrived = set()
+        for grant in grant_of.values():
+            now = int(by_grant.get(grant, 0))
+            if now > seen.get(grant, 0):
+                arrived.add(cid_of[grant])
+            seen[grant] = now
+        if not arrived:
             return False
         active = app.control.inspect(destination=[doomed.node], timeout=0.3).active() or {}
-        return any(t.get("name") == "tokenworker.check_batch" for t in active.get(doomed.node, []))
+        running = set().union(
+            *(
+                batch_ids(task)
+                for task in active.get(doomed.node, [])
+                if task.get("name") == "tokenworker.check_batch"
+            )
+        )
+        return bool(arrived & running)
 
     try:
         wait_until(doomed_refreshing, 60, "the doomed node refreshing, answers on the wire", 0.02)
