@@ -324,7 +324,7 @@ class Refresher:
         updated = conn.healthy(now, expires_at=expiry.expires_at, expiry_source=expiry.source)
         at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
         try:
-            await self.store.save_connection(updated, at)
+            await self.store.save_connection(updated, at, since=conn)
         except ConflictError:
             return CheckResult(conn.id, Outcome.SUPERSEDED, reason="a newer write won")
         if conn.status is not ConnectionStatus.ACTIVE:
@@ -631,7 +631,7 @@ class Refresher:
         )
         at = policy.next_check_at(expiry, updated, now, self.timing, self.rng)
         try:
-            return await self.store.save_connection(updated, at)
+            return await self.store.save_connection(updated, at, since=conn)
         except ConflictError:
             return conn
 

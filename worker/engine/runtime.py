@@ -32,11 +32,26 @@ from worker.store.pipelining import AutoPipeline
 from worker.store.ratelimit import RateLimiter
 from worker.store.replication import Replication
 
+STORE_TIMEOUT = 10.0  # seconds for a store command (the pipeline: for each whole flush)
+
 
 def redis_client(endpoint: RedisEndpoint) -> Redis:
     """The engine's store client (a blocking pool of 64, see `clients.async_client`)."""
     return clients.async_client(
-        endpoint, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        endpoint, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def pipeline_client(endpoint: RedisEndpoint) -> Redis:
+    """The automatic pipeline's own client: no socket timeout, since AutoPipeline bounds each
+    flush as a whole (one timer per flush instead of redis-py's one per reply). At most
+    pipelining.MAX_INFLIGHT connections are in use at once."""
+    return clients.async_client(
+        endpoint,
+        max_connections=8,
+        socket_timeout=None,
+        socket_connect_timeout=5,
+        health_check_interval=30,
     )
 
 
@@ -64,6 +79,7 @@ class Runtime:
     sink: EventSink
     client: SalesforceClient
     refresher: Refresher
+    piped: Redis | None = None  # the automatic pipeline's client, when the runtime made it
 
     @classmethod
     def open(
@@ -76,13 +92,17 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> Runtime:
-        redis = redis if redis is not None else redis_client(settings.store_endpoint)
         keys = Keys(settings.key_prefix)
-        auto = AutoPipeline(redis)
+        if redis is None:
+            redis = redis_client(settings.store_endpoint)
+            piped = pipeline_client(settings.store_endpoint)
+            auto = AutoPipeline(piped, timeout=STORE_TIMEOUT)
+        else:  # a client of the caller's: its own timeouts bound every command
+            piped, auto = None, AutoPipeline(redis)
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
         leases = Leases(redis, settings.lease_ttl, auto)
         sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
-        exchange = http if http is not None else AiohttpExchange(settings.http_timeout)
+        exchange = http if http is not None else AiohttpExchange()
         client = SalesforceClient(exchange, settings.http_timeout)
         client.admission = RateLimiter(redis, keys, settings.rate_limit, auto, rng=rng)
         refresher = Refresher(
@@ -98,8 +118,10 @@ class Runtime:
             clock=clock,
             rng=rng,
         )
-        return cls(settings, redis, store, leases, sink, client, refresher)
+        return cls(settings, redis, store, leases, sink, client, refresher, piped)
 
     async def close(self) -> None:
         await self.client.aclose()
         await self.redis.aclose()
+        if self.piped is not None:
+            await self.piped.aclose()

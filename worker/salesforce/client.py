@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import httpx
 import structlog
@@ -48,6 +48,7 @@ _HEADERS = {
 }
 
 log = structlog.get_logger("tokenworker.salesforce")
+CREDENTIALS_KEPT = 256  # encoded client credentials kept; more integrations than this re-encode
 # What we send that an error answer must never quote back into an event or a log.
 _SECRET_FORM_FIELDS = ("token", "refresh_token", "client_secret", "code", "code_verifier")
 
@@ -137,8 +138,7 @@ class AiohttpExchange:
     Salesforce. Redirects are never followed; aiohttp never resends a POST by itself.
     The session is made on first use, inside the event loop that will use it."""
 
-    def __init__(self, timeout: float, max_connections: int = 1_000) -> None:
-        self._timeout = timeout
+    def __init__(self, max_connections: int = 1_000) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         # HTTPS_PROXY / NO_PROXY as httpx honours them (read once; no ~/.netrc credentials).
@@ -155,7 +155,9 @@ class AiohttpExchange:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            # No timer of aiohttp's own: SalesforceClient._post bounds each whole call (connect,
+            # send, the body read to its end) with one asyncio.timeout, the same for httpx.
+            timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             trust_env=False,  # no proxy or ~/.netrc credentials picked up behind our back
             skip_auto_headers=("User-Agent",),
@@ -208,6 +210,7 @@ class SalesforceClient:
         self._timeout = timeout
         self.observers: list[Observer] = []
         self.admission: Admission | None = None  # every call takes a permit first
+        self._credentials: dict[tuple[str, str], bytes] = {}  # (id, secret) -> encoded
 
     async def admit(self, integration: Integration) -> None:
         """Take the permit for a call now (Throttled when none comes); pass `admitted=True`
@@ -268,6 +271,19 @@ class SalesforceClient:
                 answer.status, answer.body, answer.content_type, answer.retry_after
             )
 
+    def _form_body(self, form: Mapping[str, str], integration: Integration) -> bytes:
+        """`form` and the client credentials, form-encoded as urlencode does (the
+        credentials' part once per client, not once per call)."""
+        pair = (integration.client_id, integration.client_secret)
+        credentials = self._credentials.get(pair)
+        if credentials is None:
+            if len(self._credentials) >= CREDENTIALS_KEPT:
+                self._credentials.clear()
+            credentials = urlencode({"client_id": pair[0], "client_secret": pair[1]}).encode()
+            self._credentials[pair] = credentials
+        fields = "&".join([f"{key}={quote_plus(value)}" for key, value in form.items()])
+        return fields.encode() + b"&" + credentials if fields else credentials
+
     async def _post(
         self,
         integration: Integration,
@@ -278,14 +294,12 @@ class SalesforceClient:
     ) -> _Answer:
         if not admitted:
             await self.admit(integration)
-        payload = dict(form)
-        payload["client_id"] = integration.client_id
-        payload["client_secret"] = integration.client_secret
         url = hosts.endpoint(integration.login_url, path)
+        body = self._form_body(form, integration)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                answer = await self.exchange.post(url, urlencode(payload).encode())
+                answer = await self.exchange.post(url, body)
         except TimeoutError:
             raise TransientError(
                 "timeout", f"no complete answer within {self._timeout:g}s"
@@ -297,6 +311,6 @@ class SalesforceClient:
                 log.exception("observer.failed", call=path)
         if answer.status != 200:
             # An error answer may quote what we sent; none of it may reach events or logs.
-            sent = tuple(payload.get(name) for name in _SECRET_FORM_FIELDS)
+            sent = (*(form.get(name) for name in _SECRET_FORM_FIELDS), integration.client_secret)
             answer.body = _scrub(answer.body, sent)
         return answer

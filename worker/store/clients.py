@@ -41,6 +41,11 @@ class _HiredisPacking:
             args = (*first.encode().split(), *args[1:])
         elif b" " in first:  # a command name given with its subcommand: sent as two words
             args = (*first.split(), *args[1:])
+        packed: Any = args  # hiredis' stub lists memoryview; 3.5 refuses it at run time
+        try:
+            return [hiredis.pack_command(packed)]
+        except TypeError:  # a bytearray or memoryview (hiredis takes neither), or a bad value
+            pass
         plain: Any = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(plain)]
@@ -128,7 +133,7 @@ def _sentinel_kwargs(endpoint: RedisEndpoint, options: dict[str, Any]) -> dict[s
     found: dict[str, Any] = {
         name: options[name]
         for name in ("socket_timeout", "socket_connect_timeout")
-        if name in options
+        if options.get(name) is not None  # None: the caller bounds its own commands
     }
     found.setdefault("socket_timeout", 2.0)
     found.setdefault("socket_connect_timeout", 2.0)

@@ -56,6 +56,7 @@ SHORT = {
     "last_refresh_at": "lr",
 }
 LEGACY = tuple(SHORT)  # the long names a save deletes (a record written before SHORT)
+_FLOAT_NAMES = tuple((field, SHORT.get(field, field)) for field in _FLOATS)
 
 
 def name(field: str) -> str:
@@ -96,23 +97,71 @@ def _attempts(raw: Raw) -> dict[str, Any]:
     return {"attempts_day": int(day), "attempts_today": int(count)}
 
 
-def connection_fields(conn: Connection, cipher: Cipher) -> Fields:
-    """Every field of the hash; an empty string means 'delete this field'."""
+def connection_fields(conn: Connection, cipher: Cipher, since: Connection | None = None) -> Fields:
+    """The fields of the hash; an empty string means 'delete this field'. Every field, or,
+    with `since` (the record as stored, read at `conn.version`), only those that differ from
+    it: a check that finds a token still fresh writes its times, not two re-sealed tokens."""
+    if since is not None:
+        return _changed_fields(conn, since, cipher)
     fields: Fields = {
         "integration": conn.integration,
         "rt": cipher.seal(conn.refresh_token, f"{conn.id}:rt"),
-        "at": cipher.seal(conn.access_token, f"{conn.id}:at") if conn.access_token else "",
-        "instance_url": conn.instance_url or "",
-        "identity_url": conn.identity_url or "",
-        "expiry_source": conn.expiry_source.value if conn.expiry_source else "",
+        "at": _sealed_access(conn, cipher),
+        "iu": conn.instance_url or "",
+        "idu": conn.identity_url or "",
+        "xs": conn.expiry_source.value if conn.expiry_source else "",
         "status": conn.status.value,
-        "failures": str(conn.failures) if conn.failures else "",  # absent reads as 0
-        "attempts": f"{conn.attempts_day}:{conn.attempts_today}" if conn.attempts_today else "",
+        "f": str(conn.failures) if conn.failures else "",  # absent reads as 0
+        "attempts": _attempts_field(conn),
         "last_error": json.dumps(conn.last_error.as_dict()) if conn.last_error else "",
     }
-    for field in _FLOATS:
-        fields[field] = _num(getattr(conn, field))
-    return {name(field): value for field, value in fields.items()}
+    for field, stored_as in _FLOAT_NAMES:
+        fields[stored_as] = _num(getattr(conn, field))
+    return fields
+
+
+def mark_field(conn: Connection) -> str:
+    """The stored form of `refresh_started_at` (stored under its own name)."""
+    return _num(conn.refresh_started_at)
+
+
+def _sealed_access(conn: Connection, cipher: Cipher) -> str | bytes:
+    return cipher.seal(conn.access_token, f"{conn.id}:at") if conn.access_token else ""
+
+
+def _attempts_field(conn: Connection) -> str:
+    return f"{conn.attempts_day}:{conn.attempts_today}" if conn.attempts_today else ""
+
+
+def _changed_fields(conn: Connection, since: Connection, cipher: Cipher) -> Fields:
+    """connection_fields for what `conn` changed of `since`, each encoded as a full save
+    encodes it (the two must agree field for field: tests/store/test_record_layout.py)."""
+    fields: Fields = {}
+    if conn.integration != since.integration:
+        fields["integration"] = conn.integration
+    if conn.refresh_token != since.refresh_token:
+        fields["rt"] = cipher.seal(conn.refresh_token, f"{conn.id}:rt")
+    if conn.access_token != since.access_token:
+        fields["at"] = _sealed_access(conn, cipher)
+    if conn.instance_url != since.instance_url:
+        fields["iu"] = conn.instance_url or ""
+    if conn.identity_url != since.identity_url:
+        fields["idu"] = conn.identity_url or ""
+    if conn.expiry_source is not since.expiry_source:
+        fields["xs"] = conn.expiry_source.value if conn.expiry_source else ""
+    if conn.status is not since.status:
+        fields["status"] = conn.status.value
+    if conn.failures != since.failures:
+        fields["f"] = str(conn.failures) if conn.failures else ""
+    if (conn.attempts_day, conn.attempts_today) != (since.attempts_day, since.attempts_today):
+        fields["attempts"] = _attempts_field(conn)
+    if conn.last_error != since.last_error:
+        fields["last_error"] = json.dumps(conn.last_error.as_dict()) if conn.last_error else ""
+    for field, stored_as in _FLOAT_NAMES:
+        value = getattr(conn, field)
+        if value != getattr(since, field):
+            fields[stored_as] = _num(value)
+    return fields
 
 
 def connection_from_raw(connection_id: str, raw: Raw, cipher: Opener) -> Connection:

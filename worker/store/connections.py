@@ -29,18 +29,25 @@ from worker.store.pipelining import AutoPipeline, Queue, eval_script
 from worker.store.replication import Replication
 
 # KEYS: conn hash, due zset, then counting.fleet_keys(). ARGV: expected version, id, next check
-# ("" = unschedule, "-" = leave as is), then field/value pairs ("" deletes the field). Returns
-# the new version or -1. The record's counts move with it (worker.store.counting); the long
-# field names of a record written before codec.SHORT go: such a record always holds `failures`
-# (the old codec wrote it on every save, "0" included), the new one never does.
+# ("" = unschedule, "-" = leave as is), "1" when the pairs are only the changed fields (else
+# "0"), then field/value pairs ("" deletes the field). Returns the new version, -1 (the version
+# moved on, or the record is gone) or -2 (a changed-fields save met a record written under the
+# long field names: it needs every field). The record's counts move with it
+# (worker.store.counting); the long field names of a record written before codec.SHORT go:
+# such a record always holds `failures` (the old codec wrote it on every save, "0" included),
+# the new one never does.
 _SAVE = (
     counting.lua(3)
     + """
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return -1 end
+if ARGV[4] == '1' then
+  if current == '0' then return -1 end
+  if redis.call('HEXISTS', KEYS[1], 'failures') == 1 then return -2 end
+end
 local gen = generation()
 local before = counted(KEYS[1], gen)
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
@@ -86,6 +93,9 @@ return 1
 MARK_FIELD = "refresh_started_at"
 UNSCHEDULE = ""
 KEEP_SCHEDULE = "-"
+
+
+LONG_NAMES = -2  # the save script's answer to changed fields on a record under the long names
 
 
 def _saved(conn: Connection, version: Any) -> Connection:
@@ -214,6 +224,7 @@ class Store:
         next_check_at: float | str | None = KEEP_SCHEDULE,
         *,
         mark: bool = True,
+        since: Connection | None = None,
     ) -> Connection:
         """Compare-and-set on `conn.version`; returns the saved record (version + 1).
 
@@ -222,9 +233,15 @@ class Store:
         version (mark_refreshing), so a writer that does not hold the lease (key rotation, an
         import) may hold a copy read before a worker marked a refresh in flight, and must
         neither erase that mark nor restore an old one. The worker's own saves own the mark.
+        `since`: the record `conn` was made from, as read at `conn.version`: only the fields
+        that differ are written (the compare-and-set makes that the same record as a full save
+        would leave), the mark always with them when `mark`.
         """
-        keys, args = self._save_args(conn, next_check_at, mark)
+        keys, args = self._save_args(conn, next_check_at, mark, since)
         version = await eval_script(self.auto, self._save, keys, args)
+        if since is not None and int(version) == LONG_NAMES:
+            keys, args = self._save_args(conn, next_check_at, mark)
+            version = await eval_script(self.auto, self._save, keys, args)
         return _saved(conn, version)
 
     async def save_replicated(
@@ -242,13 +259,20 @@ class Store:
         return saved, wanted, acked
 
     def _save_args(
-        self, conn: Connection, next_check_at: float | str | None, mark: bool
+        self,
+        conn: Connection,
+        next_check_at: float | str | None,
+        mark: bool,
+        since: Connection | None = None,
     ) -> tuple[list[str], list[bytes | str | float]]:
-        fields = codec.connection_fields(conn, self.cipher)
+        fields = codec.connection_fields(conn, self.cipher, since)
         if not mark:
-            del fields[MARK_FIELD]
+            fields.pop(MARK_FIELD, None)
+        elif since is not None:
+            fields[MARK_FIELD] = codec.mark_field(conn)
         schedule = UNSCHEDULE if next_check_at is None else next_check_at
-        args: list[bytes | str | float] = [str(conn.version), conn.id, schedule]
+        partial = "0" if since is None else "1"
+        args: list[bytes | str | float] = [str(conn.version), conn.id, schedule, partial]
         for name, value in fields.items():
             args.extend((name, value))
         keys = [self.keys.conn(conn.id), self.keys.due, *counting.fleet_keys(self.keys)]
