@@ -19,7 +19,7 @@ from worker.service.transfer import (
     ImportReport,
     Unreadable,
     export_row,
-    import_record,
+    import_records,
     iter_connections,
     parse_lines,
 )
@@ -66,11 +66,11 @@ async def import_lines(
     report = ImportReport(problems=problems)
     if problems and not skip_invalid:
         return report
-    on_progress("importing", 0, len(records))
-    now = time.time()
-    for done, record in enumerate(records, 1):
-        report.add(await import_record(rt.store, record, now))
-        on_progress("importing", done, len(records))
+    total = len(records)
+    on_progress("importing", 0, total)
+    await import_records(
+        rt.store, records, time.time(), report, lambda done: on_progress("importing", done, total)
+    )
     return report
 
 

@@ -6,7 +6,7 @@ mode), the Celery worker as the Procfile runs it (2 prefork processes) and beat
 (LeaseScheduler), every worker setting at its default but the per-integration rate limit (the
 benchmark's, see `population.store_env`: one integration stands for a fleet's many).
 
-1. import: `connections` imported through `transfer.import_record` while the fleet runs
+1. import: `connections` imported through `transfer.import_records` while the fleet runs
    (`millionfleet`); each is due at once (its expiry is unknown until its first check).
 2. warm-up: until every imported connection has had its first check and the broker is
    empty: the import's backlog, including sessions imported already near their expiry.

@@ -4,8 +4,8 @@ Lifetimes: `DEFAULT_SHARE` at Salesforce's 2 h default, the rest round-robin ove
 session timeouts (15 min .. 24 h, `params.LIFETIMES_MIN`). Each session was issued at a
 uniformly random moment of its past lifetime, so refreshes come due continuously from the
 start. `active_share` of the users keep using their session (`workload.Activity`, the
-half-timeout rule). Connections go in through `transfer.import_record`, the function
-`tokenworker connections import` calls for each line, `concurrency` at a time.
+half-timeout rule). Connections go in through `transfer.import_records`, the function
+`tokenworker connections import` calls, `concurrency` at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from worker.dev.bench.params import LIFETIMES_MIN
 from worker.dev.bench.progress import Ticker
 from worker.dev.bench.workload import Member, floor_per_day
 from worker.engine.runtime import Runtime
-from worker.service.transfer import Record, import_record
+from worker.service.transfer import ImportReport, Record, import_records
 
 DEFAULT_LIFETIME = 7200.0
 DEFAULT_SHARE = 0.6
@@ -51,17 +51,9 @@ class Imported:
 
 
 async def _import_chunk(rt: Runtime, records: list[Record], concurrency: int) -> int:
-    pending = iter(records)
-    created = 0
-
-    async def one_lane() -> None:
-        nonlocal created
-        for record in pending:
-            if await import_record(rt.store, record, time.time()) == "created":
-                created += 1
-
-    await asyncio.gather(*(one_lane() for _ in range(concurrency)))
-    return created
+    report = ImportReport()
+    await import_records(rt.store, records, time.time(), report, lanes=concurrency)
+    return report.created
 
 
 def _records(
