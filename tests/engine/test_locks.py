@@ -71,3 +71,25 @@ async def test_a_waiter_whose_need_is_met_stops_waiting_without_the_lease(
         assert await rt.redis.get(lease) == holder.encode()  # still the holder's
     finally:
         await rt.close()
+
+
+@pytest.mark.parametrize("scripts_lost", [False, True], ids=["scripts", "script-flush"])
+async def test_a_detached_release_is_done_by_settle(
+    runtime_for: RuntimeFor, scripts_lost: bool
+) -> None:
+    """A check does not wait for its lease's release (queued on the pipeline, answered by a
+    callback); settle() waits for them all, including one that met a store which lost its
+    scripts (a restart) and had to load the release script first."""
+    rt = runtime_for()
+    try:
+        leases = [rt.store.keys.lease(f"c-{n}") for n in range(5)]
+        record = rt.store.keys.conn("c-0")
+        for lease in leases:
+            async with rt.leases.hold(lease, lambda p: p.hgetall(record), detach=True) as held:
+                assert held[0] is not None
+            if scripts_lost:
+                await rt.redis.script_flush()
+        await rt.leases.settle()
+        assert await rt.redis.exists(*leases) == 0
+    finally:
+        await rt.close()

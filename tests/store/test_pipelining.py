@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis.exceptions import ResponseError
 
 from config.redis_urls import RedisEndpoint
 from worker.dev.embedded import EmbeddedRedis
@@ -92,6 +93,14 @@ async def test_commands_queued_together_share_one_pipeline_in_order(
             lambda p: p.get("tw:order"),
         )
         assert replies == [True, b"a", True, b"b"]
+        # A failed command's error stands in its place; the others still answer.
+        mixed = await auto.run_all(
+            lambda p: p.get("tw:order"),
+            lambda p: p.incr("tw:order"),  # not an integer
+            lambda p: p.set("tw:order", "c"),
+        )
+        assert mixed[0] == b"b" and mixed[2] is True
+        assert isinstance(mixed[1], ResponseError), mixed
     finally:
         await client.delete("tw:order")
         await client.aclose()

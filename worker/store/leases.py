@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from worker.store.clients import STORE_DOWN
 from worker.store.pipelining import AutoPipeline, Queue, eval_script
@@ -133,9 +134,25 @@ class Leases:
                 await self._release_quietly(key, token)
 
     def _release_detached(self, key: str, token: str) -> None:
-        released = asyncio.ensure_future(self._release_quietly(key, token))
+        """The release queued on the pipeline, its reply handled by a callback: no task per
+        check. A restarted store that lost the script gets it the awaited way."""
+        sha = self._release.sha
+        released = self.auto.queue(lambda pipe: pipe.evalsha(sha, 1, key, token))
         self._releasing.add(released)
-        released.add_done_callback(self._releasing.discard)
+
+        def done(future: asyncio.Future[Any]) -> None:
+            self._releasing.discard(future)
+            error = None if future.cancelled() else future.exception()
+            if isinstance(error, NoScriptError):
+                retry = asyncio.ensure_future(self._release_quietly(key, token))
+                self._releasing.add(retry)
+                retry.add_done_callback(self._releasing.discard)
+            elif isinstance(error, STORE_DOWN):
+                log.warning("lease.unreleased", problem=type(error).__name__, ttl_ms=self.ttl_ms)
+            elif error is not None:
+                log.error("lease.release_failed", problem=type(error).__name__)
+
+        released.add_done_callback(done)
 
     async def settle(self) -> None:
         """Wait for every detached release (each one already logs its own failure)."""

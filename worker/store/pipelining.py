@@ -50,11 +50,28 @@ class AutoPipeline:
         """Queue exactly one command on the next pipeline; return its reply."""
         return await self._enqueue(queue)
 
+    def queue(self, queue: Queue) -> asyncio.Future[Any]:
+        """Queue one command on the next pipeline without waiting: the future of its reply
+        (whoever holds it must take its exception, or asyncio reports it unretrieved)."""
+        return self._enqueue(queue)
+
     async def run_all(self, *queues: Queue) -> list[Any]:
         """Several commands on the same pipeline, run in this order; their replies, an error
         in its command's place (the caller decides what one failure means for the rest)."""
         futures = [self._enqueue(queue) for queue in queues]
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        replies: list[Any] = []
+        try:
+            # One flush answers them all: awaited in turn, not gathered (gather's own future
+            # and callbacks cost more than the commands' share of the round trip).
+            for future in futures:
+                try:
+                    replies.append(await future)
+                except Exception as error:
+                    replies.append(error)
+        finally:
+            for future in futures:  # cancelled while waiting: the rest need no reply either
+                future.cancel()
+        return replies
 
     def _enqueue(self, queue: Queue) -> asyncio.Future[Any]:
         """Add one command to the pending batch, flushed on the next loop tick."""
