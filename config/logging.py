@@ -28,6 +28,17 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def redact_exception(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The traceback format_exc_info has just rendered (it may quote a token); every other
+    field went through `redact` on its way in, structlog's events and the stdlib's alike."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        event_dict["exception"] = redact_text(text)
+    return event_dict
+
+
 def _shared_processors() -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -61,7 +72,7 @@ def configure(log_format: str = "json", level: int = logging.INFO) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            redact,
+            redact_exception,
             renderer,
         ],
     )

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
+import logging
+from collections.abc import Iterator
 
-from config.logging import REDACTED, SECRET_KEYS, redact, redact_text
+import pytest
+import structlog
+
+from config.logging import REDACTED, SECRET_KEYS, configure, redact, redact_text
 
 # 00D + 15 alphanumerics (an 18-character org id), "!", then 40 token characters.
 ACCESS_TOKEN = "00D5g000004XyZaEAK!" + "AQ4AQHeM9n_kp2.R7sVbXcLqWzT8yUdNfGh3JmPa"
@@ -68,3 +74,34 @@ def test_empty_secret_is_left_empty() -> None:
     assert run({"refresh_token": None, "client_secret": ""}) == {
         "refresh_token": None, "client_secret": "",
     }
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """The configured JSON logging, its output captured (restored afterwards)."""
+    root = logging.getLogger()
+    handlers, level, before = root.handlers[:], root.level, structlog.get_config()
+    configure("json")
+    stream = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    yield stream
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**before)
+
+
+def test_every_path_into_a_log_line_is_redacted(captured: io.StringIO) -> None:
+    """A structlog event's field, a standard-library record's message (Celery's, say) and a
+    traceback rendered at the end all come out without the token."""
+    structlog.get_logger("tokenworker.test").info("event", detail=f"got {ACCESS_TOKEN}")
+    logging.getLogger("celery.test").warning("task failed for %s", REFRESH_TOKEN)
+    try:
+        raise ValueError(f"bad token {ACCESS_TOKEN}")
+    except ValueError:
+        structlog.get_logger("tokenworker.test").exception("crashed")
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["event", f"task failed for {REDACTED}", "crashed"]
+    assert "ValueError: bad token [redacted]" in lines[2]["exception"]
+    assert ACCESS_TOKEN not in captured.getvalue() and REFRESH_TOKEN not in captured.getvalue()

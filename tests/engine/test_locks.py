@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 from redis.exceptions import ResponseError
 
 from worker.engine.runtime import Runtime
+from worker.store.leases import owner_token
 
 RuntimeFor = Callable[..., Runtime]
 
@@ -93,3 +95,18 @@ async def test_a_detached_release_is_done_by_settle(
         assert await rt.redis.exists(*leases) == 0
     finally:
         await rt.close()
+
+
+def test_owner_tokens_are_unique_and_a_forked_child_makes_its_own_prefix() -> None:
+    tokens = {owner_token() for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a prefork worker process after the fork
+        os.write(write, owner_token().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    assert child[:16] != owner_token()[:16]

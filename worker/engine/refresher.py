@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -101,6 +102,8 @@ class Refresher:
         self.clock = clock
         self.rng = rng or random.Random()
         self._integrations: dict[str, tuple[Integration | None, float]] = {}
+        self._reading: dict[str, asyncio.Future[Integration | None]] = {}  # reads under way
+        self._forgotten: dict[str, float] = {}  # name -> when last forgotten (monotonic)
         self._lease: dict[str, str] = {}  # connection id -> our lease token, while held
         self._marked: dict[str, float] = {}  # connection id -> when we marked a refresh sent
         self.recorder = failures.Recorder(store, sink, timing, clock, self.rng)
@@ -272,16 +275,38 @@ class Refresher:
         return check
 
     async def integration(self, name: str) -> Integration | None:
+        """The integration, cached for INTEGRATION_CACHE_SECONDS. When the copy runs out, the
+        checks in flight that want it wait for one read, not one read each (a process has
+        `concurrency` of them, and all of them miss at the same moment)."""
         cached = self._integrations.get(name)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < INTEGRATION_CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[1] < INTEGRATION_CACHE_SECONDS:
             return cached[0]
-        integration = await self.store.get_integration(name)
-        self._integrations[name] = (integration, now)
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_integration(name))
+            reading.add_done_callback(_retrieved)  # even when every waiter was cancelled
+            self._reading[name] = reading
+        # Shielded: a check cancelled while waiting must not cancel the others' read.
+        return await asyncio.shield(reading)
+
+    async def _read_integration(self, name: str) -> Integration | None:
+        reading = self._reading.get(name)
+        started = time.monotonic()
+        try:
+            integration = await self.store.get_integration(name)
+        finally:
+            if self._reading.get(name) is reading:
+                del self._reading[name]
+        if self._reading.get(name) is None and self._forgotten.get(name, 0.0) <= started:
+            self._integrations[name] = (integration, started)
         return integration
 
     def forget_integration(self, name: str) -> None:
+        """Drop the cached copy; a read already under way is not cached either (it may have
+        read the integration before the change that made the caller forget it)."""
         self._integrations.pop(name, None)
+        self._reading.pop(name, None)
+        self._forgotten[name] = time.monotonic()
 
     async def _cycle(self, conn: Connection, integration: Integration, force: bool) -> CheckResult:
         now = self.clock()
@@ -634,6 +659,12 @@ class Refresher:
             return await self.store.save_connection(updated, at, since=conn)
         except ConflictError:
             return conn
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a shared read's error as seen: each waiter got it (or none was left to)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _crashed(connection_id: str, error: BaseException) -> CheckResult:

@@ -13,6 +13,8 @@ being demoted gets no confirmation and sends nothing. An answer in hand keeps it
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +49,27 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class _Owner:
+    """This process's random prefix for lease owner tokens, made again in a forked child."""
+
+    prefix = secrets.token_hex(8)
+    count = itertools.count()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_Owner.forked)
+
+
+def owner_token() -> str:
+    """A lease owner token unique among every holder: a random prefix per process and a
+    count. Not a secret (whoever can read the lease can delete it anyway), so it need not
+    cost a call for randomness per lease."""
+    return f"{_Owner.prefix}{next(_Owner.count):x}"
 
 
 class Leases:
@@ -86,7 +109,7 @@ class Leases:
         trip instead of two, and its reply comes after the lease was taken (Redis runs one
         connection's commands in order). While waiting, a reply for which `unneeded` is true
         ends the wait without the lease: (None, reply) (what the holder did is enough)."""
-        token = secrets.token_hex(16)
+        token = owner_token()
         deadline = time.monotonic() + wait
         delay = 0.05
         while True:
