@@ -3,8 +3,8 @@
 Main process: `worker_init` checks the store's durability (and may refuse to start),
 `worker_ready` forgets long-gone workers and starts the self-ping, `worker_shutdown` stops it
 and removes this node's heartbeat. Each child: `worker_process_init` instruments the Salesforce
-client, `task_prerun`/`task_postrun` bind the task to log lines and record metrics and the
-heartbeat, `worker_process_shutdown` closes the Runtime.
+client and tunes the garbage collector, `task_prerun`/`task_postrun` bind the task to log
+lines and record metrics and the heartbeat, `worker_process_shutdown` closes the Runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from celery.signals import (
 )
 
 from config import logging as tw_logging
+from worker.engine.runtime import tune_gc
 from worker.jobs import process
 from worker.service import health
 from worker.store import clients
@@ -60,6 +61,7 @@ def _check_store(**_: Any) -> None:
 @worker_process_init.connect
 def _instrument(**_: Any) -> None:
     metrics.instrument(process.runtime().client, metrics.RECORDER.tally)
+    tune_gc()
 
 
 @task_postrun.connect
