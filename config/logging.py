@@ -31,11 +31,13 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 def redact_exception(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """The traceback format_exc_info has just rendered (it may quote a token); every other
-    field went through `redact` on its way in, structlog's events and the stdlib's alike."""
-    text = event_dict.get("exception")
-    if isinstance(text, str):
-        event_dict["exception"] = redact_text(text)
+    """What was rendered after `redact` ran: the traceback (format_exc_info; it may quote a
+    token) and the stack (StackInfoRenderer); every other field went through `redact` on its
+    way in, structlog's events and the stdlib's alike."""
+    for key in ("exception", "stack"):
+        text = event_dict.get(key)
+        if isinstance(text, str):
+            event_dict[key] = redact_text(text)
     return event_dict
 
 

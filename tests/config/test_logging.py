@@ -10,7 +10,14 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from config.logging import REDACTED, SECRET_KEYS, configure, redact, redact_text
+from config.logging import (
+    REDACTED,
+    SECRET_KEYS,
+    configure,
+    redact,
+    redact_exception,
+    redact_text,
+)
 
 # 00D + 15 alphanumerics (an 18-character org id), "!", then 40 token characters.
 ACCESS_TOKEN = "00D5g000004XyZaEAK!" + "AQ4AQHeM9n_kp2.R7sVbXcLqWzT8yUdNfGh3JmPa"
@@ -105,3 +112,10 @@ def test_every_path_into_a_log_line_is_redacted(captured: io.StringIO) -> None:
     assert [line["event"] for line in lines] == ["event", f"task failed for {REDACTED}", "crashed"]
     assert "ValueError: bad token [redacted]" in lines[2]["exception"]
     assert ACCESS_TOKEN not in captured.getvalue() and REFRESH_TOKEN not in captured.getvalue()
+
+
+def test_text_rendered_after_redaction_is_redacted_too() -> None:
+    """The traceback and the stack are rendered after the fields were redacted."""
+    rendered = {"exception": f"ValueError: {ACCESS_TOKEN}", "stack": f"x = '{REFRESH_TOKEN}'"}
+    out = redact_exception(None, "error", dict(rendered))
+    assert out == {"exception": f"ValueError: {REDACTED}", "stack": f"x = '{REDACTED}'"}

@@ -90,3 +90,21 @@ async def test_a_cancelled_waiter_leaves_the_shared_read_to_the_others(
         assert len(reads) == 2  # past its age the copy is read again
     finally:
         await rt.close()
+
+
+async def test_a_read_forgotten_before_it_began_still_answers(
+    runtime_for: RuntimeFor, emu: Emu
+) -> None:
+    """forget_integration between a read being started and its first step (a check that met a
+    changed integration, while another check had just missed the cache)."""
+    rt = runtime_for()
+    try:
+        await connect(rt, emu)
+        rt.refresher.forget_integration("acme")
+        waiting = asyncio.ensure_future(rt.refresher.integration("acme"))
+        await asyncio.sleep(0)  # it has started the shared read, which has not run yet
+        rt.refresher.forget_integration("acme")
+        found = await waiting
+        assert found is not None and found.name == "acme"
+    finally:
+        await rt.close()

@@ -160,3 +160,24 @@ def test_changed_fields_never_recreate_a_removed_record_or_win_over_a_newer_one(
             await rt.close()
 
     run(go())
+
+
+def test_a_mark_another_holder_set_is_not_erased(runtime_for: Callable[..., Runtime]) -> None:
+    """The sent mark moves no version: a holder whose lease ran out during its check's call
+    may save after another holder marked a refresh in flight. A changed-fields save writes the
+    mark only when it changed it, so that mark stays (a full save would erase it)."""
+
+    async def go() -> None:
+        rt = runtime_for()
+        try:
+            stored = await rt.store.save_connection(_base(), NOW + 60)
+            assert await rt.store.mark_refreshing("c-1", NOW + 3)  # the other holder
+            fresh = stored.healthy(NOW + 5, expires_at=NOW + 9000)
+            await rt.store.save_connection(fresh, NOW + 600, since=stored)
+            after = await rt.store.get_connection("c-1")
+            assert after is not None and after.refresh_started_at == NOW + 3
+            assert after.last_check_at == NOW + 5
+        finally:
+            await rt.close()
+
+    run(go())

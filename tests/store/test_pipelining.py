@@ -104,3 +104,24 @@ async def test_commands_queued_together_share_one_pipeline_in_order(
     finally:
         await client.delete("tw:order")
         await client.aclose()
+
+
+async def test_a_cancelled_flush_leaves_no_command_waiting_for_a_reply(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A batch cut off by its time limit cancels every task, the pipeline's flushes too: the
+    commands of a cancelled flush are cancelled with it, so a detached lease release (a queued
+    command nobody awaits but settle()) never leaves settle() waiting forever."""
+    client = clients.async_client(RedisEndpoint(redis_server.url), socket_timeout=5)
+    auto = AutoPipeline(client)
+    try:
+        blocked = auto.queue(lambda p: p.brpop(["tw:nothing-here"], timeout=3))
+        behind = auto.queue(lambda p: p.ping())
+        await asyncio.sleep(0.1)  # the flush is in flight, waiting on the BRPOP
+        for flush in list(auto._flushes):
+            flush.cancel()
+        done, pending = await asyncio.wait([blocked, behind], timeout=1)
+        assert pending == set() and all(future.cancelled() for future in done)
+        assert await auto.run(lambda p: p.ping()) is True  # and the pipeline goes on
+    finally:
+        await client.aclose()

@@ -255,3 +255,50 @@ def test_conflict_is_still_raised_for_a_stale_worker_save(
             await rt.close()
 
     run(go())
+
+
+@pytest.mark.parametrize("races", [1, 5])
+def test_rotation_reseals_a_record_a_fresh_check_wrote_meanwhile_or_reports_it(
+    runtime_for: Callable[..., Runtime], races: int
+) -> None:
+    """A check that finds a token fresh writes only its times (the tokens stay sealed as they
+    were, under the old key): rotation, having lost the compare-and-set to it, reads the record
+    again and saves it under the new key; a record that keeps changing through all five
+    attempts is reported as skipped, never counted as rotated."""
+    old_key = generate_key()
+
+    async def go() -> None:
+        rt = runtime_for(encryption_keys=old_key)
+        try:
+            await rt.store.save_connection(_conn(), time.time())
+        finally:
+            await rt.close()
+        rt = runtime_for(encryption_keys=f"{generate_key()},{old_key}")
+        try:
+            read = rt.store.get_connection
+            left = [races]
+
+            async def read_then_check(cid: str) -> Connection | None:
+                conn = await read(cid)
+                if left[0] > 0 and conn is not None:  # a worker's fresh check, just after
+                    left[0] -= 1
+                    fresh = conn.healthy(time.time())
+                    await rt.store.save_connection(fresh, time.time() + 60, since=conn)
+                return conn
+
+            setattr(rt.store, "get_connection", read_then_check)  # noqa: B010  (a test seam)
+            report = await rotate(rt.store)
+            setattr(rt.store, "get_connection", read)  # noqa: B010
+            sealed = await rt.redis.hget(rt.store.keys.conn("c-1"), "rt")
+            assert isinstance(sealed, bytes)
+            if races < 5:
+                assert (report.rotated, report.skipped) == (1, [])
+                assert rt.store.cipher.is_current(sealed)
+            else:
+                assert report.rotated == 0 and len(report.skipped) == 1
+                assert "c-1" in report.skipped[0] and "rotate again" in report.skipped[0]
+                assert not rt.store.cipher.is_current(sealed)
+        finally:
+            await rt.close()
+
+    run(go())

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 from config.settings import Settings
 from worker.api.errors import ApiError
 from worker.api.fastpath import FastPath
-from worker.engine.runtime import Runtime, tune_gc
+from worker.engine.runtime import Runtime
 from worker.errors import (
     InputError,
     NotFoundError,
@@ -54,7 +54,6 @@ def make_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = open_runtime(settings)
-        tune_gc()
         app.state.runtime = runtime
         app.state.settings = settings
         app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)

@@ -33,7 +33,8 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def rotate(args: argparse.Namespace) -> int:
-    """Exit 1 when some records could not be read: they are still under their old key."""
+    """Exit 1 when some records could not be read or kept changing: they are still under
+    their old key."""
     del args
     bars = output.Bars()
 
@@ -44,8 +45,10 @@ def rotate(args: argparse.Namespace) -> int:
     bars.finish()
     print(
         f"rotated {report.rotated}, already current {report.current}, "
-        f"unreadable {len(report.unreadable)}"
+        f"unreadable {len(report.unreadable)}, skipped {len(report.skipped)}"
     )
     for problem in report.unreadable:
         print(f"unreadable: {problem}")
-    return 1 if report.unreadable else 0
+    for problem in report.skipped:
+        print(f"skipped: {problem}")
+    return 1 if report.unreadable or report.skipped else 0

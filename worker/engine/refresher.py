@@ -290,7 +290,7 @@ class Refresher:
         return await asyncio.shield(reading)
 
     async def _read_integration(self, name: str) -> Integration | None:
-        reading = self._reading.get(name)
+        reading = asyncio.current_task()  # in _reading unless forgotten before it began
         started = time.monotonic()
         try:
             integration = await self.store.get_integration(name)

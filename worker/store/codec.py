@@ -120,11 +120,6 @@ def connection_fields(conn: Connection, cipher: Cipher, since: Connection | None
     return fields
 
 
-def mark_field(conn: Connection) -> str:
-    """The stored form of `refresh_started_at` (stored under its own name)."""
-    return _num(conn.refresh_started_at)
-
-
 def _sealed_access(conn: Connection, cipher: Cipher) -> str | bytes:
     return cipher.seal(conn.access_token, f"{conn.id}:at") if conn.access_token else ""
 

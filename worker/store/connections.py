@@ -42,7 +42,7 @@ _SAVE = (
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return -1 end
 if ARGV[4] == '1' then
-  if current == '0' then return -1 end
+  if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
   if redis.call('HEXISTS', KEYS[1], 'failures') == 1 then return -2 end
 end
 local gen = generation()
@@ -235,7 +235,8 @@ class Store:
         neither erase that mark nor restore an old one. The worker's own saves own the mark.
         `since`: the record `conn` was made from, as read at `conn.version`: only the fields
         that differ are written (the compare-and-set makes that the same record as a full save
-        would leave), the mark always with them when `mark`.
+        would leave), the mark too only when it differs (so a mark another holder set after
+        our lease ran out, which moves no version, is not erased).
         """
         keys, args = self._save_args(conn, next_check_at, mark, since)
         version = await eval_script(self.auto, self._save, keys, args)
@@ -268,8 +269,6 @@ class Store:
         fields = codec.connection_fields(conn, self.cipher, since)
         if not mark:
             fields.pop(MARK_FIELD, None)
-        elif since is not None:
-            fields[MARK_FIELD] = codec.mark_field(conn)
         schedule = UNSCHEDULE if next_check_at is None else next_check_at
         partial = "0" if since is None else "1"
         args: list[bytes | str | float] = [str(conn.version), conn.id, schedule, partial]

@@ -99,8 +99,15 @@ class AutoPipeline:
         self._start_flush()
 
     async def _flush(self, batch: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
-        for start in range(0, len(batch), self.max_batch):
-            await self._flush_one(batch[start : start + self.max_batch])
+        try:
+            for start in range(0, len(batch), self.max_batch):
+                await self._flush_one(batch[start : start + self.max_batch])
+        except BaseException:
+            # Cancelled (a batch cut off by its time limit cancels every task): no reply will
+            # come for what is left, so nobody may wait for one (settle() would, forever).
+            for _, future in batch:
+                future.cancel()
+            raise
 
     async def _flush_one(self, batch: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
         try:

@@ -3,8 +3,10 @@
 Put the new key first in TOKENWORKER_ENCRYPTION_KEYS, keep the old ones after it, run
 `tokenworker keys rotate`, then drop the old keys. Rotation is resumable and idempotent: it walks
 the store with SCAN (its cursor saved in Redis), skips values already sealed under the first
-key, and saves each connection with compare-and-set, so a worker writing at the same time
-wins and the record simply comes out sealed under the new key by that writer. Its saves leave
+key, and saves each connection with compare-and-set: a worker writing at the same time wins
+(a check that found the token fresh writes only its times, leaving the tokens sealed as they
+were), and rotation reads the record again and saves it again. A record that keeps changing
+for five attempts is reported as skipped (rotate again before dropping the old key). Its saves leave
 `refresh_started_at` alone: a worker may have marked a refresh in flight after rotation read
 the record (the mark does not change the version), and erasing that mark would let the next
 attempt resend a token the lost answer may have consumed.
@@ -24,9 +26,15 @@ class RotationReport:
     rotated: int = 0
     current: int = 0
     unreadable: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # kept changing: still under an old key
 
     def as_dict(self) -> dict[str, object]:
-        return {"rotated": self.rotated, "current": self.current, "unreadable": self.unreadable}
+        return {
+            "rotated": self.rotated,
+            "current": self.current,
+            "unreadable": self.unreadable,
+            "skipped": self.skipped,
+        }
 
 
 async def _rotate_integrations(store: Store, report: RotationReport) -> None:
@@ -59,6 +67,7 @@ async def _rotate_connection(store: Store, connection_id: str, report: RotationR
             continue
         report.rotated += 1
         return
+    report.skipped.append(f"{connection_id}: kept changing while rotating; rotate again")
 
 
 async def rotate(
