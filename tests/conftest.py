@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import signal
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -75,6 +77,17 @@ def redis_server() -> Iterator[EmbeddedRedis | TlsRedis]:
     denied = server.acl_denials()
     server.stop()
     assert not denied, f"the tokenworker ACL user was refused: {denied[:5]}"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own, to stop (SIGSTOP) without stopping anyone else's;
+    resumed and stopped afterwards."""
+    own = EmbeddedRedis().start()
+    yield own
+    assert own.process is not None
+    os.kill(own.process.pid, signal.SIGCONT)
+    own.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run
+from tests.store.test_record_layout import _long_named
 from worker.domain.models import Connection, ConnectionStatus, ExpirySource, LastError
 from worker.engine.runtime import Runtime
 from worker.errors import ConflictError
@@ -121,10 +122,7 @@ def test_changed_fields_on_a_long_named_record_save_every_field(
         try:
             want = _base()
             key = rt.store.keys.conn(want.id)
-            fields = codec.connection_fields(want, rt.store.cipher)
-            long = {codec.name(f): f for f in codec.LEGACY}
-            legacy = {long.get(k, k): v for k, v in fields.items() if v != ""}
-            await rt.redis.hset(key, mapping={**legacy, "failures": "0", "version": "1"})
+            await rt.redis.hset(key, mapping=_long_named(want, rt))  # type: ignore[arg-type]
             old = await rt.store.get_connection(want.id)
             assert old is not None
             # Clearing a field a long name still holds would read back the long name's value

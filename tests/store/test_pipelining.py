@@ -7,9 +7,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 
-import pytest
 from redis.exceptions import ResponseError
 
 from config.redis_urls import RedisEndpoint
@@ -20,36 +18,26 @@ from worker.store.clients import STORE_DOWN
 from worker.store.pipelining import AutoPipeline
 
 
-@pytest.fixture
-def own_server() -> Iterator[EmbeddedRedis]:
-    """A server of this test's own, to stop (SIGSTOP) without stopping anyone else's."""
-    own = EmbeddedRedis().start()
-    yield own
-    assert own.process is not None
-    os.kill(own.process.pid, signal.SIGCONT)
-    own.stop()
-
-
 async def test_a_flush_the_store_never_answers_fails_within_the_timeout_then_recovers(
-    own_server: EmbeddedRedis,
+    own_redis: EmbeddedRedis,
 ) -> None:
     """The runtime's pipeline client has no socket timeout (the flush's timeout stands in
     for one timer per reply): a server that stops answering fails every command of the
     flush as the store being down, within the timeout, and once it answers again the next
     commands go out on a fresh connection (never one with a reply still unread)."""
-    client = pipeline_client(RedisEndpoint(own_server.url))
+    client = pipeline_client(RedisEndpoint(own_redis.url))
     auto = AutoPipeline(client, timeout=0.5)
-    assert own_server.process is not None
+    assert own_redis.process is not None
     try:
         assert await auto.run(lambda p: p.set("k", "before")) is True
-        os.kill(own_server.process.pid, signal.SIGSTOP)
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
         started = time.monotonic()
         stuck = [auto.run(lambda p: p.get("k")), auto.run(lambda p: p.set("k", "lost?"))]
         outcomes = await asyncio.wait_for(asyncio.gather(*stuck, return_exceptions=True), 5)
         assert all(isinstance(o, STORE_DOWN) for o in outcomes), outcomes
         assert "did not answer within 0.5s" in str(outcomes[0])
         assert time.monotonic() - started < 1.5
-        os.kill(own_server.process.pid, signal.SIGCONT)
+        os.kill(own_redis.process.pid, signal.SIGCONT)
         # The SET queued before the stop may have reached the server: either value is right,
         # but each reply must be its own command's (an unread reply would shift them).
         assert await auto.run(lambda p: p.echo("first")) == b"first"

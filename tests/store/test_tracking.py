@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pytest
 import redis.asyncio as redis_async
@@ -42,12 +42,8 @@ class Listener:
 
 
 @pytest.fixture
-def server() -> Iterator[EmbeddedRedis]:
-    own = EmbeddedRedis().start()
-    yield own
-    assert own.process is not None
-    os.kill(own.process.pid, signal.SIGCONT)
-    own.stop()
+def server(own_redis: EmbeddedRedis) -> EmbeddedRedis:
+    return own_redis
 
 
 async def started(server: EmbeddedRedis) -> tuple[Listener, asyncio.Future[None]]:
