@@ -23,7 +23,6 @@ from config.settings import Settings
 from worker.api import connect, connections, console, docs, events, proxy
 from worker.api.app import make_app
 from worker.api.onewrite import OneWriteHttpTools
-from worker.engine.runtime import tune_gc
 
 # Route modules in mount order.
 MODULES: tuple[ModuleType, ...] = (connections, connect, proxy, events, docs, console)
@@ -65,6 +64,4 @@ def server(settings: Settings, host: str | None = None, port: int | None = None)
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     """Run the api until SIGINT/SIGTERM (blocking)."""
-    serving = server(settings, host, port)
-    tune_gc()  # the process's own collector: not in make_app, which tests run in-process
-    serving.run()
+    server(settings, host, port).run()
