@@ -51,26 +51,13 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-STORE_TIMEOUT = 10.0  # seconds for a store command (the pipeline: for each whole flush)
+STORE_TIMEOUT = 10.0  # seconds for a store command
 
 
 def redis_client(endpoint: RedisEndpoint) -> Redis:
     """The engine's store client (a blocking pool of 64, see `clients.async_client`)."""
     return clients.async_client(
         endpoint, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=5, health_check_interval=30
-    )
-
-
-def pipeline_client(endpoint: RedisEndpoint) -> Redis:
-    """The automatic pipeline's own client: no socket timeout, since AutoPipeline bounds each
-    flush as a whole (one timer per flush instead of redis-py's one per reply). At most
-    pipelining.MAX_INFLIGHT connections are in use at once."""
-    return clients.async_client(
-        endpoint,
-        max_connections=8,
-        socket_timeout=None,
-        socket_connect_timeout=5,
-        health_check_interval=30,
     )
 
 
@@ -98,7 +85,6 @@ class Runtime:
     sink: EventSink
     client: SalesforceClient
     refresher: Refresher
-    piped: Redis | None = None  # the automatic pipeline's client, when the runtime made it
 
     @classmethod
     def open(
@@ -112,12 +98,8 @@ class Runtime:
         rng: random.Random | None = None,
     ) -> Runtime:
         keys = Keys(settings.key_prefix)
-        if redis is None:
-            redis = redis_client(settings.store_endpoint)
-            piped = pipeline_client(settings.store_endpoint)
-            auto = AutoPipeline(piped, timeout=STORE_TIMEOUT)
-        else:  # a client of the caller's: its own timeouts bound every command
-            piped, auto = None, AutoPipeline(redis)
+        redis = redis if redis is not None else redis_client(settings.store_endpoint)
+        auto = AutoPipeline(redis)
         store = Store(redis, Cipher(settings.encryption_keys), keys, auto)
         leases = Leases(redis, settings.lease_ttl, auto)
         sink = EventSink(redis, keys, forward=forward, clock=clock, auto=auto)
@@ -137,10 +119,8 @@ class Runtime:
             clock=clock,
             rng=rng,
         )
-        return cls(settings, redis, store, leases, sink, client, refresher, piped)
+        return cls(settings, redis, store, leases, sink, client, refresher)
 
     async def close(self) -> None:
         await self.client.aclose()
         await self.redis.aclose()
-        if self.piped is not None:
-            await self.piped.aclose()

@@ -17,7 +17,6 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Queue = Callable[[Pipeline], object]
 
@@ -29,18 +28,9 @@ MAX_INFLIGHT = 2
 
 
 class AutoPipeline:
-    """`timeout`: a bound on each flush (its connection from the pool, the send, every reply).
-    Given with a client whose connections have no socket timeout, it stands in for redis-py's
-    timer per reply (~5-10 us each, several per check) with one per flush. A flush cut off
-    fails each of its commands with redis' TimeoutError (the store is down, to callers), and
-    its connection is not reused: redis-py drops a connection whose read was interrupted."""
-
-    def __init__(
-        self, redis: Redis, max_batch: int = MAX_BATCH, timeout: float | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, max_batch: int = MAX_BATCH) -> None:
         self.redis = redis
         self.max_batch = max_batch
-        self.timeout = timeout
         self._pending: list[tuple[Queue, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
@@ -111,14 +101,11 @@ class AutoPipeline:
 
     async def _flush_one(self, batch: list[tuple[Queue, asyncio.Future[Any]]]) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for queue, _ in batch:
-                        queue(pipe)
-                    replies = await pipe.execute(raise_on_error=False)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, _ in batch:
+                    queue(pipe)
+                replies = await pipe.execute(raise_on_error=False)
         except Exception as error:
-            if isinstance(error, TimeoutError):  # asyncio's: the flush ran out of self.timeout
-                error = RedisTimeoutError(f"the store did not answer within {self.timeout}s")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
