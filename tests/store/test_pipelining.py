@@ -50,7 +50,7 @@ async def test_commands_queued_together_share_one_pipeline_in_order(
         # A failed command's error stands in its place; the others still answer.
         mixed = await auto.run_all(
             lambda p: p.get("tw:order"),
-            lambda p: p.incr("tw:order"),  # not an integer
+            lambda p: p.hgetall("tw:order"),  # a string, not a hash: WRONGTYPE
             lambda p: p.set("tw:order", "c"),
         )
         assert mixed[0] == b"b" and mixed[2] is True
