@@ -4,9 +4,16 @@ hold up the next one."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
+import pytest
+import redis as redis_py
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.redis_urls import RedisEndpoint
 from worker.dev.embedded import EmbeddedRedis
@@ -78,4 +85,73 @@ async def test_a_cancelled_flush_leaves_no_command_waiting_for_a_reply(
         assert pending == set() and all(future.cancelled() for future in done)
         assert await auto.run(lambda p: p.ping()) is True  # and the pipeline goes on
     finally:
+        await client.aclose()
+
+
+async def test_the_socket_timeout_bounds_a_whole_flush_once(own_redis: EmbeddedRedis) -> None:
+    """One timer per flush, not one per reply: three BRPOPs of 0.3 s each answer 0.3 s apart
+    (each reply alone within the 0.5 s socket timeout) but the flush outlives it, so every
+    command of it fails with redis-py's TimeoutError after ~0.5 s, the connection gets its
+    socket timeout back, and the next flush runs on a fresh connection."""
+    client = clients.async_client(
+        RedisEndpoint(own_redis.url), socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    auto = AutoPipeline(client)
+    try:
+        started = time.monotonic()
+        replies = await auto.run_all(
+            *(lambda p, n=n: p.brpop([f"tw:empty{n}"], timeout=0.3) for n in range(3))
+        )
+        took = time.monotonic() - started
+        assert all(isinstance(reply, RedisTimeoutError) for reply in replies), replies
+        assert 0.45 < took < 0.85, took
+        assert await auto.run(lambda p: p.ping()) is True
+        pooled = client.connection_pool._available_connections  # type: ignore[attr-defined]
+        assert pooled and all(conn.socket_timeout == 0.5 for conn in pooled)
+    finally:
+        await client.aclose()
+
+
+async def test_a_stalled_server_fails_the_flush_and_the_pipeline_goes_on_after(
+    own_redis: EmbeddedRedis,
+) -> None:
+    client = clients.async_client(
+        RedisEndpoint(own_redis.url), socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    auto = AutoPipeline(client)
+    assert own_redis.process is not None
+    try:
+        assert await auto.run(lambda p: p.ping()) is True
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await asyncio.wait_for(auto.run(lambda p: p.ping()), timeout=5)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert await auto.run(lambda p: p.set("tw:after", "1")) is True
+    finally:
+        await client.aclose()
+
+
+async def test_connections_the_server_closed_are_reconnected_by_the_retry_policy(
+    own_redis: EmbeddedRedis,
+) -> None:
+    """After an outage the pooled connections are dead: the flush that meets one reconnects
+    and resends through the client's retry policy, as Pipeline.execute does (without it the
+    first commands after a store restart fail with "Connection closed by server")."""
+    client = clients.async_client(
+        RedisEndpoint(own_redis.url), socket_timeout=2, retry=Retry(NoBackoff(), 1)
+    )
+    auto = AutoPipeline(client)
+    admin = redis_py.Redis.from_url(own_redis.url)
+    try:
+        assert await auto.run_all(lambda p: p.ping(), lambda p: p.ping()) == [True, True]
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        await asyncio.sleep(0.1)
+        assert await auto.run_all(lambda p: p.set("tw:back", "1"), lambda p: p.get("tw:back")) == [
+            True,
+            b"1",
+        ]
+    finally:
+        admin.close()
         await client.aclose()

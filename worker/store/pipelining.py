@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Queue = Callable[[Pipeline], object]
 
@@ -104,7 +105,7 @@ class AutoPipeline:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue, _ in batch:
                     queue(pipe)
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await execute_timed(pipe)
         except Exception as error:
             for _, future in batch:
                 if not future.done():
@@ -117,6 +118,47 @@ class AutoPipeline:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+async def execute_timed(pipe: Pipeline) -> list[Any]:
+    """`pipe.execute(raise_on_error=False)` with one timer for the round trip, not one per reply.
+
+    redis-py bounds each reply by the connection's socket timeout: an asyncio timer armed and
+    cancelled per reply (~15 us each, 6% of a check's CPU measured by cpucheck). Here the
+    whole flush (connect, send, every reply) gets that same bound once; a flush that runs out
+    disconnects its connection and raises redis-py's own TimeoutError, so callers classify it
+    as they always did. Failures go through the connection's retry policy exactly as
+    Pipeline.execute sends them (a pooled connection the server closed during an outage is
+    reconnected and the batch resent)."""
+    if pipe.is_transaction or pipe.scripts or pipe.watching:
+        return await pipe.execute(raise_on_error=False)  # not what the auto pipeline queues
+    stack = pipe.command_stack
+    if not stack:
+        return []
+    conn = await pipe.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    pipe.connection = conn  # the pipeline's reset() (its `async with`) gives it back
+    limit = conn.socket_timeout
+
+    async def once() -> Any:
+        if limit is None:
+            return await pipe._execute_pipeline(conn, stack, False)
+        conn.socket_timeout = None  # this flush's own timer bounds every read below
+        try:
+            async with asyncio.timeout(limit):
+                return await pipe._execute_pipeline(conn, stack, False)
+        except TimeoutError:
+            await conn.disconnect(nowait=True)  # replies may still be on their way
+            raise RedisTimeoutError(
+                f"Timeout reading from Redis: {len(stack)} pipelined commands, {limit} s"
+            ) from None
+        finally:
+            conn.socket_timeout = limit
+
+    async def failed(error: Exception) -> None:
+        await conn.disconnect()
+
+    replies: list[Any] = await conn.retry.call_with_retry(once, failed)
+    return replies
 
 
 async def eval_script(auto: AutoPipeline, script: Any, keys: list[Any], args: list[Any]) -> Any:

@@ -2,9 +2,10 @@
 
 Refresher.check_many runs over N connections seeded into a real redis-server against the
 emulator (latency 0) on this process's event loop (uvloop, as a worker process runs it). The
-emulator answers from a thread of this process, so the figure is the CPU time of the main
-thread only (time.thread_time): the worker's own cost per check, independent of the box's
-load and of wall time. Redis runs in its own process and is not counted.
+emulator and Redis run in processes of their own (an emulator thread in this process made
+the figure swing by +-10% from run to run: the two threads fought over the GIL), so the
+figure is the CPU time of the main thread (time.thread_time): the worker's own cost per
+check, independent of the box's load and of wall time.
 
 Two paths are measured, each over `--rounds` passes of check_many over every connection:
   fresh    the common check: lease + read, introspect, save as still fresh, release
@@ -30,8 +31,8 @@ from config import logging as tw_logging
 from config.settings import Settings
 from worker.dev.bench import seed
 from worker.dev.bench.emuadmin import EmulatorAdmin
+from worker.dev.bench.services import Workspace, start_emulator
 from worker.dev.embedded import EmbeddedRedis
-from worker.dev.emulator.server import EmulatorThread
 from worker.domain.outcomes import CheckResult, Outcome
 from worker.engine.runtime import Runtime
 from worker.service import integrations
@@ -132,10 +133,11 @@ def main() -> None:
 
     redis = EmbeddedRedis().start()
     try:
-        with EmulatorThread(lifetime=3600, latency_ms=0.0) as emulator:
+        with Workspace() as ws:
+            emulator_url, _ = start_emulator(ws, latency_ms=0.0, lifetime=3600)
             best: dict[str, float] = {}
             for n in range(args.repeat):
-                figures = uvloop.run(measure(args, redis.url, emulator.base_url))
+                figures = uvloop.run(measure(args, redis.url, emulator_url))
                 print(f"run {n + 1}: {cells(figures)}", flush=True)
                 best = {path: min(us, best.get(path, us)) for path, us in figures.items()}
                 redis_flush(redis.url)
