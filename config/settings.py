@@ -84,6 +84,24 @@ class Count:
 
 
 @dataclass(frozen=True)
+class Niceness:
+    """A CPU priority step down (os.nice): 0 (as started) to 19 (the lowest)."""
+
+    @property
+    def allowed(self) -> str:
+        return "a whole number from 0 (as started) to 19 (the lowest priority)"
+
+    def __call__(self, name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: expected a whole number, e.g. 10") from None
+        if not 0 <= value <= 19:
+            raise SettingsError(f"{name}={raw!r}: expected {self.allowed}")
+        return value
+
+
+@dataclass(frozen=True)
 class Rate:
     """Calls per second: 0 (no limit), or from 0.01 to `high`."""
 
@@ -395,6 +413,15 @@ class Settings:
         Count(10_000),
         100,
         "Connections checked at once inside one worker process (each may hold a socket).",
+    )
+    worker_nice: int = _setting(
+        "WORKER_NICE",
+        Niceness(),
+        0,
+        "Each worker child lowers its own CPU priority by this much at its start (os.nice). "
+        "Set 10 when the api or anything else that answers in milliseconds shares the "
+        "worker's cores: a sweep's burst of checks then waits for them, not they for it (a "
+        "check's deadline is minutes away). An idle box runs the worker as fast as before.",
     )
     sweep_limit: int = _setting(
         "SWEEP_LIMIT",

@@ -236,6 +236,8 @@ class TestRanges:
             ("API_CREDENTIALS_CACHE_AGE", "-0.5", "0 (off) to 1 seconds"),
             ("API_CREDENTIALS_CACHE_AGE", "nan", "0 (off) to 1 seconds"),
             ("API_CREDENTIALS_CACHE_ENTRIES", "0", "a whole number from 1 to 1000000"),
+            ("WORKER_NICE", "20", "from 0 (as started) to 19 (the lowest priority)"),
+            ("WORKER_NICE", "-5", "from 0 (as started) to 19 (the lowest priority)"),
         ],
     )
     def test_out_of_range_names_variable_and_range(
@@ -260,6 +262,7 @@ class TestRanges:
             LEASE_TTL="600", HTTP_TIMEOUT="120", SWEEP_INTERVAL="3600", SWEEP_LIMIT="1000000"
         )
         assert (top.lease_ttl, top.sweep_limit) == (600, 1_000_000)
+        assert (load().worker_nice, load(WORKER_NICE="19").worker_nice) == (0, 19)
         assert load(API_CREDENTIALS_CACHE_AGE="0").api_credentials_cache_age == 0.0  # off
 
     def test_every_default_is_inside_its_range(self) -> None:

@@ -120,6 +120,7 @@ def pool(redis_server: EmbeddedRedis, receiver: str) -> Iterator[Pool]:
     env = _env(redis_server, prefix, broker_db=1)
     env["TOKENWORKER_WEBHOOK_URL"] = receiver
     env["TOKENWORKER_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    env["TOKENWORKER_WORKER_NICE"] = "5"
     flush_db(redis_server, 1)
     with tempfile.NamedTemporaryFile(prefix="celery-", suffix=".log", delete=False) as log:
         path = log.name
@@ -185,6 +186,19 @@ def _read(env: dict[str, str], fn: Callable[[Runtime], Any]) -> Any:
             await rt.close()
 
     return run(go())
+
+
+def test_worker_children_lower_their_cpu_priority_by_worker_nice(pool: Pool) -> None:
+    """TOKENWORKER_WORKER_NICE=5: both prefork children run 5 steps below the main process,
+    which keeps the priority it was started with."""
+    main = pool.procs[0].pid
+    pgrep = ["pgrep", "-P", str(main)]
+    found = subprocess.run(pgrep, capture_output=True, text=True, check=False)
+    children = [int(pid) for pid in found.stdout.split()]
+    assert len(children) == 2, found
+    started = os.getpriority(os.PRIO_PROCESS, 0)  # this test's own: what the main inherited
+    assert os.getpriority(os.PRIO_PROCESS, main) == started
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in children] == [started + 5] * 2
 
 
 def test_cli_check_wait_prints_the_workers_outcome_as_json(pool: Pool, emu: Emu) -> None:

@@ -3,12 +3,14 @@
 Main process: `worker_init` checks the store's durability (and may refuse to start),
 `worker_ready` forgets long-gone workers and starts the self-ping, `worker_shutdown` stops it
 and removes this node's heartbeat. Each child: `worker_process_init` instruments the Salesforce
-client and tunes the garbage collector, `task_prerun`/`task_postrun` bind the task to log
-lines and record metrics and the heartbeat, `worker_process_shutdown` closes the Runtime.
+client, tunes the garbage collector and lowers the child's CPU priority (WORKER_NICE),
+`task_prerun`/`task_postrun` bind the task to log lines and record metrics and the heartbeat,
+`worker_process_shutdown` closes the Runtime.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +64,9 @@ def _check_store(**_: Any) -> None:
 def _instrument(**_: Any) -> None:
     metrics.instrument(process.runtime().client, metrics.RECORDER.tally)
     tune_gc()
+    nice = process.settings().worker_nice
+    if nice:
+        os.nice(nice)
 
 
 @task_postrun.connect

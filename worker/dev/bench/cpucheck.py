@@ -34,7 +34,7 @@ from worker.dev.bench.emuadmin import EmulatorAdmin
 from worker.dev.bench.services import Workspace, start_emulator
 from worker.dev.embedded import EmbeddedRedis
 from worker.domain.outcomes import CheckResult, Outcome
-from worker.engine.runtime import Runtime
+from worker.engine.runtime import Runtime, tune_gc
 from worker.service import integrations
 from worker.store.crypto import generate_key
 from worker.telemetry import metrics
@@ -130,6 +130,7 @@ def main() -> None:
     import uvloop  # noqa: PLC0415  (the worker processes' loop)
 
     quiet_logs()
+    tune_gc()  # as each worker process does at its start (worker_process_init)
 
     redis = EmbeddedRedis().start()
     try:
