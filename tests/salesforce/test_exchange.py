@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import httpx
 import pytest
 
 from tests.helpers import SANDBOX_INTEGRATION
-from worker.salesforce.client import AiohttpExchange, SalesforceClient
+from worker.salesforce.client import AiohttpExchange, SalesforceClient, form_quote
 
 INTEGRATION = SANDBOX_INTEGRATION
 
@@ -77,3 +77,13 @@ async def test_the_form_body_is_what_urlencode_makes_of_form_and_credentials(
         credentials["client_secret"] = integration.client_secret
         assert sent[-1] == urlencode({**form, **credentials}).encode()
     await client.aclose()
+
+
+def test_form_quote_is_quote_plus() -> None:
+    """Every ASCII character alone and inside a token, and non-ASCII text, quoted byte for byte
+    as quote_plus quotes them (the body Salesforce parses must not change)."""
+    samples = [chr(code) for code in range(0x180)]
+    samples += [f"00Dxx!AQ{chr(code)}k_q.3~-" for code in range(128)]
+    samples += ["", "5Aep8 61&x=é", "a+b c/d?e#f%g", "日本 語", "\x00\x7f"]
+    for value in samples:
+        assert form_quote(value) == quote_plus(value), repr(value)

