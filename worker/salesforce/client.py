@@ -50,7 +50,6 @@ _HEADERS = {
 
 log = structlog.get_logger("tokenworker.salesforce")
 CREDENTIALS_KEPT = 256  # encoded client credentials kept; more integrations than this re-encode
-# What we send that an error answer must never quote back into an event or a log.
 # quote_plus for ASCII with one regex pass: quote_plus walks a token's bytes in Python when
 # any needs quoting (a Salesforce token's "!" does): 9.8 -> 2.4 us for a 112-character token.
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
@@ -68,6 +67,7 @@ def form_quote(value: str) -> str:
     return _NEEDS_QUOTING.sub(lambda found: _FORM_QUOTED[found.group()], value)
 
 
+# What we send that an error answer must never quote back into an event or a log.
 _SECRET_FORM_FIELDS = ("token", "refresh_token", "client_secret", "code", "code_verifier")
 
 

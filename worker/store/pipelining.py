@@ -127,10 +127,11 @@ async def execute_timed(pipe: Pipeline) -> list[Any]:
     cancelled per reply (~15 us each, 6% of a check's CPU measured by cpucheck). Here the
     whole flush (connect, send, every reply) gets that same bound once; a flush that runs out
     disconnects its connection and raises redis-py's own TimeoutError, so callers classify it
-    as they always did. Failures go through the connection's retry policy exactly as
-    Pipeline.execute sends them (a pooled connection the server closed during an outage is
-    reconnected and the batch resent)."""
-    if pipe.is_transaction or pipe.scripts or pipe.watching:
+    as they always did. Failures go through the connection's retry policy as
+    Pipeline.execute sends them (the engine's client has none, redis-py's default for a
+    pool from a URL: a resent pipeline may run twice). Needs redis-py >= 5.3
+    (get_connection without a command name)."""
+    if pipe.is_transaction or pipe.explicit_transaction or pipe.scripts or pipe.watching:
         return await pipe.execute(raise_on_error=False)  # not what the auto pipeline queues
     stack = pipe.command_stack
     if not stack:
