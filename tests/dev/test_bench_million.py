@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from worker.dev.bench.loadgen import SLOW_MS, LoadResult
 from worker.dev.bench.million import TARGETS
+from worker.dev.bench.millionreads import summary
 
 
 def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
@@ -73,3 +76,17 @@ def test_compact_emulator_keeps_no_per_call_bookkeeping() -> None:
         urls = {item.grant.id_url for item in issued}
         assert len(urls) == (1 if compact else 3)
         assert all(url.startswith(f"{state.base_url}/id/{state.org_id}/005") for url in urls)
+
+
+def test_paced_reads_say_when_in_the_window_their_tail_happened() -> None:
+    """A read over loadgen.SLOW_MS is kept with its due time, and the summary counts them by
+    second of the window: a tail from one pause shows as one busy second, from contention it
+    spreads over the window."""
+    result = LoadResult()
+    now = time.time()
+    result.count(200, b'{"access_token": "x"}', now - 0.050, None, now)  # 50 ms: slow
+    result.count(200, b'{"access_token": "x"}', time.time(), None, time.time())  # fast
+    assert len(result.slow) == 1 and result.slow[0][1] > SLOW_MS
+    other = LoadResult(slow=[(1_003.2, 25.0), (1_003.9, 40.0), (1_007.1, 10.5)])
+    found = summary([other], 30.0, 1_000.0, 3000.0)
+    assert found["slow_by_second"] == {"3": 2, "7": 1}

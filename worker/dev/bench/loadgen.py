@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+SLOW_MS = 10.0  # the paced reads' p99 target: reads slower than this are kept with their time
+
 
 @dataclass
 class LoadResult:
@@ -35,6 +37,8 @@ class LoadResult:
     resume_lags_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # this process's CPU time during the window
     last_done: float = 0.0  # epoch seconds of the last answer counted
+    # (due time, ms) of each read slower than SLOW_MS: when in the window the tail happened
+    slow: list[tuple[float, float]] = field(default_factory=list)
 
     def count(
         self, status: int, body: bytes, sent: float, lag: float | None, arrived: float
@@ -45,6 +49,8 @@ class LoadResult:
             done = time.time()
             self.reads += 1
             self.latencies_ms.append((done - sent) * 1000.0)
+            if done - sent > SLOW_MS / 1000.0:
+                self.slow.append((sent, (done - sent) * 1000.0))
             self.resume_lags_ms.append((done - arrived) * 1000.0)
             if lag is not None:
                 self.send_lags_ms.append(lag * 1000.0)

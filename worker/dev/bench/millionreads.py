@@ -122,10 +122,22 @@ class Reads:
 
     def _phase(self, ports: list[int], paths: list[str], rate: float | None) -> dict[str, Any]:
         opens = time.time() + 2.0 + self.p.warmup_s  # loadgen.run's start + warm-up
+        forks = redis_forks(self.store)
         results = loadgen.run(
             ports, paths, self.key, self.p.clients, 1, self.p.warmup_s, self.p.window_s, rate
         )
-        return summary(results, self.p.window_s, opens, rate)
+        found = summary(results, self.p.window_s, opens, rate)
+        after = redis_forks(self.store)
+        # Did the store fork (RDB snapshot, AOF rewrite) in the window: its pause and its
+        # child's core are candidates for a read's tail on a shared box.
+        found["store_forks"] = after["total_forks"] - forks["total_forks"]
+        found["store_latest_fork_ms"] = round(after["latest_fork_usec"] / 1000.0, 1)
+        return found
+
+
+def redis_forks(store: redis.Redis) -> dict[str, int]:
+    stats: dict[str, Any] = store.info("stats")
+    return {name: int(stats.get(name, 0)) for name in ("total_forks", "latest_fork_usec")}
 
 
 def fresh_ids(store: redis.Redis, keys: Keys, not_before: float, count: int) -> list[str]:
@@ -165,4 +177,23 @@ def summary(
         "p99_ms": round(_percentile(latencies, 0.99), 2),
         "max_ms": round(latencies[-1], 2) if latencies else 0.0,
         "load_generator_cores": round(sum(r.cpu_s for r in results) / window_s, 2),
+        # The generator's own delays (inside the latencies above): sending late, resuming late.
+        "send_lag_p99_ms": round(
+            _percentile(sorted(ms for r in results for ms in r.send_lags_ms), 0.99), 2
+        ),
+        "resume_lag_p99_ms": round(
+            _percentile(sorted(ms for r in results for ms in r.resume_lags_ms), 0.99), 2
+        ),
+        # Reads slower than loadgen.SLOW_MS by second of the window: a tail spread over the
+        # window (contention all along) or in a few seconds (a pause: a fork, a burst).
+        "slow_by_second": slow_by_second(results, opens),
     }
+
+
+def slow_by_second(results: list[loadgen.LoadResult], opens: float) -> dict[str, int]:
+    counts: dict[int, int] = {}
+    for r in results:
+        for sent, _ in r.slow:
+            second = int(sent - opens)
+            counts[second] = counts.get(second, 0) + 1
+    return {str(second): counts[second] for second in sorted(counts)}
