@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from worker.dev.bench import api, loadgen
+from worker.dev.bench.millionprobe import cpu_seconds
 from worker.dev.bench.services import Workspace
 from worker.dev.embedded import free_port
 from worker.store.keys import Keys
@@ -63,6 +64,10 @@ class Reads:
     keys: Keys
     key: str  # API key (scope read)
     p: ReadParams = field(default_factory=ReadParams)
+    # name -> pids whose cores busy are sampled each second of each phase's window (the
+    # worker, the emulator, Redis: who was busy when the tail happened); the api processes'
+    # own pids are added when they start
+    watch: dict[str, list[int]] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -101,6 +106,7 @@ class Reads:
             args = [sys.executable, "-m", "worker.api", "--host", "127.0.0.1", "--port", str(port)]
             procs.append(self.ws.spawn(args, {**os.environ, **self.env}, f"api-{n}.log"))
             ports.append(port)
+        self.watch = {**self.watch, "api": [proc.pid for proc in procs]}
         try:
             for port, proc in zip(ports, procs, strict=True):
                 api._wait_healthy(f"http://127.0.0.1:{port}", proc)
@@ -123,16 +129,39 @@ class Reads:
     def _phase(self, ports: list[int], paths: list[str], rate: float | None) -> dict[str, Any]:
         opens = time.time() + 2.0 + self.p.warmup_s  # loadgen.run's start + warm-up
         forks = redis_forks(self.store)
+        busy = Busy(self.watch, opens, self.p.window_s)
+        busy.start()
         results = loadgen.run(
             ports, paths, self.key, self.p.clients, 1, self.p.warmup_s, self.p.window_s, rate
         )
+        busy.join()
         found = summary(results, self.p.window_s, opens, rate)
+        found["cores_by_second"] = busy.cores
         after = redis_forks(self.store)
         # Did the store fork (RDB snapshot, AOF rewrite) in the window: its pause and its
         # child's core are candidates for a read's tail on a shared box.
         found["store_forks"] = after["total_forks"] - forks["total_forks"]
         found["store_latest_fork_ms"] = round(after["latest_fork_usec"] / 1000.0, 1)
         return found
+
+
+class Busy(threading.Thread):
+    """Cores busy per second of the window, for each named group of processes."""
+
+    def __init__(self, watch: dict[str, list[int]], opens: float, window_s: float) -> None:
+        super().__init__(name="million-busy", daemon=True)
+        self.watch, self.opens, self.window_s = watch, opens, window_s
+        self.cores: dict[str, list[float]] = {name: [] for name in watch}
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.opens - time.time()))
+        last = {name: cpu_seconds(pids) for name, pids in self.watch.items()}
+        for second in range(1, int(self.window_s) + 1):
+            time.sleep(max(0.0, self.opens + second - time.time()))
+            for name, pids in self.watch.items():
+                now = cpu_seconds(pids)
+                self.cores[name].append(round(now - last[name], 2))
+                last[name] = now
 
 
 def redis_forks(store: redis.Redis) -> dict[str, int]:
