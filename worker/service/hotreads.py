@@ -9,9 +9,7 @@ the read's own `min_ttl` (checked on every hit, against the clock, exactly as on
 How long an entry may be trusted:
 - while Redis tells this process of every write to a connection record
   (`worker.store.tracking`: CLIENT TRACKING; the api wires it): until that record is written,
-  however it is written and by whom, and at most `tracked_age` seconds (a safety net; each
-  entry's own share of it is drawn between TRACKED_SPREAD and all of it, so the entries a burst
-  of reads loaded together are not all read again in the same second);
+  however it is written and by whom, and at most `tracked_age` seconds (a safety net);
 - otherwise (no tracking yet, or its session broke): at most `max_age` seconds
   (TOKENWORKER_API_CREDENTIALS_CACHE_AGE, at most 1 s). Losing tracking forgets every entry.
 
@@ -27,7 +25,6 @@ own min_ttl; when it put nothing (a drop came, it failed), each reads for itself
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import weakref
 from collections import OrderedDict
@@ -39,11 +36,6 @@ from worker.engine.runtime import Runtime
 
 T = TypeVar("T")
 TRACKED_AGE = 60.0  # seconds an entry may be served while every write is reported
-# An entry's tracked age is TRACKED_AGE x a share drawn in [TRACKED_SPREAD, 1): 10,000 entries
-# read in one second (an api's start, a new fleet of readers) otherwise all aged out in one
-# second 60 s later, and their re-reads doubled the api's CPU for 3-4 s: the paced reads'
-# tail beside the million (bench --million, cores by second).
-TRACKED_SPREAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,7 +43,6 @@ class Entry(Generic[T]):
     value: T
     lifetime: float | None  # the connection's session lifetime: its default min_ttl needs it
     at: float  # monotonic seconds when it was read from the store
-    share: float = 1.0  # of the tracked age this entry may be served for (see TRACKED_SPREAD)
 
 
 class HotReads(Generic[T]):
@@ -66,14 +57,12 @@ class HotReads(Generic[T]):
         *,
         tracked_age: float = TRACKED_AGE,
         key_prefix: str = "",
-        rng: random.Random | None = None,
     ) -> None:
         self.max_age = max_age
         self.tracked_age = tracked_age
         self.max_entries = max_entries
         self.clock = clock
         self.key_prefix = key_prefix  # the store key of entry `id` is key_prefix + id
-        self.rng = rng or random.Random()
         self.tracked = False
         self.generation = 0  # bumped by every drop: reads begun before it may not put
         self.hits = 0
@@ -84,13 +73,14 @@ class HotReads(Generic[T]):
         self._flights: dict[str, asyncio.Future[Entry[T] | None]] = {}
         self._written: set[str] = set()  # keys written while a read of them was in flight
 
-    def age(self, entry: Entry[T]) -> float:
-        """How long `entry` may be served now."""
-        return self.tracked_age * entry.share if self.tracked else self.max_age
+    @property
+    def age(self) -> float:
+        """How long an entry may be served now."""
+        return self.tracked_age if self.tracked else self.max_age
 
     def get(self, key: str) -> Entry[T] | None:
         entry = self._entries.get(key)
-        if entry is not None and self.clock() - entry.at < self.age(entry):
+        if entry is not None and self.clock() - entry.at < self.age:
             return entry
         if entry is not None:
             del self._entries[key]
@@ -103,8 +93,7 @@ class HotReads(Generic[T]):
         None when a drop came since)."""
         if generation != self.generation or key in self._written:
             return None
-        share = TRACKED_SPREAD + (1.0 - TRACKED_SPREAD) * self.rng.random()
-        entry = Entry(value, lifetime, at, share)
+        entry = Entry(value, lifetime, at)
         self._entries.pop(key, None)
         self._entries[key] = entry
         while len(self._entries) > self.max_entries:
