@@ -40,6 +40,8 @@ from worker.store.crypto import generate_key
 from worker.telemetry import metrics
 
 PREFIX = "cpu:"
+# (path, check_many's force, the outcome every check of it must have)
+PATHS = (("fresh", False, Outcome.FRESH), ("refresh", True, Outcome.REFRESHED))
 
 
 def settings(redis_url: str, concurrency: int) -> Settings:
@@ -98,20 +100,15 @@ async def measure(args: argparse.Namespace, redis_url: str, emu_url: str) -> dic
     try:
         ids = await seeded(rt, emu, args.connections)
         figures = {}
-        if args.only in (None, "fresh"):
-            figures["fresh"] = await cpu_per_check(
-                args.rounds,
-                ids,
-                lambda: expect(rt.refresher.check_many(ids), Outcome.FRESH),
-                profiler if args.profile_path == "fresh" else None,
-            )
-        if args.only in (None, "refresh"):
-            figures["refresh"] = await cpu_per_check(
-                args.rounds,
-                ids,
-                lambda: expect(rt.refresher.check_many(ids, force=True), Outcome.REFRESHED),
-                profiler if args.profile_path == "refresh" else None,
-            )
+        for path, force, outcome in PATHS:
+            if args.only not in (None, path):
+                continue
+
+            def run(force: bool = force, outcome: Outcome = outcome) -> Awaitable[None]:
+                return expect(rt.refresher.check_many(ids, force=force), outcome)
+
+            guard = profiler if args.profile_path == path else None
+            figures[path] = await cpu_per_check(args.rounds, ids, run, guard)
         if profiler is not None:
             profiler.dump_stats(args.profile)
         return figures

@@ -215,12 +215,12 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         pool.sweep()
         warmup_s, warmup_checks, absorbed = _warm_up(store, keys, pool, p, loop)
         key = api._api_key(settings)
-        reads = Reads(ws, pool.env, store, keys, key, ReadParams.for_steady(p.steady_s))
-        reads.watch = {
+        watch = {
             "worker": [pool.proc.pid, *pool.child_pids()],
             "emulator": [emu.pid],
             "redis": [server.process.pid] if server.process is not None else [],
         }
+        reads = Reads(ws, pool.env, store, keys, key, ReadParams.for_steady(p.steady_s), watch)
         sampler.tick(force=True)
         steady_start = time.time()
         say(f"million: backlog absorbed in {warmup_s:,.0f}s; steady for {p.steady_s:g}s")
