@@ -40,8 +40,8 @@ from worker.store.crypto import generate_key
 from worker.telemetry import metrics
 
 PREFIX = "cpu:"
-# (path, check_many's force, the outcome every check of it must have)
-PATHS = (("fresh", False, Outcome.FRESH), ("refresh", True, Outcome.REFRESHED))
+# path -> (check_many's force, the outcome every check of it must have)
+PATHS = {"fresh": (False, Outcome.FRESH), "refresh": (True, Outcome.REFRESHED)}
 
 
 def settings(redis_url: str, concurrency: int) -> Settings:
@@ -100,7 +100,7 @@ async def measure(args: argparse.Namespace, redis_url: str, emu_url: str) -> dic
     try:
         ids = await seeded(rt, emu, args.connections)
         figures = {}
-        for path, force, outcome in PATHS:
+        for path, (force, outcome) in PATHS.items():
             if args.only not in (None, path):
                 continue
 
