@@ -20,7 +20,7 @@ from config.settings import Settings
 from tests.conftest import Emu
 from tests.faults.harness import SWEEP_INTERVAL, Fleet, Ledger, seed, stored, wait_until
 from tests.processes import ROOT, open_runtime
-from worker.engine.sweep import SweepResult, sweep
+from worker.engine.sweep import SweepResult, collect, sweep
 from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
@@ -142,12 +142,13 @@ def _sweeps_at_once(env: dict[str, str], guard: bool) -> list[tuple[SweepResult,
 
     async def one() -> tuple[SweepResult, list[str]]:
         rt = open_runtime(env)
-        dispatched: list[str] = []
+        batches: list[tuple[list[str], float]] = []
         try:
             await rt.redis.ping()  # connected before the start line: both claim at once
             start.wait(10)
-            result = await sweep(rt.store, settings, time.time(), dispatched.extend,
+            result = await sweep(rt.store, settings, time.time(), collect(batches),
                                  window_guard=guard)  # fmt: skip
+            dispatched = [cid for ids, _ in batches for cid in ids]
             return result, dispatched
         finally:
             await rt.close()

@@ -70,17 +70,20 @@ def _retried_on_outage(task: Task) -> Iterator[None]:
 
 @app.task(name="tokenworker.sweep", bind=True, ignore_result=False, max_retries=MAX_RETRIES)
 def sweep_task(self: Task, scheduled: bool = True) -> dict[str, object]:
-    """Claim due connections and enqueue one check_batch per chunk; then end the connect
-    sessions past their TTL (a customer left on Salesforce's own error page never comes back,
-    and the host app may never ask: each ends `expired` with `connection.connect_failed`).
+    """Claim the connections due before the next sweep and enqueue one check_batch per chunk,
+    each to start when its first connection is due (`worker.engine.sweep.paced`); then end
+    the connect sessions past their TTL (a customer left on Salesforce's own error page never
+    comes back, and the host app may never ask: each ends `expired` with
+    `connection.connect_failed`).
 
     A sweep that claimed all it was allowed sends the next one at once, into the refresh
     queue behind its own batches: it runs when the pool has reached them, so a backlog keeps
     the pool busy instead of waiting for beat, and the broker never holds much more than one
     sweep's batches (`worker.engine.sweep.room`)."""
 
-    def dispatch(ids: list[str]) -> None:
-        check_batch.apply_async((ids,), queue="refresh")
+    def dispatch(ids: list[str], start_at: float) -> None:
+        wait = start_at - time.time()
+        check_batch.apply_async((ids,), queue="refresh", countdown=wait if wait > 0 else None)
 
     with _retried_on_outage(self):
         store = runtime().store

@@ -126,7 +126,8 @@ class InlineDispatch:
         """One claim of up to `sweep_limit` due ids (due within its lookahead, pushed out of
         reach as a real sweep does), checked here."""
         settings = self.rt.settings
-        ids = await claim(self.rt.store, settings, time.time(), settings.sweep_limit)
+        due = await claim(self.rt.store, settings, time.time(), settings.sweep_limit)
+        ids = [connection_id for connection_id, _ in due]
         tally = await self.check_many(ids, force=False, on_progress=on_progress)
         return Swept(len(ids), dict(tally.outcomes))
 

@@ -77,9 +77,9 @@ return redis.call('DEL', KEYS[1])
 # KEYS: due zset. ARGV: now, limit, claimed-until. Moves what it returns out of reach of
 # other sweeps until claimed-until, so overlapping sweeps never hand out one id twice.
 _CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
-return ids
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[3], due[i]) end
+return due
 """
 
 # KEYS: conn hash. ARGV: started-at. Marks only a record that still exists: a bare HSET after
@@ -326,9 +326,11 @@ class Store:
 
     # -- the due index ------------------------------------------------------------------
 
-    async def claim_due(self, now: float, limit: int, claim_for: float) -> list[str]:
-        ids = await self._claim(keys=[self.keys.due], args=[now, limit, now + claim_for])
-        return [item.decode() for item in ids]
+    async def claim_due(self, now: float, limit: int, claim_for: float) -> list[tuple[str, float]]:
+        """Up to `limit` ids due by `now`, earliest first, each with the time it was due; their
+        scores pushed to `now + claim_for` (out of the next sweeps' reach), atomically."""
+        due = await self._claim(keys=[self.keys.due], args=[now, limit, now + claim_for])
+        return [(due[i].decode(), float(due[i + 1])) for i in range(0, len(due), 2)]
 
     async def schedule(self, connection_id: str, at: float) -> None:
         await self.auto.run(lambda pipe: pipe.zadd(self.keys.due, {connection_id: at}))

@@ -39,7 +39,7 @@ from worker.dev.bench.workload import (
 )
 from worker.domain.models import ConnectionStatus
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import sweep
+from worker.engine.sweep import collect, sweep
 from worker.store.connections import Store
 from worker.store.keys import Keys
 
@@ -134,10 +134,14 @@ async def _simulate(
             if tick % every == 0:
                 result.stale_max = max(result.stale_max, await _stale(rt.store, http, ids, result))
                 result.samples += 1
-            claimed: list[str] = []
-            await sweep(rt.store, settings, sim.now, claimed.extend, window_guard=False)
-            for checked in await check_in_batches(rt, claimed):
-                outcomes[checked.outcome.value] += 1
+            batches: list[tuple[list[str], float]] = []
+            await sweep(rt.store, settings, sim.now, collect(batches), window_guard=False)
+            for claimed, at in batches:  # each at its start time, as the pool's countdowns do
+                if at > sim.now:
+                    sim.now = at
+                    activity.fire_until(sim.now, admin)
+                for checked in await check_in_batches(rt, claimed):
+                    outcomes[checked.outcome.value] += 1
             hours = (sim.now - start) / 3600
             ticker.maybe(f"cost: simulated {hours:5.1f} h of {params.days * 24:g} h")
     finally:

@@ -26,7 +26,7 @@ from worker.dev.bench import seed
 from worker.dev.bench.population import cipher_of
 from worker.dev.bench.progress import say
 from worker.engine.runtime import redis_client
-from worker.engine.sweep import sweep
+from worker.engine.sweep import collect, sweep
 from worker.store.connections import Store
 from worker.store.keys import Keys
 
@@ -108,14 +108,14 @@ async def _time_sweeps(
     store = Store(redis_async, cipher_of(settings), keys)
     times: list[float] = []
     try:
-        await sweep(store, settings, 0.0, lambda ids: None)
+        await sweep(store, settings, 0.0, collect([]))
         for _ in range(repeats):
             if before is not None:
                 before()
             await redis_async.delete(keys.sweep_guard)
-            batches: list[list[str]] = []
+            batches: list[tuple[list[str], float]] = []
             started = time.perf_counter()
-            result = await sweep(store, settings, time.time(), batches.append)
+            result = await sweep(store, settings, time.time(), collect(batches))
             times.append((time.perf_counter() - started) * 1000)
             if result.claimed != expect:
                 raise RuntimeError(f"store: sweep claimed {result.claimed}, expected {expect}")

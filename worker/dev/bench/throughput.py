@@ -31,7 +31,7 @@ from worker.dev.bench.progress import Ticker, say
 from worker.dev.bench.services import Workspace
 from worker.domain.outcomes import CheckResult
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import sweep
+from worker.engine.sweep import collect, sweep
 from worker.store.keys import Keys
 
 POLL_S = 0.05
@@ -230,10 +230,11 @@ def run_inline(
         started = time.perf_counter()
         try:
             while time.perf_counter() - started < deadline_s:
-                claimed: list[str] = []
+                batches: list[tuple[list[str], float]] = []
                 result = await sweep(
-                    rt.store, settings, time.time(), claimed.extend, window_guard=False
+                    rt.store, settings, time.time(), collect(batches), window_guard=False
                 )
+                claimed = [cid for ids, _ in batches for cid in ids]
                 if not result.claimed:
                     break
                 for outcome in await check_in_batches(rt, claimed):
