@@ -2,10 +2,11 @@
 
 - stale: every `stale_every` s, the emulator counts live grants whose newest access token has
   expired (`millionemu`): no decryption, one pass over the grants in the emulator.
-- overdue: every `overdue_every` s, the due ids whose time has come (ZRANGEBYSCORE due -inf
-  now); when one leaves that range (a sweep claimed it), its stored `last_check_at` (a
-  plaintext field: the check's start, or for a refresh the answer's time, one call later)
-  minus its due time is how late the check started.
+- overdue: every `overdue_every` s, the ids due within `ahead` s (ZRANGEBYSCORE due -inf
+  now + ahead: a sweep claims up to an interval before the due time, so `ahead` is longer
+  than the interval); when one leaves that range (a sweep claimed it), its stored
+  `last_check_at` (a plaintext field: the check's start, or for a refresh the answer's time,
+  one call later) minus its due time is how late the check started (0 when it started early).
 - worker CPU: utime + stime of the Celery worker and its prefork children from /proc.
 """
 
@@ -23,7 +24,7 @@ from worker.store.keys import Keys
 
 TICKS = os.sysconf("SC_CLK_TCK")
 WATCH_MAX = 200_000  # due ids followed at once (a sample beyond this is cut, and noted)
-RETRIES = 30  # samples an id that left the due range may wait for its check to be saved
+WAIT_S = 60.0  # how long after its due time an id that left the range may wait for its check
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -58,15 +59,16 @@ class Stale:
 class Overdue:
     store: redis.Redis
     keys: Keys
-    watching: dict[bytes, tuple[float, int]] = field(default_factory=dict)  # id -> (due, tries)
+    ahead: float = 0.0  # seconds before its due time an id is watched
+    watching: dict[bytes, float] = field(default_factory=dict)  # id -> due time
     late: list[float] = field(default_factory=list)
     cut: int = 0  # samples cut at WATCH_MAX
     unresolved: int = 0  # ids whose check was never seen saved
 
-    def take(self) -> None:
-        now = time.time()
+    def take(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         due: list[tuple[bytes, float]] = self.store.zrangebyscore(  # type: ignore[assignment]
-            self.keys.due, "-inf", now, start=0, num=WATCH_MAX, withscores=True
+            self.keys.due, "-inf", now + self.ahead, start=0, num=WATCH_MAX, withscores=True
         )
         self.cut += len(due) >= WATCH_MAX
         current = dict(due)
@@ -75,16 +77,16 @@ class Overdue:
         for member in left:
             pipe.hget(self.keys.conn(member.decode()), codec.name("last_check_at"))
         for member, stamp in zip(left, pipe.execute(), strict=True):
-            at, tries = self.watching.pop(member)
+            at = self.watching.pop(member)
             checked = float(stamp) if stamp else 0.0
-            if checked >= at - 1.0:
+            if checked >= at - 1.0:  # a paced batch starts up to a second early
                 self.late.append(max(0.0, checked - at))
-            elif tries < RETRIES:
-                self.watching[member] = (at, tries + 1)  # claimed, not yet checked
+            elif now < at + WAIT_S:
+                self.watching[member] = at  # claimed, not yet checked
             else:
                 self.unresolved += 1
         for member, score in current.items():
-            self.watching.setdefault(member, (score, 0))
+            self.watching.setdefault(member, score)
 
     def p99(self) -> float:
         if not self.late:
