@@ -225,8 +225,8 @@ def run(ws: Workspace, p: MillionParams) -> tuple[dict[str, Any], dict[str, Any]
         sampler.tick(force=True)
         steady_start = time.time()
         say(f"million: backlog absorbed in {warmup_s:,.0f}s; steady for {p.steady_s:g}s")
-        ahead = settings.sweep_interval + 10.0  # a sweep claims up to an interval ahead
-        steady = _steady(store, keys, pool, admin, p, loop, reads, ahead)
+        # a sweep claims up to an interval ahead: the overdue probe watches that far
+        steady = _steady(store, keys, pool, admin, p, loop, reads, settings.sweep_interval + 10)
         if reads.error:
             say(f"million: the credential reads failed: {reads.error}")
         sampler.tick(force=True)
