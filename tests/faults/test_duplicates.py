@@ -20,7 +20,7 @@ from config.settings import Settings
 from tests.conftest import Emu
 from tests.faults.harness import SWEEP_INTERVAL, Fleet, Ledger, seed, stored, wait_until
 from tests.processes import ROOT, open_runtime
-from worker.engine.sweep import SweepResult, collect, sweep
+from worker.engine.sweep import SweepResult, claimed_ids, collect, sweep
 from worker.store.keys import Keys
 
 pytestmark = pytest.mark.integration
@@ -148,7 +148,7 @@ def _sweeps_at_once(env: dict[str, str], guard: bool) -> list[tuple[SweepResult,
             start.wait(10)
             result = await sweep(rt.store, settings, time.time(), collect(batches),
                                  window_guard=guard)  # fmt: skip
-            dispatched = [cid for ids, _ in batches for cid in ids]
+            dispatched = claimed_ids(batches)
             return result, dispatched
         finally:
             await rt.close()

@@ -107,6 +107,11 @@ def collect(into: list[tuple[list[str], float]]) -> Dispatch:
     return lambda ids, start_at: into.append((ids, start_at))
 
 
+def claimed_ids(batches: list[tuple[list[str], float]]) -> list[str]:
+    """Every id of what `collect` kept, in order."""
+    return [connection_id for ids, _ in batches for connection_id in ids]
+
+
 def paced(
     due: list[tuple[str, float]], now: float, size: int, span: float = PACE_SPAN
 ) -> Iterator[tuple[list[str], float]]:

@@ -48,7 +48,7 @@ from worker.dev.bench.report import machine
 from worker.dev.bench.services import Workspace, start_emulator
 from worker.dev.bench.throughput import check_in_batches
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import collect, sweep
+from worker.engine.sweep import claimed_ids, collect, sweep
 from worker.store.keys import Keys
 
 LIFETIME_S = 7200.0  # Salesforce's default session: 2 h
@@ -115,7 +115,7 @@ async def _check_all(settings: Settings) -> int:
             result = await sweep(
                 rt.store, settings, time.time(), collect(batches), window_guard=False
             )
-            claimed = [cid for ids, _ in batches for cid in ids]
+            claimed = claimed_ids(batches)
             if not result.claimed:
                 return checked
             checked += len(await check_in_batches(rt, claimed))

@@ -31,7 +31,7 @@ from worker.dev.bench.progress import Ticker, say
 from worker.dev.bench.services import Workspace
 from worker.domain.outcomes import CheckResult
 from worker.engine.runtime import Runtime
-from worker.engine.sweep import collect, sweep
+from worker.engine.sweep import claimed_ids, collect, sweep
 from worker.store.keys import Keys
 
 POLL_S = 0.05
@@ -234,7 +234,7 @@ def run_inline(
                 result = await sweep(
                     rt.store, settings, time.time(), collect(batches), window_guard=False
                 )
-                claimed = [cid for ids, _ in batches for cid in ids]
+                claimed = claimed_ids(batches)
                 if not result.claimed:
                     break
                 for outcome in await check_in_batches(rt, claimed):
