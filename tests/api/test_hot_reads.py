@@ -351,24 +351,3 @@ def test_losing_tracking_forgets_everything_and_falls_back_to_the_short_age() ->
     assert cache.get("c1") is None  # untracked: 1 s at most
     cache.tracking_started()
     assert len(cache) == 0  # what was kept while untracked is not trusted either
-
-
-def test_entries_read_together_do_not_all_run_out_together() -> None:
-    """A burst of reads (an api process starting under a fleet of readers) must not come back
-    to Redis as one burst an age later: each entry's age falls somewhere in [age/2, age]."""
-    now = [0.0]
-    cache: HotReads[str] = HotReads(1.0, 10_000, clock=lambda: now[0], key_prefix="tw:conn:")
-    cache.tracking_started()
-    ids = [f"c{i}" for i in range(1000)]
-    for cid in ids:
-        cache.put(cid, "token", None, cache.generation, 0.0)
-
-    def served() -> int:
-        return sum(cache.get(cid) is not None for cid in ids)
-
-    now[0] = 29.9
-    assert served() == 1000  # none before half the age
-    now[0] = 45.0
-    assert 300 <= served() <= 700  # about half of them by three quarters
-    now[0] = 60.0
-    assert served() == 0  # none past the age

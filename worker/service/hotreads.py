@@ -12,9 +12,6 @@ How long an entry may be trusted:
   however it is written and by whom, and at most `tracked_age` seconds (a safety net);
 - otherwise (no tracking yet, or its session broke): at most `max_age` seconds
   (TOKENWORKER_API_CREDENTIALS_CACHE_AGE, at most 1 s). Losing tracking forgets every entry.
-Each entry's own age is drawn between half that age and all of it (`SPREAD`): entries read in
-one burst (an api process starting under a fleet of readers) do not all run out in the same
-second and send the whole burst back to Redis at once.
 
 What this process does to a connection drops its entry at once (`drop`): a rejected token, a
 refresh or check, a delete, a (re)connect, a read that had to refresh. A read that was in
@@ -28,7 +25,6 @@ own min_ttl; when it put nothing (a drop came, it failed), each reads for itself
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import weakref
 from collections import OrderedDict
@@ -40,7 +36,6 @@ from worker.engine.runtime import Runtime
 
 T = TypeVar("T")
 TRACKED_AGE = 60.0  # seconds an entry may be served while every write is reported
-SPREAD = 0.5  # an entry's age is drawn from [age * (1 - SPREAD), age]
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,6 @@ class Entry(Generic[T]):
     value: T
     lifetime: float | None  # the connection's session lifetime: its default min_ttl needs it
     at: float  # monotonic seconds when it was read from the store
-    until: float  # served while the clock is before this: `at` plus its drawn age
 
 
 class HotReads(Generic[T]):
@@ -86,7 +80,7 @@ class HotReads(Generic[T]):
 
     def get(self, key: str) -> Entry[T] | None:
         entry = self._entries.get(key)
-        if entry is not None and self.clock() < entry.until:
+        if entry is not None and self.clock() - entry.at < self.age:
             return entry
         if entry is not None:
             del self._entries[key]
@@ -99,9 +93,7 @@ class HotReads(Generic[T]):
         None when a drop came since)."""
         if generation != self.generation or key in self._written:
             return None
-        # The age in force now is the one in force until the entry goes: a change of
-        # tracking forgets every entry (tracking_started, tracking_lost).
-        entry = Entry(value, lifetime, at, at + self.age * (1.0 - SPREAD * random.random()))
+        entry = Entry(value, lifetime, at)
         self._entries.pop(key, None)
         self._entries[key] = entry
         while len(self._entries) > self.max_entries:
