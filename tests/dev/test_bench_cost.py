@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from worker.dev.bench.cost import grouped
 from worker.dev.bench.params import DAY, LIFETIMES_MIN
 from worker.dev.bench.simemulator import ACTIVITY_PATH, SimApp
 from worker.dev.bench.workload import floor_per_day, lifetimes
@@ -41,3 +42,15 @@ def test_the_floor_of_the_benchmark_mix_is_one_refresh_per_lifetime() -> None:
     assert sorted(set(spans)) == [m * 60.0 for m in LIFETIMES_MIN]
     assert sum(floor_per_day(s) for s in spans) / len(spans) == 24.0
     assert floor_per_day(DAY) == 1.0
+
+
+def test_paced_batches_within_the_span_run_together_at_the_first_ones_time() -> None:
+    """The cost simulation joins the sweep's per-second batches starting within GROUP_S of a
+    group's first: never later than a batch's own start (a late check would hide staleness),
+    never more than the span early."""
+    batches = [(["a"], 100.0), (["b", "c"], 101.0), (["d"], 110.0), (["e"], 110.5)]
+    assert grouped(batches, 10.0) == [(["a", "b", "c", "d"], 100.0), (["e"], 110.5)]
+    assert grouped(batches, 0.5) == [(["a"], 100.0), (["b", "c"], 101.0), (["d", "e"], 110.0)]
+    for ids, start in grouped(batches, 10.0):
+        own = {i: at for names, at in batches for i in names}
+        assert all(start <= own[i] < start + 10.0 + 1e-9 for i in ids)

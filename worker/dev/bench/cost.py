@@ -110,6 +110,26 @@ async def _stale(store: Store, http: httpx.AsyncClient, ids: list[str], result: 
     return int(answer["stale"])
 
 
+GROUP_S = 10.0  # simulated seconds of paced batches checked together (see `grouped`)
+
+
+def grouped(
+    batches: list[tuple[list[str], float]], span: float
+) -> list[tuple[list[str], float]]:
+    """The sweep's paced batches joined while they start within `span` of the first one, each
+    group starting at its first batch's time. The pool starts each batch at its own time; run
+    one after another, the simulated day's ~10,000 checks took 95 s of the bench's 2 minutes.
+    A check moved earlier by under `span` can only refresh a little early, which adds at most
+    span / (lifetime - margin) to the cost: 0.15% at the 2 h default, 1.7% at 15 min."""
+    groups: list[tuple[list[str], float]] = []
+    for ids, start in batches:
+        if groups and start - groups[-1][1] <= span:
+            groups[-1][0].extend(ids)
+        else:
+            groups.append((list(ids), start))
+    return groups
+
+
 async def _simulate(
     settings: Settings,
     sim: SimEmulator,
@@ -136,7 +156,7 @@ async def _simulate(
                 result.samples += 1
             batches: list[tuple[list[str], float]] = []
             await sweep(rt.store, settings, sim.now, collect(batches), window_guard=False)
-            for claimed, at in batches:  # each at its start time, as the pool's countdowns do
+            for claimed, at in grouped(batches, GROUP_S):  # each group at its start time
                 if at > sim.now:
                     sim.now = at
                     activity.fire_until(sim.now, admin)
