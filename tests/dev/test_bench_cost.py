@@ -51,6 +51,6 @@ def test_paced_batches_within_the_span_run_together_at_the_first_ones_time() -> 
     batches = [(["a"], 100.0), (["b", "c"], 101.0), (["d"], 110.0), (["e"], 110.5)]
     assert grouped(batches, 10.0) == [(["a", "b", "c", "d"], 100.0), (["e"], 110.5)]
     assert grouped(batches, 0.5) == [(["a"], 100.0), (["b", "c"], 101.0), (["d", "e"], 110.0)]
+    own = {i: at for names, at in batches for i in names}
     for ids, start in grouped(batches, 10.0):
-        own = {i: at for names, at in batches for i in names}
         assert all(start <= own[i] < start + 10.0 + 1e-9 for i in ids)
