@@ -86,7 +86,7 @@ class ApiParams:
 
 PRESETS = {
     "full": ApiParams("api", 1_000, 64, 2, 1, 5.0, 30.0),
-    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 3.0, 15.0),
+    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 2.0, 10.0),
     "smoke": ApiParams("api-smoke", 50, 8, 1, 1, 1.0, 2.0, rate_share=0.05),
 }
 
