@@ -40,7 +40,14 @@ def beat_config(settings: Settings) -> dict[str, Any]:
                 "task": "tokenworker.sweep",
                 "schedule": settings.sweep_interval,
                 # A sweep queued during an outage is worthless once the next one is due.
-                "options": {"expires": settings.sweep_interval, "queue": "sweep"},
+                # Beat never reads a sweep's result: without ignore_result every send would
+                # subscribe to it on the result backend, and reconnect that pub/sub inline
+                # (20 retries) after a broker restart while the tick waits.
+                "options": {
+                    "expires": settings.sweep_interval,
+                    "queue": "sweep",
+                    "ignore_result": True,
+                },
             }
         },
     }

@@ -62,6 +62,8 @@ def test_workers_consume_again_within_30s_of_a_broker_restart(
         wait_until(lambda: sent[0] >= 10, 20, "checks flowing to the broker")
         before = cli(ledger, env, "check", flow[0], "--wait", "--json", "--timeout", "20")
         assert before.returncode == 0, before.stderr + worker.proc.tail()
+        # Beat has sent before, so the restart cuts its live broker connections.
+        wait_until(lambda: _sweeps_sent(beat) > 0, 10, "beat sends a sweep before the restart")
         # One check in progress across the restart: Salesforce answers its introspection late.
         integration = json.loads(cli(ledger, env, "connections", "show", slow, "--json").stdout)
         client_id = _client_id(ledger, env, integration["integration"])
@@ -95,11 +97,14 @@ def test_workers_consume_again_within_30s_of_a_broker_restart(
             ) from None
         # Beat lives through the broker outage and sends again (its one bounded reconnect
         # per tick; the sweep stays due while a send fails).
-        wait_until(
-            lambda: _sweeps_sent(beat) > sweeps_before,
-            max(0.0, RECONNECT_BOUND - (time.monotonic() - restarted_at)),
-            "beat sends a sweep after the broker restart",
-        )
+        try:
+            wait_until(
+                lambda: _sweeps_sent(beat) > sweeps_before,
+                max(0.0, RECONNECT_BOUND - (time.monotonic() - restarted_at)),
+                "beat sends a sweep after the broker restart",
+            )
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\nbeat log:\n{beat.tail(8000)}") from None
     store.close()
     assert emu.token_calls(grant["grant_id"]) == 1, "the expired token was not refreshed once"
     assert worker.proc.popen.poll() is None, "the worker exited instead of reconnecting"

@@ -3,6 +3,7 @@ failures, and two real beat processes, one of which schedules while the other ta
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from typing import Any
@@ -195,3 +196,31 @@ def test_a_standby_beat_waits_then_takes_over_from_a_killed_leader(
         if standby is not None:
             standby.close()
         broker.close()
+
+
+@pytest.mark.integration
+def test_beat_sends_sweeps_without_waiting_for_their_results(redis_server: EmbeddedRedis) -> None:
+    """Beat never reads a sweep's result, so it sends with ignore_result and never touches the
+    result backend: Celery's Redis backend would otherwise SUBSCRIBE (then UNSUBSCRIBE) on a
+    pub/sub connection inside every send, and after a broker restart reconnect that connection
+    inline, with up to 20 retries a second apart, while the beat's tick waits (a beat that
+    sent no sweep for 27 s after a broker restart in CI)."""
+    env = celery_env(redis_server, broker_db=6, TOKENWORKER_SWEEP_INTERVAL="1")
+    broker = redis.Redis.from_url(env["TOKENWORKER_BROKER_URL"])
+    subscribes_before = _subscribes(broker)
+    beat = _beat(env)
+    try:
+        wait_until(lambda: _sends(beat) >= 3, 20, "beat to send three sweeps")
+        messages = [json.loads(raw) for raw in broker.lrange("sweep", 0, -1)]
+        assert len(messages) >= 3
+        assert all(m["headers"]["ignore_result"] is True for m in messages)
+        assert _subscribes(broker) == subscribes_before
+    finally:
+        beat.close()
+        broker.close()
+
+
+def _subscribes(client: redis.Redis) -> int:
+    """SUBSCRIBE commands the server has run (server-wide; this suite runs one test at a time)."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
