@@ -28,7 +28,7 @@ from worker.dev.embedded import free_port
 from worker.domain.models import ExpirySource
 from worker.engine.runtime import Runtime
 from worker.service import apikeys
-from worker.service.hotreads import HotReads
+from worker.service.hotreads import SPREAD, TRACKED_AGE, HotReads
 
 ApiFor = Callable[..., str]
 RuntimeFor = Callable[..., Runtime]
@@ -351,3 +351,34 @@ def test_losing_tracking_forgets_everything_and_falls_back_to_the_short_age() ->
     assert cache.get("c1") is None  # untracked: 1 s at most
     cache.tracking_started()
     assert len(cache) == 0  # what was kept while untracked is not trusted either
+
+
+def test_each_entry_is_served_for_its_own_drawn_share_of_the_tracked_age() -> None:
+    """Between (1 - SPREAD) and all of tracked_age, as drawn when it was put; never longer."""
+    now = [0.0]
+    draws = iter([0.0, 0.999])
+    cache: HotReads[str] = HotReads(1.0, 10, clock=lambda: now[0], draw=lambda: next(draws))
+    cache.tracking_started()
+    cache.put("longest", "a", None, cache.generation, 0.0)
+    cache.put("shortest", "b", None, cache.generation, 0.0)
+    now[0] = TRACKED_AGE * (1 - SPREAD) - 0.1
+    assert cache.get("shortest") is not None
+    now[0] = TRACKED_AGE * (1 - SPREAD) + 0.1
+    assert cache.get("shortest") is None
+    now[0] = TRACKED_AGE - 0.1
+    assert cache.get("longest") is not None
+    now[0] = TRACKED_AGE
+    assert cache.get("longest") is None
+
+
+def test_entries_read_together_are_not_all_read_again_together() -> None:
+    """A crowd put in the same second (an api restart, a tracking session begun again) is
+    renewed over the spread, not in one burst: halfway through it, about half remain."""
+    now = [0.0]
+    cache: HotReads[str] = HotReads(1.0, 1_000, clock=lambda: now[0])
+    cache.tracking_started()
+    for n in range(1_000):
+        cache.put(f"c{n}", "token", None, cache.generation, 0.0)
+    now[0] = TRACKED_AGE * (1 - SPREAD / 2)
+    left = sum(cache.get(f"c{n}") is not None for n in range(1_000))
+    assert 350 <= left <= 650, left
