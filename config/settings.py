@@ -522,7 +522,9 @@ class Settings:
         _flag,
         True,
         "Ask Redis to report every write to a connection record (CLIENT TRACKING, Redis 6+): "
-        "while it does, an entry is served until its record is written (at most 60 s) and "
+        "while it does, an entry is served until its record is written (at most 45-90 s from "
+        "its last check against the store; an entry being read is re-checked by version, off "
+        "the read path) and "
         "a change made elsewhere is seen within milliseconds. A Redis or proxy that refuses "
         "it, a lost connection or a failover fall back to API_CREDENTIALS_CACHE_AGE.",
     )

@@ -27,8 +27,9 @@ from tests.processes import Proc
 from worker.dev.embedded import free_port
 from worker.domain.models import ExpirySource
 from worker.engine.runtime import Runtime
-from worker.service import apikeys
-from worker.service.hotreads import SPREAD, TRACKED_AGE, HotReads
+from worker.service import apikeys, hotreads
+from worker.service import credentials as creds
+from worker.service.hotreads import RENEW_AHEAD, SPREAD, TRACKED_AGE, HotReads
 
 ApiFor = Callable[..., str]
 RuntimeFor = Callable[..., Runtime]
@@ -382,3 +383,132 @@ def test_entries_read_together_are_not_all_read_again_together() -> None:
     now[0] = TRACKED_AGE * (1 - SPREAD / 2)
     left = sum(cache.get(f"c{n}") is not None for n in range(1_000))
     assert 350 <= left <= 650, left
+
+
+def tracked_cache(now: list[float]) -> HotReads[str]:
+    cache: HotReads[str] = HotReads(
+        1.0, 100, clock=lambda: now[0], key_prefix="tw:conn:", draw=lambda: 0.0
+    )
+    cache.tracking_started()
+    return cache
+
+
+def test_an_entry_read_since_it_was_put_is_renewed_by_a_version_check() -> None:
+    """Before its age runs out, a read entry whose record has not moved is served for a new
+    age from the check, without reading the record again."""
+    now = [0.0]
+    cache = tracked_cache(now)
+    cache.put("c1", "token", None, cache.generation, 0.0, version=3)
+    assert cache.get("c1") is not None
+    now[0] = TRACKED_AGE - RENEW_AHEAD / 2
+    due = cache.due_renewals(now[0])
+    assert [key for key, _ in due] == ["c1"]
+    cache.renew(due, [3], now[0])
+    now[0] = TRACKED_AGE + 1.0  # past the age it was put with
+    assert cache.get("c1") is not None
+    assert cache.stats()["renewed"] == 1
+
+
+def test_an_entry_nobody_read_is_left_to_age_out() -> None:
+    now = [0.0]
+    cache = tracked_cache(now)
+    cache.put("read", "a", None, cache.generation, 0.0, version=1)
+    cache.put("unread", "b", None, cache.generation, 0.0, version=1)
+    assert cache.get("read") is not None
+    due = cache.due_renewals(TRACKED_AGE - 1.0)
+    assert [key for key, _ in due] == ["read"]
+
+
+def test_an_entry_is_not_renewed_before_its_end_is_near() -> None:
+    now = [0.0]
+    cache = tracked_cache(now)
+    cache.put("c1", "token", None, cache.generation, 0.0, version=1)
+    assert cache.get("c1") is not None
+    assert cache.due_renewals(TRACKED_AGE - RENEW_AHEAD - 1.0) == []
+    assert len(cache.due_renewals(TRACKED_AGE - RENEW_AHEAD + 1.0)) == 1
+
+
+def test_a_record_that_moved_or_went_drops_its_entry() -> None:
+    now = [0.0]
+    cache = tracked_cache(now)
+    for key in ("moved", "gone"):
+        cache.put(key, "token", None, cache.generation, 0.0, version=3)
+        assert cache.get(key) is not None
+    now[0] = TRACKED_AGE - 1.0
+    due = cache.due_renewals(now[0])
+    cache.renew(due, [4, None], now[0])
+    assert cache.get("moved") is None
+    assert cache.get("gone") is None
+    assert cache.stats()["renewals_refused"] == 2
+
+
+def test_a_renewal_does_not_bring_back_an_entry_written_or_dropped_meanwhile() -> None:
+    """Redis reports a write (or this process drops the entry) while the versions are being
+    read: the renewal's answer is older than that news and must not revive the entry."""
+    now = [0.0]
+    cache = tracked_cache(now)
+    for key in ("written", "dropped"):
+        cache.put(key, "token", None, cache.generation, 0.0, version=3)
+        assert cache.get(key) is not None
+    now[0] = TRACKED_AGE - 1.0
+    due = cache.due_renewals(now[0])
+    cache.invalidated(["tw:conn:written"])
+    cache.drop("dropped")
+    cache.renew(due, [3, 3], now[0])
+    assert cache.get("written") is None
+    assert cache.get("dropped") is None
+    # Written, then read again at its new version while the old version was being read:
+    # the renewal's stale answer must not put the old token back over the new one.
+    cache.put("written", "token", None, cache.generation, now[0], version=3)
+    assert cache.get("written") is not None
+    now[0] += TRACKED_AGE - 1.0
+    due = cache.due_renewals(now[0])
+    cache.invalidated(["tw:conn:written"])
+    cache.put("written", "new", None, cache.generation, now[0], version=4)
+    cache.renew(due, [3], now[0])
+    entry = cache.get("written")
+    assert entry is not None and entry.value == "new"
+
+
+def test_untracked_entries_are_never_renewed() -> None:
+    now = [0.0]
+    cache: HotReads[str] = HotReads(1.0, 100, clock=lambda: now[0])
+    cache.put("c1", "token", None, cache.generation, 0.0, version=1)
+    assert cache.get("c1") is not None
+    assert cache.due_renewals(0.9) == []
+
+
+async def test_the_renewal_task_keeps_a_read_entry_and_drops_one_whose_record_moved(
+    runtime_for: RuntimeFor, emu: Emu
+) -> None:
+    """Real Redis: the api's renewal loop (`hotreads.renew` over `Store.versions`) serves a
+    read entry past its age without reading the record again, and drops an entry whose
+    record was saved (here with nobody reporting the write: no tracking session)."""
+    rt = runtime_for()
+    try:
+        [(kept, grant), (moved, _)] = await connect(rt, emu, count=2, lifetime=3600)
+        age = RENEW_AHEAD + 3.0  # due for renewal 3 s after the read, renewed until 2 x 3 + 5
+        cache: HotReads[Any] = HotReads(1.0, 100, tracked_age=age, draw=lambda: 0.0)
+        cache.tracked = True  # as tracking_started, without a session that would report
+        hotreads.attach(rt, cache)
+        renewing = asyncio.ensure_future(hotreads.renew(cache, rt.store.versions, every=0.1))
+        try:
+            for cid in (kept, moved):
+                await creds.credentials(rt, cid)
+                await creds.credentials(rt, cid)  # a hit: read since it was put
+            reads = await record_reads(rt)
+            conn = await rt.store.get_connection(moved)
+            assert conn is not None
+            await rt.store.save_connection(conn.evolve(access_token="NEW-TOKEN"))
+            await asyncio.sleep(age + 1.0)  # past the age both entries were put with
+            assert await record_reads(rt) == reads + 1  # only this test's own read above
+            assert cache.get(kept) is not None
+            assert cache.get(moved) is None
+            assert (await creds.credentials(rt, kept)).access_token == grant["access_token"]
+            assert (await creds.credentials(rt, moved)).access_token == "NEW-TOKEN"
+            assert cache.stats()["renewed"] >= 1
+            assert cache.stats()["renewals_refused"] == 1
+        finally:
+            renewing.cancel()
+    finally:
+        await rt.close()

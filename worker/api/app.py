@@ -58,19 +58,20 @@ def make_app(
         app.state.settings = settings
         app.state.api_keys = ApiKeys(runtime.redis, settings.key_prefix, API_CACHE_TTL)
         hot = _hot_reads(runtime, settings)
-        tracking = None
+        tasks = []
         if hot is not None and settings.api_credentials_cache_tracking:
             listener = Tracking(settings.store_endpoint, hot.key_prefix, hot)
-            tracking = asyncio.ensure_future(listener.run())
+            tasks.append(asyncio.ensure_future(listener.run()))
+            tasks.append(asyncio.ensure_future(hotreads.renew(hot, runtime.store.versions)))
         try:
             yield
         finally:
             if hot is not None:
                 log.info("api.credentials_cache", **hot.stats())
-            if tracking is not None:
-                tracking.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(BaseException):
-                    await tracking
+                    await task
             for module in modules:
                 shutdown = getattr(module, "shutdown", None)
                 if shutdown is not None:

@@ -120,7 +120,7 @@ async def _read_and_keep(
     try:
         conn = await _read(rt, connection_id)
         found = await _serve(rt, conn, min_ttl, "credentials_read", _never)
-        kept = hot.put(connection_id, found, conn.lifetime, generation, at)
+        kept = hot.put(connection_id, found, conn.lifetime, generation, at, conn.version)
         return found
     finally:
         hot.land(connection_id, flight, kept)

@@ -9,7 +9,7 @@ The same scripts keep the fleet's counts (worker.store.counting) as they write o
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -209,6 +209,14 @@ class Store:
             except StoreError as error:
                 found.append(error)
         return found
+
+    async def versions(self, ids: Sequence[str]) -> list[int | None]:
+        """The stored `version` of each connection in one round trip (None: no record)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for connection_id in ids:
+                pipe.hget(self.keys.conn(connection_id), "version")
+            found = await pipe.execute()
+        return [None if raw is None else int(raw) for raw in found]
 
     async def get_connections(self, ids: Iterable[str]) -> list[Connection | None]:
         """Many connections in one round trip; raises the first unreadable record's error."""
