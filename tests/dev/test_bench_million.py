@@ -49,6 +49,10 @@ def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
     assert results["details"]["reads"]["error"] is None
     assert results["million_reads_per_s"] > 0 and results["million_read_p99_ms"] > 0
     assert results["million_read_salesforce_calls"] == 0
+    # Each api process said what its credentials cache did: the reads came from it.
+    caches = results["details"]["reads"]["api_credentials_cache"]
+    assert len(caches) == 2 and all(c["hits"] > c["misses"] > 0 for c in caches), caches
+    assert all("renewed" in c and "invalidations" in c for c in caches), caches
     assert results["details"]["warmup_absorbed"] is True
     assert results["params"]["connections"] == 2000
     assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default

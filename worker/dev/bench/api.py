@@ -205,7 +205,8 @@ def _cache_stats(log: str) -> dict[str, int]:
         lines = [line for line in handle if "api.credentials_cache" in line]
     if not lines:
         return {}
-    found = re.findall(r"(hits|misses|joined|entries|drops)\W+(\d+)", lines[-1])
+    names = "hits|misses|joined|entries|drops|invalidations|renewed|renewals_refused"
+    found = re.findall(rf"\b({names})\W+(\d+)", lines[-1])
     return {name: int(value) for name, value in found}
 
 

@@ -124,7 +124,15 @@ class Reads:
             "million_read_p99_ms": paced["p99_ms"],
             "million_read_salesforce_calls": calls,
         }
-        self.details = {"closed_loop": closed, "paced": paced, "read_ids": len(ids)}
+        self.details = {
+            "closed_loop": closed,
+            "paced": paced,
+            "read_ids": len(ids),
+            # each api process's cache counts as it stopped (both phases and their warm-ups)
+            "api_credentials_cache": [
+                api._cache_stats(self.ws.path(f"api-{n}.log")) for n in range(len(procs))
+            ],
+        }
 
     def _phase(self, ports: list[int], paths: list[str], rate: float | None) -> dict[str, Any]:
         opens = time.time() + 2.0 + self.p.warmup_s  # loadgen.run's start + warm-up
