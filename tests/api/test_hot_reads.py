@@ -385,6 +385,16 @@ def test_entries_read_together_are_not_all_read_again_together() -> None:
     assert 350 <= left <= 650, left
 
 
+def due_after_reads(cache: HotReads[str], now: list[float], *keys: str) -> list[Any]:
+    """Put `keys` (at version 3), read each once, move the clock to 1 s before their age ends:
+    the renewals then due."""
+    for key in keys:
+        cache.put(key, "token", None, cache.generation, now[0], version=3)
+        assert cache.get(key) is not None
+    now[0] += TRACKED_AGE - 1.0
+    return cache.due_renewals(now[0])
+
+
 def tracked_cache(now: list[float]) -> HotReads[str]:
     cache: HotReads[str] = HotReads(
         1.0, 100, clock=lambda: now[0], key_prefix="tw:conn:", draw=lambda: 0.0
@@ -431,11 +441,7 @@ def test_an_entry_is_not_renewed_before_its_end_is_near() -> None:
 def test_a_record_that_moved_or_went_drops_its_entry() -> None:
     now = [0.0]
     cache = tracked_cache(now)
-    for key in ("moved", "gone"):
-        cache.put(key, "token", None, cache.generation, 0.0, version=3)
-        assert cache.get(key) is not None
-    now[0] = TRACKED_AGE - 1.0
-    due = cache.due_renewals(now[0])
+    due = due_after_reads(cache, now, "moved", "gone")
     cache.renew(due, [4, None], now[0])
     assert cache.get("moved") is None
     assert cache.get("gone") is None
@@ -447,11 +453,7 @@ def test_a_renewal_does_not_bring_back_an_entry_written_or_dropped_meanwhile() -
     read: the renewal's answer is older than that news and must not revive the entry."""
     now = [0.0]
     cache = tracked_cache(now)
-    for key in ("written", "dropped"):
-        cache.put(key, "token", None, cache.generation, 0.0, version=3)
-        assert cache.get(key) is not None
-    now[0] = TRACKED_AGE - 1.0
-    due = cache.due_renewals(now[0])
+    due = due_after_reads(cache, now, "written", "dropped")
     cache.invalidated(["tw:conn:written"])
     cache.drop("dropped")
     cache.renew(due, [3, 3], now[0])
@@ -459,10 +461,7 @@ def test_a_renewal_does_not_bring_back_an_entry_written_or_dropped_meanwhile() -
     assert cache.get("dropped") is None
     # Written, then read again at its new version while the old version was being read:
     # the renewal's stale answer must not put the old token back over the new one.
-    cache.put("written", "token", None, cache.generation, now[0], version=3)
-    assert cache.get("written") is not None
-    now[0] += TRACKED_AGE - 1.0
-    due = cache.due_renewals(now[0])
+    due = due_after_reads(cache, now, "written")
     cache.invalidated(["tw:conn:written"])
     cache.put("written", "new", None, cache.generation, now[0], version=4)
     cache.renew(due, [3], now[0])

@@ -124,8 +124,7 @@ class HotReads(Generic[T]):
             self._read.add(key)
             return entry
         if entry is not None:
-            del self._entries[key]
-            self._read.discard(key)
+            self._forget(key)
         return None
 
     def put(
@@ -159,6 +158,10 @@ class HotReads(Generic[T]):
             self._read.discard(gone)
         return entry
 
+    def _forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+        self._read.discard(key)
+
     def _compact(self) -> None:
         """Keep only the live entries' ends (each put leaves its predecessor's behind until
         it comes due: a busy cache's heap would otherwise hold every put of the last age)."""
@@ -190,10 +193,9 @@ class HotReads(Generic[T]):
         for (key, entry), version in zip(due, versions, strict=True):
             if self._entries.get(key) is not entry:
                 continue  # dropped, written or put again meanwhile: nothing to renew
-            if version is None or version != entry.version:
+            if version != entry.version:  # moved, or None: the record is gone
                 self.renewals_refused += 1
-                self._entries.pop(key, None)
-                self._read.discard(key)
+                self._forget(key)
                 continue
             self.renewed += 1
             renewed = Entry(entry.value, entry.lifetime, at, self._drawn(), version)
@@ -220,8 +222,7 @@ class HotReads(Generic[T]):
 
     def drop(self, key: str) -> None:
         self.generation += 1
-        self._entries.pop(key, None)
-        self._read.discard(key)
+        self._forget(key)
         self._flights.pop(key, None)  # later misses start their own read
         self._written.discard(key)
 
@@ -257,8 +258,7 @@ class HotReads(Generic[T]):
                 continue
             self.invalidations += 1
             name = key[skip:]
-            self._entries.pop(name, None)
-            self._read.discard(name)
+            self._forget(name)
             if name in self._flights:
                 self._written.add(name)
 
