@@ -44,6 +44,9 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
     assert isinstance(results["stale_max"], int)
     assert results["naive_calls_per_conn_day"] > results["calls_per_conn_day"]
     assert results["calls_floor"] == 24.0  # 16 connections, two of each session timeout
+    simulated = results["details"]["cost"]  # two shards of 8, merged
+    assert simulated["connections"] == 16
+    assert sum(simulated["members_by_lifetime"].values()) == 16
     ratio = results["calls_per_conn_day"] / results["calls_floor"]
     assert abs(results["floor_ratio"] - ratio) < 0.01
     assert set(results["machine"]) >= {

@@ -1,10 +1,11 @@
-"""The cost scenario's model pieces: the floor, and the simulated users' activity rule."""
+"""The cost scenario's model pieces: the floor, the simulated users' activity rule, and how the
+shards' results add up."""
 
 from __future__ import annotations
 
 import json
 
-from worker.dev.bench.cost import grouped
+from worker.dev.bench.cost import CostResult, grouped, merge
 from worker.dev.bench.params import DAY, LIFETIMES_MIN
 from worker.dev.bench.simemulator import ACTIVITY_PATH, SimApp
 from worker.dev.bench.workload import floor_per_day, lifetimes
@@ -54,3 +55,42 @@ def test_paced_batches_within_the_span_run_together_at_the_first_ones_time() -> 
     own = {i: at for names, at in batches for i in names}
     for ids, start in grouped(batches, 10.0):
         assert all(start <= own[i] < start + 10.0 + 1e-9 for i in ids)
+
+
+def _part(connections: int, stale: list[int], got_15: float, members_15: int) -> CostResult:
+    return CostResult(
+        connections=connections,
+        days=1.0,
+        token_calls=10 * connections,
+        introspect_calls=connections,
+        lower_bound=60.0 if connections == 30 else 80.0,
+        floor=24.0,
+        stale_max=max(stale),
+        samples=len(stale),
+        outcomes={"refreshed": connections},
+        refreshes_by_lifetime={"15min": [got_15, 144.0, 96.0], "1440min": [1.0, 1.0, 1.0]},
+        members_by_lifetime={"15min": members_15, "1440min": connections - members_15},
+        stale_by_sample=stale,
+    )
+
+
+def test_shards_stale_counts_add_up_sample_by_sample() -> None:
+    """Every shard samples at the same simulated moments, so the fleet's stale count at a
+    sample is the sum of the shards' counts then: [1, 2, 3] here, max 3; not the sum of the
+    shards' maxima (4) and not the largest shard's (2)."""
+    merged = merge([_part(30, [0, 2, 1], 100.0, 15), _part(10, [1, 0, 2], 200.0, 5)])
+    assert merged.stale_by_sample == [1, 2, 3]
+    assert merged.stale_max == 3
+    assert merged.samples == 3
+
+
+def test_shards_add_their_calls_and_weigh_per_connection_figures_by_size() -> None:
+    """Calls and outcomes add up; the old model's bound averages by connections (30 at 60,
+    10 at 80: 65), each lifetime's refreshes by its members (15 at 100, 5 at 200: 125)."""
+    merged = merge([_part(30, [0], 100.0, 15), _part(10, [0], 200.0, 5)])
+    assert (merged.connections, merged.token_calls, merged.introspect_calls) == (40, 400, 40)
+    assert merged.outcomes == {"refreshed": 40}
+    assert merged.lower_bound == 65.0
+    assert merged.refreshes_by_lifetime["15min"] == [125.0, 144.0, 96.0]
+    assert merged.members_by_lifetime == {"15min": 20, "1440min": 20}
+    assert merged.calls_per_conn_day == 11.0

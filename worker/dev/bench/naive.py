@@ -18,7 +18,7 @@ import httpx
 from worker.dev.bench.emuadmin import EmulatorAdmin
 from worker.dev.bench.params import DAY, BenchParams
 from worker.dev.bench.progress import Ticker
-from worker.dev.bench.simemulator import SimEmulator
+from worker.dev.bench.simemulator import SimClock
 from worker.dev.bench.workload import Activity, members_for
 
 INTROSPECT = "/services/oauth2/introspect"
@@ -62,7 +62,7 @@ class _Naive:
         held.refresh_token = answer.get("refresh_token", held.refresh_token)
 
 
-def run(params: BenchParams, sim: SimEmulator, rng_seed: int) -> NaiveResult:
+def run(params: BenchParams, sim: SimClock, rng_seed: int) -> NaiveResult:
     rng = random.Random(rng_seed)
     admin = EmulatorAdmin(sim.base_url)
     client_id, secret = admin.client()

@@ -35,6 +35,7 @@ class BenchParams:
     sweep_interval: float  # simulated seconds between sweeps
     active_share: float  # connections whose sessions users keep extending
     freshness_every: float  # simulated seconds between freshness samples
+    cost_shards: int  # processes simulating the day side by side (`cost.run_shards`)
     # store
     memory_sample: int
     store_totals: tuple[int, ...]  # stored connections for the idle-sweep series
@@ -63,6 +64,7 @@ FULL = BenchParams(
     sweep_interval=60.0,
     active_share=0.25,
     freshness_every=600.0,
+    cost_shards=2,
     memory_sample=1_000,
     store_totals=(100_000, 1_000_000),
     sweep_repeats=200,

@@ -104,14 +104,17 @@ class Run:
 
     def cost(self) -> None:
         p, started = self.params, time.monotonic()
-        sim = SimEmulator(self.ws, float(int(time.time())))
+        start = float(int(time.time()))
+        sims: list[SimEmulator] = []
         try:
+            sims += [SimEmulator(self.ws, start, f"sim{k}") for k in range(p.cost_shards)]
             say(f"cost: {p.cost_connections} connections, {p.days:g} simulated day(s)")
-            smart = cost.run(self.env, p, sim, p.seed)
+            smart = cost.run_shards(self.ws, self.env, p, list(sims), p.seed)
             say(f"naive: {p.naive_connections} connections, {p.naive_days:g} simulated day(s)")
-            plain = naive.run(p, sim, p.seed + 1)
+            plain = naive.run(p, sims[0], p.seed + 1)
         finally:
-            sim.stop()
+            for sim in sims:
+                sim.stop()
         self.figures["calls_per_conn_day"] = round(smart.calls_per_conn_day, 2)
         self.figures["calls_lower_bound"] = round(smart.lower_bound, 2)
         self.figures["cost_ratio"] = round(smart.cost_ratio, 3)

@@ -94,19 +94,15 @@ def _serve(port: int, clock_path: str) -> None:
     serve_until_signalled(emulator, "127.0.0.1", port)
 
 
-class SimEmulator:
-    """The emulator process; set `now` to move the emulated org's time."""
+class SimClock:
+    """A running simulated org seen from a driver process: its URL and its clock (set `now`
+    to move the org's time). A cost shard's process attaches to the emulator its parent
+    started with the URL and the clock's file."""
 
-    def __init__(self, ws: Workspace, start: float) -> None:
-        self._ws = ws
-        path = ws.path("sim-clock")
-        self._clock = SharedClock(path, create=True)
-        self._clock.write(start)
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "worker.dev.bench.simemulator", str(self.port), path]
-        self._proc = ws.spawn(args, dict(os.environ), "sim-emulator.log")
-        wait_http(self.base_url, self._proc)
+    def __init__(self, base_url: str, clock_path: str) -> None:
+        self.base_url = base_url
+        self.clock_path = clock_path
+        self._clock = SharedClock(clock_path)
 
     @property
     def now(self) -> float:
@@ -116,9 +112,29 @@ class SimEmulator:
     def now(self, value: float) -> None:
         self._clock.write(value)
 
+    def close(self) -> None:
+        self._clock.close()
+
+
+class SimEmulator(SimClock):
+    """The emulator process, `name` telling apart several in one workspace."""
+
+    def __init__(self, ws: Workspace, start: float, name: str = "sim") -> None:
+        self._ws = ws
+        path = ws.path(f"{name}-clock")
+        clock = SharedClock(path, create=True)
+        clock.write(start)
+        clock.close()
+        self.port = free_port()
+        base_url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "worker.dev.bench.simemulator", str(self.port), path]
+        self._proc = ws.spawn(args, dict(os.environ), f"{name}-emulator.log")
+        wait_http(base_url, self._proc)
+        super().__init__(base_url, path)
+
     def stop(self) -> None:
         self._ws.stop(self._proc)
-        self._clock.close()
+        self.close()
 
 
 if __name__ == "__main__":
