@@ -11,7 +11,7 @@ Freshness: at every sample, before the sweep, the access token of every `active`
 looked up at the emulator; `stale` counts those already past their emulator-side expiry.
 
 Shards: the driver is one CPU-bound process (34.6 s of CPU in 40.9 s of wall for 320
-connections on the 1 Dec VM), so `run_shards` splits the population over `cost_shards`
+connections on the 1 Dec VM), so `Shards` splits the population over `cost_shards`
 processes side by side, each with its own simulated org (emulator, clock) and key prefix over
 the same simulated day, and `merge` adds their results up (two halves: 23.5-23.9 s).
 """
@@ -263,53 +263,63 @@ def merge(parts: list[CostResult]) -> CostResult:
     )
 
 
-def run_shards(
-    ws: Workspace, base_env: dict[str, str], params: BenchParams, sims: list[SimClock], seed: int
-) -> CostResult:
+class Shards:
     """`run` split over one process per simulated org in `sims`, side by side: shard k takes
     its share of `params.cost_connections` under the key prefix `cost{k}:` with seed
-    `seed + k`; their results merged. One shard runs in this process, as before."""
-    if len(sims) == 1:
-        return run(base_env, params, sims[0], seed)
-    n = params.cost_connections
-    procs: list[subprocess.Popen[bytes]] = []
-    outs: list[str] = []
-    for k, sim in enumerate(sims):
-        outs.append(ws.path(f"cost-shard-{k}.out.json"))
-        spec = {
-            "env": base_env,
-            "params": params.as_dict(),
-            "base_url": sim.base_url,
-            "clock_path": sim.clock_path,
-            "seed": seed + k,
-            "prefix": f"cost{k}:",
-            "connections": n // len(sims) + (1 if k < n % len(sims) else 0),
-            "out": outs[-1],
-        }
-        path = ws.path(f"cost-shard-{k}.json")
-        with open(path, "w") as handle:
-            json.dump(spec, handle)
-        args = [sys.executable, "-m", "worker.dev.bench.cost", path]
-        procs.append(ws.spawn(args, {**os.environ}, f"cost-shard-{k}.log"))
-    ticker, start, deadline = Ticker(3.0), min(sim.now for sim in sims), time.monotonic()
-    deadline += params.deadline_s + SHARD_START_S
-    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
-        hours = (min(sim.now for sim in sims) - start) / 3600
-        ticker.maybe(
-            f"cost: simulated {hours:5.1f} h of {params.days * 24:g} h ({len(sims)} shards)"
-        )
-        time.sleep(0.2)
-    parts = []
-    for k, (proc, out) in enumerate(zip(procs, outs, strict=True)):
-        code = proc.poll()
-        if code != 0:
-            with open(ws.path(f"cost-shard-{k}.log")) as log:
-                tail = log.read()[-2000:]
-            state = "still running at its deadline" if code is None else f"exited with {code}"
-            raise RuntimeError(f"cost: shard {k} {state}:\n{tail}")
-        with open(out) as handle:
-            parts.append(CostResult(**json.load(handle)))
-    return merge(parts)
+    `seed + k`. Started at construction; `wait` shows progress from the shards' clocks and
+    merges their results."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        base_env: dict[str, str],
+        params: BenchParams,
+        sims: list[SimClock],
+        seed: int,
+    ) -> None:
+        self.ws, self.params, self.sims = ws, params, sims
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.outs: list[str] = []
+        n = params.cost_connections
+        for k, sim in enumerate(sims):
+            self.outs.append(ws.path(f"cost-shard-{k}.out.json"))
+            spec = {
+                "env": base_env,
+                "params": params.as_dict(),
+                "base_url": sim.base_url,
+                "clock_path": sim.clock_path,
+                "seed": seed + k,
+                "prefix": f"cost{k}:",
+                "connections": n // len(sims) + (1 if k < n % len(sims) else 0),
+                "out": self.outs[-1],
+            }
+            path = ws.path(f"cost-shard-{k}.json")
+            with open(path, "w") as handle:
+                json.dump(spec, handle)
+            args = [sys.executable, "-m", "worker.dev.bench.cost", path]
+            self.procs.append(ws.spawn(args, {**os.environ}, f"cost-shard-{k}.log"))
+        self.start = min(sim.now for sim in sims)
+        self.deadline = time.monotonic() + params.deadline_s + SHARD_START_S
+
+    def wait(self) -> CostResult:
+        ticker, days = Ticker(3.0), self.params.days
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < self.deadline:
+            hours = (min(sim.now for sim in self.sims) - self.start) / 3600
+            ticker.maybe(
+                f"cost: simulated {hours:5.1f} h of {days * 24:g} h ({len(self.sims)} shards)"
+            )
+            time.sleep(0.2)
+        parts = []
+        for k, (proc, out) in enumerate(zip(self.procs, self.outs, strict=True)):
+            code = proc.poll()
+            if code != 0:
+                with open(self.ws.path(f"cost-shard-{k}.log")) as log:
+                    tail = log.read()[-2000:]
+                state = "still running at its deadline" if code is None else f"exited with {code}"
+                raise RuntimeError(f"cost: shard {k} {state}:\n{tail}")
+            with open(out) as handle:
+                parts.append(CostResult(**json.load(handle)))
+        return merge(parts)
 
 
 SHARD_START_S = 60.0  # a shard's start and seeding, on top of its simulated day's deadline

@@ -35,7 +35,7 @@ class BenchParams:
     sweep_interval: float  # simulated seconds between sweeps
     active_share: float  # connections whose sessions users keep extending
     freshness_every: float  # simulated seconds between freshness samples
-    cost_shards: int  # processes simulating the day side by side (`cost.run_shards`)
+    cost_shards: int  # processes simulating the day side by side (`cost.Shards`)
     # store
     memory_sample: int
     store_totals: tuple[int, ...]  # stored connections for the idle-sweep series

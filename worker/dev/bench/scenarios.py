@@ -106,12 +106,13 @@ class Run:
         p, started = self.params, time.monotonic()
         start = float(int(time.time()))
         sims: list[SimEmulator] = []
-        try:
-            sims += [SimEmulator(self.ws, start, f"sim{k}") for k in range(p.cost_shards)]
+        try:  # the naive policy on an org of its own while the shards run (a core is spare)
+            sims += [SimEmulator(self.ws, start, f"sim{k}") for k in range(p.cost_shards + 1)]
             say(f"cost: {p.cost_connections} connections, {p.days:g} simulated day(s)")
-            smart = cost.run_shards(self.ws, self.env, p, list(sims), p.seed)
+            shards = cost.Shards(self.ws, self.env, p, list(sims[1:]), p.seed)
             say(f"naive: {p.naive_connections} connections, {p.naive_days:g} simulated day(s)")
             plain = naive.run(p, sims[0], p.seed + 1)
+            smart = shards.wait()
         finally:
             for sim in sims:
                 sim.stop()
