@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from worker.dev.bench.loadgen import SLOW_MS, LoadResult
 from worker.dev.bench.million import TARGETS
-from worker.dev.bench.millionreads import summary
+from worker.dev.bench.millionreads import store_slow, summary, watch_store
+from worker.dev.bench.services import Workspace
 
 
 def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
@@ -53,6 +56,7 @@ def test_million_smoke_writes_every_key_with_sane_types(tmp_path: Path) -> None:
     caches = results["details"]["reads"]["api_credentials_cache"]
     assert len(caches) == 2 and all(c["hits"] > c["misses"] > 0 for c in caches), caches
     assert all("renewed" in c and "invalidations" in c for c in caches), caches
+    assert "commands" in results["details"]["reads"]["paced"]["store_slow"]
     assert results["details"]["warmup_absorbed"] is True
     assert results["params"]["connections"] == 2000
     assert results["details"]["settings"]["sweep_interval"] == 60.0  # the default
@@ -94,3 +98,30 @@ def test_paced_reads_say_when_in_the_window_their_tail_happened() -> None:
     other = LoadResult(slow=[(1_003.2, 25.0), (1_003.9, 40.0), (1_007.1, 10.5)])
     found = summary([other], 30.0, 1_000.0, 3000.0)
     assert found["slow_by_second"] == {"3": 2, "7": 1}
+
+
+BUSY = "local x = 0 for i = 1, 3000000 do x = x + i end return ARGV[1]"  # ~10-30 ms
+
+
+def test_store_slow_lists_what_held_the_store_in_the_window_never_its_arguments() -> None:
+    """A read window's report of the store: commands over SLOW_US inside the window, by
+    second, ms and name (a script by its sha's prefix); none from before the window; no
+    argument, since a save's arguments carry sealed tokens; the latency monitor's events."""
+    with Workspace() as ws:
+        store = redis.Redis.from_url(ws.redis().url)
+        try:
+            watch_store(store)
+            busy = store.script_load(BUSY)
+            store.evalsha(busy, 0, "before")  # before the window opens
+            time.sleep(1.1)
+            opens = time.time()
+            assert store.evalsha(busy, 0, "sealed-secret") == b"sealed-secret"
+            store.eval(BUSY, 0, "inline")
+            found = store_slow(store, opens, 10.0)
+        finally:
+            store.close()
+    names = [name for _, _, name in found["commands"]]
+    assert sorted(names) == ["EVAL", f"EVALSHA {busy[:8]}"], found
+    assert all(at == 0 and ms >= 3.0 for at, ms, _ in found["commands"]), found
+    assert "secret" not in json.dumps(found)
+    assert found["latency_events_max_ms"]["command"] >= 3, found

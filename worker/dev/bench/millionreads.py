@@ -137,6 +137,7 @@ class Reads:
     def _phase(self, ports: list[int], paths: list[str], rate: float | None) -> dict[str, Any]:
         opens = time.time() + 2.0 + self.p.warmup_s  # loadgen.run's start + warm-up
         forks = redis_forks(self.store)
+        watch_store(self.store)
         busy = Busy(self.watch, opens, self.p.window_s)
         busy.start()
         results = loadgen.run(
@@ -150,6 +151,7 @@ class Reads:
         # child's core are candidates for a read's tail on a shared box.
         found["store_forks"] = after["total_forks"] - forks["total_forks"]
         found["store_latest_fork_ms"] = round(after["latest_fork_usec"] / 1000.0, 1)
+        found["store_slow"] = store_slow(self.store, opens, self.p.window_s)
         return found
 
 
@@ -170,6 +172,43 @@ class Busy(threading.Thread):
                 now = cpu_seconds(pids)
                 self.cores[name].append(round(now - last[name], 2))
                 last[name] = now
+
+
+SLOW_US = 1000  # the store's commands slower than this are listed for each read window
+
+
+def watch_store(store: redis.Redis) -> None:
+    """Start the store's slow log afresh at SLOW_US, and its latency monitor at 1 ms."""
+    store.config_set("slowlog-log-slower-than", SLOW_US)
+    store.config_set("slowlog-max-len", 4096)
+    store.config_set("latency-monitor-threshold", 1)
+    store.slowlog_reset()
+    store.latency_reset()
+
+
+def store_slow(store: redis.Redis, opens: float, window_s: float) -> dict[str, Any]:
+    """What held the store's one thread for over SLOW_US in the window: each command by its
+    second in the window (whole seconds: the one the window opens in counts), its ms and its
+    name (EVALSHA with the script's sha prefix; never an argument, which may carry a sealed
+    token), and the latency monitor's events (fork, aof-write, expire-cycle, ...) with their
+    worst ms."""
+    entries = []
+    for entry in store.slowlog_get(4096):
+        at = int(entry["start_time"]) - int(opens)  # the slow log keeps whole seconds
+        if not 0 <= at < window_s:
+            continue
+        words = bytes(entry["command"]).split(b" ")
+        name = words[0].decode(errors="replace").upper()
+        if name == "EVALSHA" and len(words) > 1:
+            name += " " + words[1][:8].decode(errors="replace")
+        entries.append([at, round(int(entry["duration"]) / 1000.0, 2), name])
+    latest: list[list[Any]] = store.latency_latest()  # [event, at, latest ms, max ms]
+    events = {_text(row[0]): int(row[3]) for row in latest}
+    return {"commands": sorted(entries), "latency_events_max_ms": events}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def redis_forks(store: redis.Redis) -> dict[str, int]:
