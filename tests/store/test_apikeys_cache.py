@@ -6,6 +6,7 @@ Against real Redis: two `ApiKeys` (two api processes) on a controlled clock, and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -131,3 +132,73 @@ def test_a_cli_revoke_stops_a_running_api_within_the_bound(
     finally:
         process.terminate()
         process.wait(15)
+
+
+async def test_a_key_in_use_is_renewed_in_the_background_and_dropped_once_revoked(
+    runtime_for: RuntimeFor,
+) -> None:
+    """A read in the last half of its entry's life is served from it and renews it behind
+    the scenes (no request waits on Redis for a key in use); the renewal that finds the key
+    gone drops it before its end."""
+    rt = runtime_for()
+    try:
+        clock = Clock()
+        serving = ApiKeys(rt.redis, rt.settings.key_prefix, cache_ttl=1.0, clock=clock)
+        key, _ = await ApiKeys(rt.redis, rt.settings.key_prefix).create("app", Scope.READ)
+        assert await serving.lookup(key) is not None  # cached until 1001.0
+        clock.now += 0.6  # in its last half: served, and renewed from now (1001.6)
+        assert await serving.lookup(key) is not None
+        await serving._loading[apikeys.digest(key)]
+        await rt.redis.delete(f"{rt.settings.key_prefix}apikey:{apikeys.digest(key)}")
+        clock.now += 0.7  # 1001.3: past the first entry's end, inside the renewed one
+        assert await serving.lookup(key) is not None
+        await serving._loading[apikeys.digest(key)]  # this renewal finds the key gone
+        assert await serving.lookup(key) is None
+    finally:
+        await rt.close()
+
+
+class CountingRedis:
+    """The real client, counting HGETALLs (and holding their answers at a gate)."""
+
+    def __init__(self, redis: object) -> None:
+        self.redis = redis
+        self.hgetalls = 0
+        self.gate: asyncio.Event | None = None  # when set up: answers wait for it
+
+    async def hgetall(self, name: str) -> object:
+        self.hgetalls += 1
+        answer = await self.redis.hgetall(name)  # type: ignore[attr-defined]
+        if self.gate is not None:
+            await self.gate.wait()
+        return answer
+
+
+async def test_lookups_of_one_key_at_once_are_one_read_and_a_revoke_here_wins(
+    runtime_for: RuntimeFor,
+) -> None:
+    rt = runtime_for()
+    try:
+        clock = Clock()
+        serving = ApiKeys(rt.redis, rt.settings.key_prefix, cache_ttl=1.0, clock=clock)
+        key, _ = await serving.create("app", Scope.READ)
+        counting = CountingRedis(rt.redis)
+        serving._redis = counting  # type: ignore[assignment]
+        found = await asyncio.gather(*(serving.lookup(key) for _ in range(20)))
+        assert all(f is not None for f in found) and counting.hgetalls == 1
+        # A renewal reads the key, and its answer is handled only after a revoke here.
+        counting.gate = asyncio.Event()
+        clock.now += 0.6
+        assert await serving.lookup(key) is not None
+        renewal = serving._loading[apikeys.digest(key)]
+        other = ApiKeys(rt.redis, rt.settings.key_prefix)
+        await asyncio.sleep(0.05)  # the renewal's HGETALL has its answer, held at the gate
+        serving._redis = rt.redis
+        assert await serving.revoke("app")
+        counting.gate.set()
+        assert await renewal is not None  # it read the key before the revoke...
+        assert serving._cache == {}  # ...and did not bring it back
+        assert await serving.lookup(key) is None
+        assert await other.lookup(key) is None
+    finally:
+        await rt.close()
