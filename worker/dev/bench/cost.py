@@ -219,10 +219,7 @@ def run(
     result.token_calls, result.introspect_calls = stats.token_calls, stats.introspect_calls
     result.activity_events = activity.fired
     result.refreshes_by_lifetime = _by_lifetime(members, admin.token_calls_by_grant(), params)
-    result.members_by_lifetime = {
-        key: sum(1 for m in members if f"{m.lifetime / 60:g}min" == key)
-        for key in result.refreshes_by_lifetime
-    }
+    result.members_by_lifetime = dict(Counter(_lifetime_key(m.lifetime) for m in members))
     admin.close()
     return result
 
@@ -356,8 +353,13 @@ def _by_lifetime(
         group = [m for m in members if m.lifetime == span]
         got = sum(calls.get(m.grant_id, 0) for m in group) / len(group) / params.days
         bound = lower_bound_per_day(span, params.margin) / 2
-        rows[f"{span / 60:g}min"] = [round(got, 2), round(bound, 2), floor_per_day(span)]
+        rows[_lifetime_key(span)] = [round(got, 2), round(bound, 2), floor_per_day(span)]
     return rows
+
+
+def _lifetime_key(span: float) -> str:
+    """A lifetime class's name in the results: "15min" .. "1440min"."""
+    return f"{span / 60:g}min"
 
 
 if __name__ == "__main__":

@@ -175,12 +175,13 @@ class Busy(threading.Thread):
 
 
 SLOW_US = 1000  # the store's commands slower than this are listed for each read window
+SLOW_KEPT = 4096  # slow-log entries the store keeps (and a window reads back)
 
 
 def watch_store(store: redis.Redis) -> None:
     """Start the store's slow log afresh at SLOW_US, and its latency monitor at 1 ms."""
     store.config_set("slowlog-log-slower-than", SLOW_US)
-    store.config_set("slowlog-max-len", 4096)
+    store.config_set("slowlog-max-len", SLOW_KEPT)
     store.config_set("latency-monitor-threshold", 1)
     store.slowlog_reset()
     store.latency_reset()
@@ -193,7 +194,7 @@ def store_slow(store: redis.Redis, opens: float, window_s: float) -> dict[str, A
     token), and the latency monitor's events (fork, aof-write, expire-cycle, ...) with their
     worst ms."""
     entries = []
-    for entry in store.slowlog_get(4096):
+    for entry in store.slowlog_get(SLOW_KEPT):
         at = int(entry["start_time"]) - int(opens)  # the slow log keeps whole seconds
         if not 0 <= at < window_s:
             continue
