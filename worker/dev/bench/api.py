@@ -343,6 +343,7 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
         "send_lag_p99_ms": round(_percentile(lags, 0.99), 2),
         "resume_lag_p50_ms": round(_percentile(resumes, 0.50), 2),
         "resume_lag_p99_ms": round(_percentile(resumes, 0.99), 2),
+        "load_generator_gc": sum(r.gc_collections for r in results),  # 0: its collector is off
         # the api processes' credentials cache (TOKENWORKER_API_CREDENTIALS_CACHE_AGE): reads
         # answered without a record read from Redis, over the window
         "store_record_reads": store_reads,

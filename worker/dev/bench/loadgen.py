@@ -12,10 +12,13 @@ measured window [start + warmup, start + warmup + duration) are timed (send to l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import multiprocessing
 import os
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,6 +39,9 @@ class LoadResult:
     # own scheduling, also counted in that read's latency
     resume_lags_ms: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # this process's CPU time during the window
+    # Cyclic-GC collections this process ran during the window: 0, since a collection stalls
+    # every client at once and its pause would count as the server's latency (`_generate`)
+    gc_collections: int = 0
     last_done: float = 0.0  # epoch seconds of the last answer counted
     # (due time, ms) of each read slower than SLOW_MS: when in the window the tail happened
     slow: list[tuple[float, float]] = field(default_factory=list)
@@ -116,12 +122,36 @@ def requests_for(host: str, port: int, paths: list[str], key: str) -> list[bytes
     ]
 
 
-async def _cpu_window(begin: float, end: float, cpu: list[float]) -> None:
-    """This process's CPU seconds at the window's start and end, appended to `cpu`."""
+@contextlib.contextmanager
+def collector_off() -> Iterator[None]:
+    """No cyclic collection while the clients run: inside bench --million's paced window a
+    full one took 39-57 ms of wall time in this process (a gc callback, stop 22), every client
+    stalled meanwhile and the pause counted in the api's p99. A run lasts a minute at most and
+    frees its garbage by reference counting; what startup built is frozen out first."""
+    gc.collect()
+    gc.freeze()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.unfreeze()
+
+
+def _collections() -> int:
+    return sum(generation["collections"] for generation in gc.get_stats())
+
+
+async def _cpu_window(begin: float, end: float, cpu: list[float], collected: list[int]) -> None:
+    """This process's CPU seconds and GC collections at the window's start and end."""
     await asyncio.sleep(max(0.0, begin - time.time()))
     cpu.append(sum(os.times()[:2]))
+    collected.append(_collections())
     await asyncio.sleep(max(0.0, end - time.time()))
     cpu.append(sum(os.times()[:2]))
+    collected.append(_collections())
 
 
 async def _generate(
@@ -179,9 +209,13 @@ async def _generate(
         assert conn.transport is not None
         conn.transport.close()
 
-    await asyncio.sleep(max(0.0, start - time.time()))
-    await asyncio.gather(_cpu_window(begin, end, cpu), *(client(n) for n in range(clients)))
+    collected: list[int] = []
+    with collector_off():
+        await asyncio.sleep(max(0.0, start - time.time()))
+        clocks = _cpu_window(begin, end, cpu, collected)
+        await asyncio.gather(clocks, *(client(n) for n in range(clients)))
     result.cpu_s = cpu[1] - cpu[0] if len(cpu) == 2 else 0.0
+    result.gc_collections = collected[1] - collected[0] if len(collected) == 2 else 0
     return result
 
 

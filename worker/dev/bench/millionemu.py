@@ -79,6 +79,9 @@ class MillionApp(App):
             if grant.tokens[-1].exp <= now:
                 stale += 1
         took_ms = (time.perf_counter() - began) * 1000.0
+        # The sessions refreshes made since the last pass live on as well: without this the
+        # full collections walked them, 0.62-0.81 s each in steady state (stop 22).
+        gc.freeze()
         return json_response(200, {"stale": stale, "live": live, "at": now, "ms": took_ms})
 
     def _activity(self, request: Request) -> Response:

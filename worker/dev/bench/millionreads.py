@@ -254,6 +254,7 @@ def summary(
         "p99_ms": round(_percentile(latencies, 0.99), 2),
         "max_ms": round(latencies[-1], 2) if latencies else 0.0,
         "load_generator_cores": round(sum(r.cpu_s for r in results) / window_s, 2),
+        "load_generator_gc": sum(r.gc_collections for r in results),  # 0: its collector is off
         # The generator's own delays (inside the latencies above): sending late, resuming late.
         "send_lag_p99_ms": round(
             _percentile(sorted(ms for r in results for ms in r.send_lags_ms), 0.99), 2
