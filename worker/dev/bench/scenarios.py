@@ -46,20 +46,26 @@ class Run:
         url, emulator_pid = start_emulator(self.ws, p.latency_ms, 7200.0)
         admin = EmulatorAdmin(url)
         say(f"throughput: {p.connections} connections ({p.expired_share:.0%} expired) + warm-up")
-        pop = population.prepare(
-            self.settings, admin, p.connections, p.warmup, p.expired_share, random.Random(p.seed)
-        )
-        if p.celery:
-            assert self.redis.process is not None
-            others = {"emulator": emulator_pid, "redis-server": self.redis.process.pid}
-            result, pool = throughput.run_celery(
-                self.ws, self.env, self.settings, admin, pop, p.worker_processes,
-                p.deadline_s, others, self.profile_dir,
+        # The Celery worker starts (imports, forks) while the population is seeded: it
+        # idles until the first sweep is sent.
+        pool = throughput.Pool(self.ws, self.env, p.worker_processes) if p.celery else None
+        try:
+            pop = population.prepare(
+                self.settings, admin, p.connections, p.warmup, p.expired_share,
+                random.Random(p.seed),
             )  # fmt: skip
-            pool.close()
-        else:
-            result = throughput.run_inline(self.settings, admin, pop, p.deadline_s)
-            self.notes["checks_per_s"] = "in-process (--no-celery), not the Celery path"
+            if pool is not None:
+                assert self.redis.process is not None
+                others = {"emulator": emulator_pid, "redis-server": self.redis.process.pid}
+                result = throughput.run_celery(
+                    self.settings, admin, pop, pool, p.deadline_s, others, self.profile_dir
+                )
+            else:
+                result = throughput.run_inline(self.settings, admin, pop, p.deadline_s)
+                self.notes["checks_per_s"] = "in-process (--no-celery), not the Celery path"
+        finally:
+            if pool is not None:
+                pool.close()
         say(f"throughput: {result.checks_per_s:,.0f} checks/s; measuring the ceiling")
         best = self._ceiling(admin, result)
         self.figures["checks_per_s"] = round(result.checks_per_s, 1)

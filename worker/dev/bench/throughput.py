@@ -151,24 +151,20 @@ def drain(
 
 
 def run_celery(
-    ws: Workspace,
-    env: dict[str, str],
     settings: Settings,
     admin: EmulatorAdmin,
     population: Population,
-    processes: int,
+    pool: Pool,
     deadline_s: float,
     others: dict[str, int],
     profile_dir: str | None = None,
-) -> tuple[ThroughputResult, Pool]:
-    """Warm the pool on the warm-up connections, then time the main population.
-
-    Returns the pool still running (the caller may profile or stop it)."""
+) -> ThroughputResult:
+    """Warm `pool` (started, perhaps not ready yet) on the warm-up connections, then time the
+    main population. The pool is left running (the caller stops it)."""
     keys = Keys(settings.key_prefix)
     store = redis.Redis.from_url(settings.redis_url)
-    pool = Pool(ws, env, processes)
     pool.wait_ready(60.0)
-    say(f"throughput: Celery worker up ({processes} processes); warming up")
+    say(f"throughput: Celery worker up ({len(pool.child_pids())} processes); warming up")
     if population.warm_ids:
         pool.sweep()
         drain(store, keys, None, len(population.warm_ids), deadline_s)
@@ -199,10 +195,9 @@ def run_celery(
     outcomes = pool.outcomes_since(offset)
     store.close()
     checks = sum(outcomes.values()) or len(population.ids)
-    result = ThroughputResult(
+    return ThroughputResult(
         "celery", checks, end - first, stats.total, dict(outcomes), sweeps + 1, cores
     )
-    return result, pool
 
 
 async def check_in_batches(rt: Runtime, ids: list[str]) -> list[CheckResult]:
