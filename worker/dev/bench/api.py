@@ -76,9 +76,14 @@ class ApiParams:
     api_processes: int
     load_processes: int
     warmup_s: float
-    duration_s: float
+    duration_s: float  # the paced window (its p99 wants the reads)
     latency_ms: float = 50.0
     rate_share: float = 1.0  # the paced phase offers TARGET_RATE x this (smoke: a little)
+    closed_s: float | None = None  # the closed loop's window (a rate); None: duration_s
+
+    @property
+    def closed_window_s(self) -> float:
+        return self.duration_s if self.closed_s is None else self.closed_s
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +91,7 @@ class ApiParams:
 
 PRESETS = {
     "full": ApiParams("api", 1_000, 64, 2, 1, 5.0, 30.0),
-    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 2.0, 10.0),
+    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 2.0, 10.0, closed_s=5.0),
     "smoke": ApiParams("api-smoke", 50, 8, 1, 1, 1.0, 2.0, rate_share=0.05),
 }
 
@@ -231,11 +236,12 @@ def _measure(
         "celery_worker": [pool.proc.pid],
         **{role: [pid] for role, pid in others.items()},
     }
-    say(f"api: closed loop, {p.clients} clients, {p.warmup_s:g}s + {p.duration_s:g}s")
+    say(f"api: closed loop, {p.clients} clients, {p.warmup_s:g}s + {p.closed_window_s:g}s")
     try:
-        closed = _phase(p, pool, admin, store, roles, ports, paths, key, None)
+        closed = _phase(p, pool, admin, store, roles, ports, paths, key, None, p.closed_window_s)
         say(f"api: paced at {TARGET_RATE:,}/s in all, {p.clients} clients")
-        paced = _phase(p, pool, admin, store, roles, ports, paths, key, TARGET_RATE * p.rate_share)
+        rate = TARGET_RATE * p.rate_share
+        paced = _phase(p, pool, admin, store, roles, ports, paths, key, rate, p.duration_s)
     finally:
         store.close()
     return _figures(p, closed, paced)
@@ -258,6 +264,7 @@ def _phase(
     paths: list[str],
     key: str,
     rate: float | None,
+    seconds: float,
 ) -> Phase:
     """One load run; the emulator's counters and every role's CPU around its window."""
     import threading  # noqa: PLC0415
@@ -278,19 +285,19 @@ def _phase(
                 window["before"] = admin.http.get("/_admin/stats").json()
                 window["hgetall_before"] = _record_reads(store)
                 window["cpu_before"] = {role: _cpu(pids) for role, pids in roles.items()}
-            if "before" in window and "after" not in window and now >= opens + p.duration_s:
+            if "before" in window and "after" not in window and now >= opens + seconds:
                 window["after"] = admin.http.get("/_admin/stats").json()
                 window["hgetall_after"] = _record_reads(store)
                 window["cpu_after"] = {role: _cpu(pids) for role, pids in roles.items()}
             stop.wait(0.02)
 
-    # The window opens 2 s (generator start, loadgen.run) + warm-up from now.
-    window["opens"] = time.time() + 2.0 + p.warmup_s
+    window["opens"] = time.time() + loadgen.START_S + p.warmup_s  # as loadgen.run opens it
+    window["seconds"] = seconds
     watcher = threading.Thread(target=observe, daemon=True)
     watcher.start()
     try:
         results = loadgen.run(
-            ports, paths, key, p.clients, p.load_processes, p.warmup_s, p.duration_s, rate
+            ports, paths, key, p.clients, p.load_processes, p.warmup_s, seconds, rate
         )
         deadline = time.monotonic() + 5.0
         while "after" not in window and time.monotonic() < deadline:
@@ -303,6 +310,7 @@ def _phase(
 
 def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
     results, window = phase
+    seconds = window["seconds"]
     latencies = [ms for r in results for ms in r.latencies_ms]
     errors: dict[str, int] = {}
     for r in results:
@@ -314,17 +322,17 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
         for name in ("token_calls", "introspect_calls", "data_calls", "userinfo_calls")
     }
     cores = {
-        role: round((window["cpu_after"][role] - window["cpu_before"][role]) / p.duration_s, 2)
+        role: round((window["cpu_after"][role] - window["cpu_before"][role]) / seconds, 2)
         for role in window.get("cpu_after", {})
     }
-    cores["load_generator"] = round(sum(r.cpu_s for r in results) / p.duration_s, 2)
+    cores["load_generator"] = round(sum(r.cpu_s for r in results) / seconds, 2)
     reads = sum(r.reads for r in results)
     lags = [ms for r in results for ms in r.send_lags_ms]
     resumes = [ms for r in results for ms in r.resume_lags_ms]
     store_reads = window.get("hgetall_after", 0) - window.get("hgetall_before", 0)
     # Reads answered per second from the window's start to the last answer: a paced run the
     # api cannot keep up with answers its window's reads late, over a longer time.
-    span = max(p.duration_s, max((r.last_done for r in results), default=0.0) - window["opens"])
+    span = max(seconds, max((r.last_done for r in results), default=0.0) - window["opens"])
     return {
         "reads": reads,
         "reads_per_s": round(reads / span, 1),
@@ -348,7 +356,7 @@ def _summary(p: ApiParams, phase: Phase) -> dict[str, Any]:
         # answered without a record read from Redis, over the window
         "store_record_reads": store_reads,
         "cache_hit_rate": round(max(0.0, 1.0 - store_reads / reads), 3) if reads else 0.0,
-        "cpu_ms_per_read_api": round(1000.0 * cores.get("api", 0.0) * p.duration_s / reads, 3)
+        "cpu_ms_per_read_api": round(1000.0 * cores.get("api", 0.0) * seconds / reads, 3)
         if reads
         else 0.0,
     }
@@ -378,7 +386,7 @@ def _figures(
             f"closed loop (each of {p.clients} keep-alive clients sends its next read on the "
             f"answer) over {p.api_processes} api process(es) (python -m worker.api, uvicorn "
             f"uvloop/httptools), Celery worker -c 2 swept every {SWEEP_EVERY_S:g}s, "
-            f"{p.duration_s:g}s window after {p.warmup_s:g}s warm-up"
+            f"{p.closed_window_s:g}s window after {p.warmup_s:g}s warm-up"
         ),
         "p99_ms": (
             f"paced: the {p.clients} clients send {rate:,.0f} reads/s in all on a fixed "

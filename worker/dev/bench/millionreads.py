@@ -51,7 +51,7 @@ class ReadParams:
     def span_s(self) -> float:
         """What the reads take: the api's start, then two phases of (2 s start + warm-up +
         window)."""
-        return 10.0 + 2 * (2.0 + self.warmup_s + self.window_s)
+        return 10.0 + 2 * (loadgen.START_S + self.warmup_s + self.window_s)
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Reads:
         }
 
     def _phase(self, ports: list[int], paths: list[str], rate: float | None) -> dict[str, Any]:
-        opens = time.time() + 2.0 + self.p.warmup_s  # loadgen.run's start + warm-up
+        opens = time.time() + loadgen.START_S + self.p.warmup_s
         forks = redis_forks(self.store)
         watch_store(self.store)
         busy = Busy(self.watch, opens, self.p.window_s)
