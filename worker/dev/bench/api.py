@@ -77,22 +77,18 @@ class ApiParams:
     load_processes: int
     warmup_s: float
     duration_s: float  # the paced window (its p99 wants the reads)
+    closed_s: float  # the closed loop's window (a rate)
     latency_ms: float = 50.0
     rate_share: float = 1.0  # the paced phase offers TARGET_RATE x this (smoke: a little)
-    closed_s: float | None = None  # the closed loop's window (a rate); None: duration_s
-
-    @property
-    def closed_window_s(self) -> float:
-        return self.duration_s if self.closed_s is None else self.closed_s
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 PRESETS = {
-    "full": ApiParams("api", 1_000, 64, 2, 1, 5.0, 30.0),
-    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 2.0, 10.0, closed_s=5.0),
-    "smoke": ApiParams("api-smoke", 50, 8, 1, 1, 1.0, 2.0, rate_share=0.05),
+    "full": ApiParams("api", 1_000, 64, 2, 1, 5.0, 30.0, 30.0),
+    "quick": ApiParams("api-quick", 1_000, 64, 2, 1, 2.0, 10.0, 5.0),
+    "smoke": ApiParams("api-smoke", 50, 8, 1, 1, 1.0, 2.0, 2.0, rate_share=0.05),
 }
 
 
@@ -236,9 +232,9 @@ def _measure(
         "celery_worker": [pool.proc.pid],
         **{role: [pid] for role, pid in others.items()},
     }
-    say(f"api: closed loop, {p.clients} clients, {p.warmup_s:g}s + {p.closed_window_s:g}s")
+    say(f"api: closed loop, {p.clients} clients, {p.warmup_s:g}s + {p.closed_s:g}s")
     try:
-        closed = _phase(p, pool, admin, store, roles, ports, paths, key, None, p.closed_window_s)
+        closed = _phase(p, pool, admin, store, roles, ports, paths, key, None, p.closed_s)
         say(f"api: paced at {TARGET_RATE:,}/s in all, {p.clients} clients")
         rate = TARGET_RATE * p.rate_share
         paced = _phase(p, pool, admin, store, roles, ports, paths, key, rate, p.duration_s)
@@ -386,7 +382,7 @@ def _figures(
             f"closed loop (each of {p.clients} keep-alive clients sends its next read on the "
             f"answer) over {p.api_processes} api process(es) (python -m worker.api, uvicorn "
             f"uvloop/httptools), Celery worker -c 2 swept every {SWEEP_EVERY_S:g}s, "
-            f"{p.closed_window_s:g}s window after {p.warmup_s:g}s warm-up"
+            f"{p.closed_s:g}s window after {p.warmup_s:g}s warm-up"
         ),
         "p99_ms": (
             f"paced: the {p.clients} clients send {rate:,.0f} reads/s in all on a fixed "

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from worker.dev.emulator.state import paused_gc
+
 SLOW_MS = 10.0  # the paced reads' p99 target: reads slower than this are kept with their time
 # From `run` to the clients' first sends: every process spawned (~0.5 s here) before the clock
 # runs. A client that connects late only starts late in the warm-up, which is not measured.
@@ -133,13 +135,10 @@ def collector_off() -> Iterator[None]:
     frees its garbage by reference counting; what startup built is frozen out first."""
     gc.collect()
     gc.freeze()
-    was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        yield
+        with paused_gc():
+            yield
     finally:
-        if was_enabled:
-            gc.enable()
         gc.unfreeze()
 
 

@@ -64,6 +64,7 @@ class Pool:
 
     def __init__(self, ws: Workspace, env: dict[str, str], processes: int) -> None:
         self.ws = ws
+        self.processes = processes
         self.env = {**os.environ, **env}
         self.log_name = "celery.log"
         args = [sys.executable, "-m", "celery", "-A", "config.celery", "worker"]
@@ -164,7 +165,7 @@ def run_celery(
     keys = Keys(settings.key_prefix)
     store = redis.Redis.from_url(settings.redis_url)
     pool.wait_ready(60.0)
-    say(f"throughput: Celery worker up ({len(pool.child_pids())} processes); warming up")
+    say(f"throughput: Celery worker up ({pool.processes} processes); warming up")
     if population.warm_ids:
         pool.sweep()
         drain(store, keys, None, len(population.warm_ids), deadline_s)
