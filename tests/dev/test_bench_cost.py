@@ -4,11 +4,12 @@ shards' results add up."""
 from __future__ import annotations
 
 import json
+import random
 
 from worker.dev.bench.cost import CostResult, grouped, merge
 from worker.dev.bench.params import DAY, LIFETIMES_MIN
 from worker.dev.bench.simemulator import ACTIVITY_PATH, SimApp
-from worker.dev.bench.workload import floor_per_day, lifetimes
+from worker.dev.bench.workload import Activity, Member, floor_per_day, lifetimes
 from worker.dev.emulator.http import Request
 from worker.dev.emulator.state import State
 
@@ -35,6 +36,67 @@ def test_activity_extends_a_session_only_past_half_its_timeout() -> None:
     clock[0] = start + LIFETIME / 2 + 1
     _activity(app, [grant.grant_id, "no-such-grant"])
     assert grant.latest.exp == clock[0] + LIFETIME
+
+
+def _post(app: SimApp, body: dict[str, object]) -> dict[str, int]:
+    answer = app.handle(Request("POST", ACTIVITY_PATH, "", {}, json.dumps(body).encode()))
+    assert answer.status == 200
+    result: dict[str, int] = json.loads(answer.body)
+    return result
+
+
+def test_scheduled_activity_happens_at_its_own_time_once_the_clock_passes_it() -> None:
+    """A run's activity is handed over once; each call is made at its simulated time, even
+    when the next request comes long after (the session is extended from that time, not from
+    whenever the emulator next hears from anyone), and not before the clock gets there."""
+    clock = [1_800_000_000.0]
+    state = State(clock=lambda: clock[0])
+    state.upsert_client("cid", "secret")
+    [issued] = state.create_grants("cid", lifetime=LIFETIME)
+    grant, start = issued.grant, clock[0]
+    app = SimApp(state)
+    early, late = start + LIFETIME / 2 - 1, start + LIFETIME / 2 + 10
+    schedule = [[late, grant.grant_id], [early, grant.grant_id], [late + 5, "no-such-grant"]]
+    assert _post(app, {"schedule": schedule}) == {"made": 0, "pending": 3}
+    clock[0] = early + 1  # a request after the first call: only it is made, changing nothing
+    assert _post(app, {"schedule": []}) == {"made": 1, "pending": 2}
+    assert grant.latest.exp == start + LIFETIME
+    clock[0] = late + 600  # the next request, long after the second call's time
+    assert _post(app, {"schedule": []}) == {"made": 3, "pending": 0}
+    assert grant.latest.exp == late + LIFETIME
+
+
+class _Recorder:
+    """An EmulatorAdmin stand-in that records what its http client posts."""
+
+    def __init__(self) -> None:
+        self.http = self
+        self.posted: list[list[str]] = []
+
+    def post(self, path: str, json: dict[str, list[str]]) -> _Recorder:
+        assert path == ACTIVITY_PATH
+        self.posted.append(json["grants"])
+        return self
+
+    def raise_for_status(self) -> _Recorder:
+        return self
+
+
+def test_real_time_activity_posts_each_call_once_when_its_time_has_come() -> None:
+    members = [Member(f"g{n}", LIFETIME, active_user=n % 2 == 0) for n in range(40)]
+    activity = Activity(members, 0.0, 4 * LIFETIME, random.Random(7))
+    admin = _Recorder()
+    for now in (LIFETIME, LIFETIME, 2.5 * LIFETIME, 4 * LIFETIME):
+        activity.fire_until(now, admin)  # type: ignore[arg-type]
+    by_time = sorted(activity.calls)
+    cut = sum(1 for at, _ in by_time if at <= LIFETIME)
+    cut2 = sum(1 for at, _ in by_time if at <= 2.5 * LIFETIME)
+    expected = [[g for _, g in by_time[:cut]], [g for _, g in by_time[cut:cut2]]]
+    expected.append([g for _, g in by_time[cut2:]])
+    assert 0 < cut < cut2 < len(by_time)
+    assert admin.posted == expected
+    assert activity.fired == len(by_time)
+    assert {g for _, g in by_time} <= {m.grant_id for m in members if m.active_user}
 
 
 def test_the_floor_of_the_benchmark_mix_is_one_refresh_per_lifetime() -> None:

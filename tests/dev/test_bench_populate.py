@@ -1,5 +1,6 @@
 """The store phase's bulk writer: records from spawned writer processes are whole, readable
-records in the store's format, each id once, none of them due."""
+records in the store's format (field for field the hash `seed.write` stores for the same
+steady connection), each id once, none of them due."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 
 from config.settings import Settings
-from worker.dev.bench import storage
+from worker.dev.bench import seed, storage
 from worker.dev.bench.population import cipher_of
 from worker.dev.embedded import EmbeddedRedis
 from worker.engine.runtime import redis_client
@@ -52,4 +53,11 @@ def test_populate_writes_each_record_once_readable_and_not_due(
     records = asyncio.run(read())
     assert [getattr(c, "id", None) for c in records] == ids
     assert len({getattr(c, "access_token", None) for c in records}) == 300
+    written = seed.checked("w0000001", "bench", now, 7200.0)
+    seed.write(client, keys, cipher_of(settings), [(written, now + 3600)])
+    bulk, single = client.hgetall(keys.conn(ids[0])), client.hgetall(keys.conn(written.id))
+    assert {f: v for f, v in bulk.items() if f not in (b"rt", b"at")} == {
+        f: v for f, v in single.items() if f not in (b"rt", b"at")
+    }
+    assert bulk.keys() == single.keys()
     client.close()

@@ -189,10 +189,9 @@ def run(
             p, pool, admin, apis, ports, ids, key, others, settings.redis_url
         )
     finally:
-        pool.close()
+        pool.close(graceful=False)
         admin.close()
-        for proc in apis:
-            ws.stop(proc)
+        ws.stop(*apis)  # gracefully: each logs its cache's figures as it stops
     details["api_credentials_cache"] = [
         _cache_stats(ws.path(f"api-{n}.log")) for n in range(p.api_processes)
     ]

@@ -5,7 +5,8 @@ Driven in this process on a simulated clock (one real Celery run of a day is imp
 checks it through a `worker.engine.runtime.Runtime` whose clock is the simulated one, and the
 emulator (its own
 process, see `simemulator`) reads the same clock. Every sweep interval of simulated time:
-fire users' activity, sample freshness, sweep, check. Calls come from the emulator's counters.
+sample freshness, sweep, check; users' activity is handed to the emulator once, which makes
+each call at its own simulated time (`simemulator`). Calls come from the emulator's counters.
 
 Freshness: at every sample, before the sweep, the access token of every `active` connection is
 looked up at the emulator; `stale` counts those already past their emulator-side expiry.
@@ -18,7 +19,6 @@ the same simulated day, and `merge` adds their results up (two halves: 23.5-23.9
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import redis
+import uvloop
 
 from config.settings import Settings
 from worker.dev.bench import seed
@@ -145,9 +146,7 @@ def grouped(batches: list[tuple[list[str], float]], span: float) -> list[tuple[l
 async def _simulate(
     settings: Settings,
     sim: SimClock,
-    admin: EmulatorAdmin,
     ids: list[str],
-    activity: Activity,
     params: BenchParams,
     result: CostResult,
 ) -> None:
@@ -162,7 +161,6 @@ async def _simulate(
             if time.monotonic() - began > params.deadline_s:
                 raise RuntimeError(f"cost: simulated day not done in {params.deadline_s:g}s")
             sim.now = start + tick * params.sweep_interval
-            activity.fire_until(sim.now, admin)
             if tick % every == 0:
                 result.stale_by_sample.append(await _stale(rt.store, http, ids, result))
                 result.stale_max = max(result.stale_by_sample)
@@ -170,9 +168,7 @@ async def _simulate(
             batches: list[tuple[list[str], float]] = []
             await sweep(rt.store, settings, sim.now, collect(batches), window_guard=False)
             for claimed, at in grouped(batches, GROUP_S):  # each group at its start time
-                if at > sim.now:
-                    sim.now = at
-                    activity.fire_until(sim.now, admin)
+                sim.now = max(sim.now, at)
                 for checked in await check_in_batches(rt, claimed):
                     outcomes[checked.outcome.value] += 1
             hours = (sim.now - start) / 3600
@@ -212,12 +208,13 @@ def run(
     floor = sum(floor_per_day(m.lifetime) for m in members) / len(members)
     result = CostResult(len(ids), params.days, 0, 0, bound, floor)
     admin.reset_stats()
+    activity.schedule(admin)
     began = time.monotonic()
-    asyncio.run(_simulate(settings, sim, admin, ids, activity, params, result))
+    uvloop.run(_simulate(settings, sim, ids, params, result))
     result.wall_s = time.monotonic() - began
     stats = admin.stats()
     result.token_calls, result.introspect_calls = stats.token_calls, stats.introspect_calls
-    result.activity_events = activity.fired
+    result.activity_events = activity.made(admin)
     result.refreshes_by_lifetime = _by_lifetime(members, admin.token_calls_by_grant(), params)
     result.members_by_lifetime = dict(Counter(_lifetime_key(m.lifetime) for m in members))
     admin.close()

@@ -71,6 +71,7 @@ def run(params: BenchParams, sim: SimClock, rng_seed: int) -> NaiveResult:
     activity = Activity([member for member, _ in made], sim.now, params.naive_days * DAY, rng)
     start, ticks = sim.now, int(params.naive_days * DAY / params.sweep_interval)
     admin.reset_stats()
+    activity.schedule(admin)
     began, ticker = time.monotonic(), Ticker(3.0)
     with httpx.Client(base_url=sim.base_url, timeout=30) as http:
         naive = _Naive(http, client_id, secret, params.margin)
@@ -78,7 +79,6 @@ def run(params: BenchParams, sim: SimClock, rng_seed: int) -> NaiveResult:
             if time.monotonic() - began > params.deadline_s:
                 raise RuntimeError(f"naive: not done in {params.deadline_s:g}s")
             sim.now = start + tick * params.sweep_interval
-            activity.fire_until(sim.now, admin)
             for one in held:
                 naive.check(one, sim.now)
             hours = (sim.now - start) / 3600

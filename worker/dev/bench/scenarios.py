@@ -65,7 +65,7 @@ class Run:
                 self.notes["checks_per_s"] = "in-process (--no-celery), not the Celery path"
         finally:
             if pool is not None:
-                pool.close()
+                pool.close(graceful=False)
         say(f"throughput: {result.checks_per_s:,.0f} checks/s; measuring the ceiling")
         best = self._ceiling(admin, result)
         self.figures["checks_per_s"] = round(result.checks_per_s, 1)

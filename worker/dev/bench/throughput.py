@@ -121,8 +121,13 @@ class Pool:
         with open(self.ws.path(self.log_name), errors="replace") as log:
             return log.read()[-3000:]
 
-    def close(self) -> None:
-        self.ws.stop(self.proc)
+    def close(self, graceful: bool = True) -> None:
+        """Stop the worker: a warm shutdown, or (`graceful=False`, once its figures are taken)
+        SIGKILL, since nothing reads what a warm shutdown would write."""
+        if graceful:
+            self.ws.stop(self.proc)
+        else:
+            self.ws.kill(self.proc)
         self.broker.close()
 
 

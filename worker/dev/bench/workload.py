@@ -8,8 +8,8 @@ twice per lifetime, by Salesforce's rule: only a session past half its timeout i
 
 from __future__ import annotations
 
-import heapq
 import random
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from worker.dev.bench.emuadmin import EmulatorAdmin, Grant
@@ -50,29 +50,40 @@ def lower_bound_per_day(lifetime: float, margin: float) -> float:
 
 
 class Activity:
-    """Users' session activity as a time-ordered queue of (simulated time, grant id)."""
+    """Users' session activity: (time, grant id) pairs in time order, handed to a simulated
+    org once (`schedule`), which makes each call as its clock passes the call's time, or, in
+    real time, posted as their time comes (`fire_until`)."""
 
     def __init__(
         self, members: list[Member], start: float, span: float, rng: random.Random
     ) -> None:
-        self._queue: list[tuple[float, str]] = []
+        self.calls: list[tuple[float, str]] = []
         for member in members:
             if not member.active_user:
                 continue
             at = start + rng.expovariate(2.0 / member.lifetime)
             while at < start + span:
-                self._queue.append((at, member.grant_id))
+                self.calls.append((at, member.grant_id))
                 at += rng.expovariate(2.0 / member.lifetime)
-        heapq.heapify(self._queue)
+        self.calls.sort()
         self.fired = 0
 
     def fire_until(self, now: float, admin: EmulatorAdmin) -> None:
-        due: list[str] = []
-        while self._queue and self._queue[0][0] <= now:
-            due.append(heapq.heappop(self._queue)[1])
+        """Make the calls due by `now` through the org's activity route."""
+        until = bisect_right(self.calls, now, key=lambda call: call[0])
+        due = [grant_id for _, grant_id in self.calls[self.fired : until]]
         if due:
             admin.http.post(ACTIVITY_PATH, json={"grants": due}).raise_for_status()
             self.fired += len(due)
+
+    def schedule(self, admin: EmulatorAdmin) -> None:
+        admin.http.post(ACTIVITY_PATH, json={"schedule": self.calls}).raise_for_status()
+
+    @staticmethod
+    def made(admin: EmulatorAdmin) -> int:
+        """How many scheduled calls the org has made so far."""
+        answer = admin.http.post(ACTIVITY_PATH, json={"schedule": []}).raise_for_status()
+        return int(answer.json()["made"])
 
 
 def members_for(

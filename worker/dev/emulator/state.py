@@ -317,9 +317,10 @@ class State:
     def grant_of_refresh_token(self, token: str) -> Grant | None:
         return self._refresh.get(token)
 
-    def use_session(self, token: str) -> bool:
-        """An API call with an access token; activity past half-life extends the session."""
-        now = self.clock()
+    def use_session(self, token: str, at: float | None = None) -> bool:
+        """An API call with an access token (at `at`, default now); activity past half-life
+        extends the session."""
+        now = self.clock() if at is None else at
         access = self._access.get(token)
         if access is None or not access.active(now):
             return False
