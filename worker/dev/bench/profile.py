@@ -98,7 +98,12 @@ def by_area(directory: str) -> dict[str, float]:
     return {area: round(n / total, 3) for area, n in counts.most_common()}
 
 
+COMMON = 0.98  # a frame on this share of the samples or more is the stack every sample shares
+
+
 def summarize(directory: str, top: int = 25) -> list[Hotspot]:
+    """The `top` functions by inclusive share, then those by own share, leaving out the frames
+    nearly every sample has (Celery's and billiard's process start, the task's entry)."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
@@ -116,7 +121,7 @@ def summarize(directory: str, top: int = 25) -> list[Hotspot]:
                 own[frames[-1]] += count
     if total == 0:
         return []
-    names = [name for name, _ in inclusive.most_common(top)]
+    names = [name for name, n in inclusive.most_common() if n < COMMON * total][:top]
     names += [name for name, _ in own.most_common(top) if name not in names]
     return sorted(
         (Hotspot(n, inclusive[n] / total, own[n] / total) for n in names),
