@@ -5,81 +5,108 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
+import pytest
+
+from worker.dev.bench import workload
 from worker.dev.bench.cost import CostResult, grouped, merge
 from worker.dev.bench.params import DAY, LIFETIMES_MIN
-from worker.dev.bench.simemulator import ACTIVITY_PATH, SimApp
+from worker.dev.bench.simemulator import ACTIVITY_PATH, STALE_PATH, SimApp
 from worker.dev.bench.workload import Activity, Member, floor_per_day, lifetimes
 from worker.dev.emulator.http import Request
+from worker.dev.emulator.records import Grant
 from worker.dev.emulator.state import State
 
 LIFETIME = 1800.0
 
 
-def _activity(app: SimApp, grant_ids: list[str]) -> None:
-    body = json.dumps({"grants": grant_ids}).encode()
-    assert app.handle(Request("POST", ACTIVITY_PATH, "", {}, body)).status == 200
+def _post(app: SimApp, path: str, body: dict[str, object]) -> dict[str, int]:
+    answer = app.handle(Request("POST", path, "", {}, json.dumps(body).encode()))
+    assert answer.status == 200
+    result: dict[str, int] = json.loads(answer.body)
+    return result
 
 
-def test_activity_extends_a_session_only_past_half_its_timeout() -> None:
-    """Salesforce's rule: activity in the first half of a session changes nothing; past the
-    half it moves the expiry to now + timeout."""
+def _org() -> tuple[list[float], State, Grant]:
+    """A simulated org on a settable clock with one grant of LIFETIME issued at its start."""
     clock = [1_800_000_000.0]
     state = State(clock=lambda: clock[0])
     state.upsert_client("cid", "secret")
     [issued] = state.create_grants("cid", lifetime=LIFETIME)
-    grant, start = issued.grant, clock[0]
+    return clock, state, issued.grant
+
+
+def test_activity_extends_a_session_only_past_half_its_timeout() -> None:
+    """Salesforce's rule: activity in the first half of a session changes nothing; past the
+    half it moves the expiry to the call's time + timeout."""
+    clock, state, grant = _org()
+    start = clock[0]
     app = SimApp(state)
     clock[0] = start + LIFETIME / 2 - 1
-    _activity(app, [grant.grant_id])
+    _post(app, ACTIVITY_PATH, {"schedule": [[clock[0], grant.grant_id]]})
     assert grant.latest.exp == start + LIFETIME
     clock[0] = start + LIFETIME / 2 + 1
-    _activity(app, [grant.grant_id, "no-such-grant"])
+    _post(app, ACTIVITY_PATH, {"schedule": [[clock[0], grant.grant_id], [clock[0], "no-such"]]})
     assert grant.latest.exp == clock[0] + LIFETIME
 
 
-def _post(app: SimApp, body: dict[str, object]) -> dict[str, int]:
-    answer = app.handle(Request("POST", ACTIVITY_PATH, "", {}, json.dumps(body).encode()))
-    assert answer.status == 200
-    result: dict[str, int] = json.loads(answer.body)
-    return result
+def test_scheduled_activity_is_made_before_the_org_answers_any_request() -> None:
+    """A call whose time has passed is made before the org answers whatever request comes
+    next, not only the activity route: here the freshness probe finds the session extended
+    (stale without the call: its original expiry has passed)."""
+    clock, state, grant = _org()
+    start, token = clock[0], grant.latest.token
+    app = SimApp(state)
+    _post(app, ACTIVITY_PATH, {"schedule": [[start + LIFETIME / 2 + 10, grant.grant_id]]})
+    clock[0] = start + LIFETIME + 5
+    assert _post(app, STALE_PATH, {"tokens": [token]})["stale"] == 0
+    assert grant.latest.exp == start + LIFETIME / 2 + 10 + LIFETIME
 
 
 def test_scheduled_activity_happens_at_its_own_time_once_the_clock_passes_it() -> None:
     """A run's activity is handed over once; each call is made at its simulated time, even
     when the next request comes long after (the session is extended from that time, not from
     whenever the emulator next hears from anyone), and not before the clock gets there."""
-    clock = [1_800_000_000.0]
-    state = State(clock=lambda: clock[0])
-    state.upsert_client("cid", "secret")
-    [issued] = state.create_grants("cid", lifetime=LIFETIME)
-    grant, start = issued.grant, clock[0]
+    clock, state, grant = _org()
+    start = clock[0]
     app = SimApp(state)
     early, late = start + LIFETIME / 2 - 1, start + LIFETIME / 2 + 10
     schedule = [[late, grant.grant_id], [early, grant.grant_id], [late + 5, "no-such-grant"]]
-    assert _post(app, {"schedule": schedule}) == {"made": 0, "pending": 3}
+    assert _post(app, ACTIVITY_PATH, {"schedule": schedule}) == {"made": 0, "pending": 3}
     clock[0] = early + 1  # a request after the first call: only it is made, changing nothing
-    assert _post(app, {"schedule": []}) == {"made": 1, "pending": 2}
+    assert _post(app, ACTIVITY_PATH, {"schedule": []}) == {"made": 1, "pending": 2}
     assert grant.latest.exp == start + LIFETIME
     clock[0] = late + 600  # the next request, long after the second call's time
-    assert _post(app, {"schedule": []}) == {"made": 3, "pending": 0}
+    assert _post(app, ACTIVITY_PATH, {"schedule": []}) == {"made": 3, "pending": 0}
     assert grant.latest.exp == late + LIFETIME
 
 
 class _Recorder:
-    """An EmulatorAdmin stand-in that records what its http client posts."""
+    """An EmulatorAdmin stand-in that records the `field` of each body its http client posts."""
 
-    def __init__(self) -> None:
+    def __init__(self, field: str = "grants") -> None:
         self.http = self
-        self.posted: list[list[str]] = []
+        self.field = field
+        self.posted: list[Any] = []
 
-    def post(self, path: str, json: dict[str, list[str]]) -> _Recorder:
+    def post(self, path: str, json: dict[str, Any]) -> _Recorder:
         assert path == ACTIVITY_PATH
-        self.posted.append(json["grants"])
+        self.posted.append(json[self.field])
         return self
 
     def raise_for_status(self) -> _Recorder:
         return self
+
+
+def test_the_schedule_goes_in_chunks_the_emulator_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One post per SCHEDULE_CHUNK calls (a whole run's could exceed the emulator's MAX_BODY)."""
+    monkeypatch.setattr(workload, "SCHEDULE_CHUNK", 3)
+    activity = Activity([], 0.0, 0.0, random.Random(1))
+    activity.calls = [(float(n), f"g{n}") for n in range(7)]
+    admin = _Recorder("schedule")
+    activity.schedule(admin)  # type: ignore[arg-type]
+    assert admin.posted == [activity.calls[:3], activity.calls[3:6], activity.calls[6:]]
 
 
 def test_real_time_activity_posts_each_call_once_when_its_time_has_come() -> None:
@@ -97,6 +124,16 @@ def test_real_time_activity_posts_each_call_once_when_its_time_has_come() -> Non
     assert admin.posted == expected
     assert activity.fired == len(by_time)
     assert {g for _, g in by_time} <= {m.grant_id for m in members if m.active_user}
+
+
+def test_real_time_activity_takes_a_call_at_exactly_now_once() -> None:
+    activity = Activity([], 0.0, 0.0, random.Random(1))
+    activity.calls = [(10.0, "a"), (20.0, "b"), (20.0, "c"), (30.0, "d")]
+    admin = _Recorder()
+    for now in (20.0, 20.0, 29.9, 30.0):
+        activity.fire_until(now, admin)  # type: ignore[arg-type]
+    assert admin.posted == [["a", "b", "c"], ["d"]]
+    assert activity.fired == 4
 
 
 def test_the_floor_of_the_benchmark_mix_is_one_refresh_per_lifetime() -> None:

@@ -121,8 +121,9 @@ def summarize(directory: str, top: int = 25) -> list[Hotspot]:
                 own[frames[-1]] += count
     if total == 0:
         return []
-    names = [name for name, n in inclusive.most_common() if n < COMMON * total][:top]
-    names += [name for name, _ in own.most_common(top) if name not in names]
+    shown = [name for name, n in inclusive.most_common() if n < COMMON * total]
+    names = shown[:top]
+    names += [name for name, _ in own.most_common() if name in shown and name not in names][:top]
     return sorted(
         (Hotspot(n, inclusive[n] / total, own[n] / total) for n in names),
         key=lambda spot: -spot.inclusive,

@@ -23,7 +23,8 @@ from worker.store import codec
 from worker.store.crypto import Cipher
 from worker.store.keys import Keys
 
-CHUNK = 2_000
+CHUNK = 2_000  # records per round trip; `_WRITE_STEADY` unpacks 2 values per record into one
+# ZADD, and Redis's Lua takes at most ~8,000 values per unpack: keep CHUNK under 4,000
 
 
 def imported(connection_id: str, integration: str, grant: Grant) -> Connection:
@@ -42,14 +43,22 @@ def imported(connection_id: str, integration: str, grant: Grant) -> Connection:
     )
 
 
+NOISE = 132  # random bytes behind a steady record's two tokens (176 base64 characters)
+
+
+def _tokens(text: str) -> tuple[str, str]:
+    """(refresh, access) tokens shaped like Salesforce's, from 176 characters of noise."""
+    return "5Aep861" + text[:80], "00D5g000004XyZa!AQ" + text[80:176]
+
+
 def checked(connection_id: str, integration: str, now: float, lifetime: float) -> Connection:
     """A steady connection as the worker leaves it after a check: every field set."""
-    text = base64.urlsafe_b64encode(os.urandom(144)).decode()
+    refresh, access = _tokens(base64.urlsafe_b64encode(os.urandom(NOISE)).decode())
     return Connection(
         id=connection_id,
         integration=integration,
-        refresh_token="5Aep861" + text[:80],
-        access_token="00D5g000004XyZa!AQ" + text[80:176],
+        refresh_token=refresh,
+        access_token=access,
         instance_url="https://acme-corp.my.salesforce.com",
         identity_url="https://login.salesforce.com/id/00D5g000004XyZaEAK/0055g00000AbCdEAAZ",
         issued_at=now,
@@ -132,10 +141,9 @@ def write_steady(
     written = 0
     for chunk in _chunks(records, CHUNK):
         args: list[EncodableT] = [keys.conn(""), len(static), *static]
-        noise = base64.urlsafe_b64encode(os.urandom(132 * len(chunk))).decode()
+        noise = base64.urlsafe_b64encode(os.urandom(NOISE * len(chunk))).decode()
         for n, (connection_id, at) in enumerate(chunk):
-            text = noise[176 * n : 176 * (n + 1)]
-            refresh, access = "5Aep861" + text[:80], "00D5g000004XyZa!AQ" + text[80:]
+            refresh, access = _tokens(noise[176 * n : 176 * (n + 1)])
             args += (
                 connection_id,
                 cipher.seal(refresh, f"{connection_id}:rt"),

@@ -3,7 +3,7 @@
 `Workspace` owns a temporary directory, every child process and every embedded Redis the run
 starts. Leaving it (normally, on an error, on Ctrl-C or SIGTERM) stops them all and removes the
 directory. Children run in their own session so a terminal's Ctrl-C reaches only the
-benchmark, which then stops them in order.
+benchmark, which then stops them all.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ STOP_GRACE_S = 15.0
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
+    """Signal the process's whole group, even when the process itself has ended: its children
+    (a Celery worker's prefork children) may not have."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
 
 
 class Workspace:
@@ -70,7 +71,8 @@ class Workspace:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                self.kill(proc)
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
             self._forget(proc)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:

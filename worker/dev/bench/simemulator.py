@@ -10,9 +10,9 @@ simulated now. It is not a Salesforce call and is not counted in /_admin/stats.
 Users' activity is an API call on a grant's latest session, with Salesforce's half-timeout
 rule (`State.use_session`: it extends the session only once more than half of it has passed;
 the admin `activity` route extends unconditionally, which Salesforce never does). POST
-/_bench/activity {"grants": [...]} makes those calls now; {"schedule": [[t, grant id], ...]}
-hands over a run's whole activity once, and each call happens at its own simulated time t:
-before answering any request, the emulator makes the calls whose time the clock has passed.
+/_bench/activity {"schedule": [[t, grant id], ...]} hands over a run's activity (in as many
+posts as suit), and each call happens at its own simulated time t: before answering any
+request, the emulator makes the calls whose time the clock has passed.
 Nothing else changes the org between requests, so that is what the org would hold had each
 call come at t (the driver posting each sweep interval's calls cost a shard ~7% of its CPU
 and applied them up to an interval late). The answer says how many were made so far.
@@ -26,6 +26,7 @@ import mmap
 import os
 import struct
 import sys
+from typing import Any
 
 from worker.dev.bench.services import Workspace, wait_http
 from worker.dev.embedded import free_port
@@ -61,23 +62,17 @@ class SimApp(App):
         now = self.state.clock()
         while self._schedule and self._schedule[0][0] <= now:
             at, grant_id = heapq.heappop(self._schedule)
-            self._use(grant_id, at)
+            grant = self.state.grants.get(grant_id)
+            if grant is not None:
+                self.state.use_session(grant.latest.token, at)
             self._made += 1
 
-    def _use(self, grant_id: str, at: float | None = None) -> bool:
-        grant = self.state.grants.get(grant_id)
-        return grant is not None and self.state.use_session(grant.latest.token, at)
-
     def _activity(self, request: Request) -> Response:
-        body = json.loads(request.body)
-        if "schedule" in body:
-            for at, grant_id in body["schedule"]:
-                heapq.heappush(self._schedule, (float(at), str(grant_id)))
-            self._catch_up()
-            return json_response(200, {"made": self._made, "pending": len(self._schedule)})
-        grant_ids: list[str] = body["grants"]
-        used = sum(1 for grant_id in grant_ids if self._use(grant_id))
-        return json_response(200, {"grants": len(grant_ids), "used": used})
+        calls: list[list[Any]] = json.loads(request.body)["schedule"]
+        self._schedule.extend((float(at), str(grant_id)) for at, grant_id in calls)
+        heapq.heapify(self._schedule)
+        self._catch_up()
+        return json_response(200, {"made": self._made, "pending": len(self._schedule)})
 
     def _stale(self, request: Request) -> Response:
         tokens: list[str] = json.loads(request.body)["tokens"]

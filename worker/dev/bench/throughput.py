@@ -124,11 +124,13 @@ class Pool:
     def close(self, graceful: bool = True) -> None:
         """Stop the worker: a warm shutdown, or (`graceful=False`, once its figures are taken)
         SIGKILL, since nothing reads what a warm shutdown would write."""
-        if graceful:
-            self.ws.stop(self.proc)
-        else:
-            self.ws.kill(self.proc)
-        self.broker.close()
+        try:
+            if graceful:
+                self.ws.stop(self.proc)
+            else:
+                self.ws.kill(self.proc)
+        finally:
+            self.broker.close()
 
 
 def drain(

@@ -49,6 +49,9 @@ def lower_bound_per_day(lifetime: float, margin: float) -> float:
     return 2.0 * DAY / (lifetime - policy.margin_for(lifetime, timing))
 
 
+SCHEDULE_CHUNK = 10_000  # calls per schedule post: ~0.3 MB of JSON
+
+
 class Activity:
     """Users' session activity: (time, grant id) pairs in time order, handed to a simulated
     org once (`schedule`), which makes each call as its clock passes the call's time, or, in
@@ -70,14 +73,16 @@ class Activity:
 
     def fire_until(self, now: float, admin: EmulatorAdmin) -> None:
         """Make the calls due by `now` through the org's activity route."""
-        until = bisect_right(self.calls, now, key=lambda call: call[0])
+        until = bisect_right(self.calls, now, lo=self.fired, key=lambda call: call[0])
         due = [grant_id for _, grant_id in self.calls[self.fired : until]]
         if due:
             admin.http.post(ACTIVITY_PATH, json={"grants": due}).raise_for_status()
             self.fired += len(due)
 
     def schedule(self, admin: EmulatorAdmin) -> None:
-        admin.http.post(ACTIVITY_PATH, json={"schedule": self.calls}).raise_for_status()
+        for start in range(0, len(self.calls), SCHEDULE_CHUNK):  # under the emulator's MAX_BODY
+            chunk = self.calls[start : start + SCHEDULE_CHUNK]
+            admin.http.post(ACTIVITY_PATH, json={"schedule": chunk}).raise_for_status()
 
     @staticmethod
     def made(admin: EmulatorAdmin) -> int:
