@@ -121,9 +121,10 @@ def summarize(directory: str, top: int = 25) -> list[Hotspot]:
                 own[frames[-1]] += count
     if total == 0:
         return []
-    shown = [name for name, n in inclusive.most_common() if n < COMMON * total]
-    names = shown[:top]
-    names += [name for name, _ in own.most_common() if name in shown and name not in names][:top]
+    common = {name for name, n in inclusive.items() if n >= COMMON * total}
+    names = [name for name, _ in inclusive.most_common() if name not in common][:top]
+    listed = common | set(names)
+    names += [name for name, _ in own.most_common() if name not in listed][:top]
     return sorted(
         (Hotspot(n, inclusive[n] / total, own[n] / total) for n in names),
         key=lambda spot: -spot.inclusive,

@@ -43,12 +43,13 @@ def imported(connection_id: str, integration: str, grant: Grant) -> Connection:
     )
 
 
-NOISE = 132  # random bytes behind a steady record's two tokens (176 base64 characters)
+NOISE = 132  # random bytes behind a steady record's two tokens
+TEXT = NOISE * 4 // 3  # their base64 characters: 176
 
 
 def _tokens(text: str) -> tuple[str, str]:
-    """(refresh, access) tokens shaped like Salesforce's, from 176 characters of noise."""
-    return "5Aep861" + text[:80], "00D5g000004XyZa!AQ" + text[80:176]
+    """(refresh, access) tokens shaped like Salesforce's, from TEXT characters of noise."""
+    return "5Aep861" + text[:80], "00D5g000004XyZa!AQ" + text[80:TEXT]
 
 
 def checked(connection_id: str, integration: str, now: float, lifetime: float) -> Connection:
@@ -143,7 +144,7 @@ def write_steady(
         args: list[EncodableT] = [keys.conn(""), len(static), *static]
         noise = base64.urlsafe_b64encode(os.urandom(NOISE * len(chunk))).decode()
         for n, (connection_id, at) in enumerate(chunk):
-            refresh, access = _tokens(noise[176 * n : 176 * (n + 1)])
+            refresh, access = _tokens(noise[TEXT * n : TEXT * (n + 1)])
             args += (
                 connection_id,
                 cipher.seal(refresh, f"{connection_id}:rt"),

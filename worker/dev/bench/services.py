@@ -71,8 +71,7 @@ class Workspace:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+                self.kill(proc)
             self._forget(proc)
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
