@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from worker.dev.bench.command import REQUIRED
 
 
@@ -56,6 +58,13 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
         "redis_version",
         "platform",
     }
+    [bare] = results["details"]["ceiling"]  # one bare loop in smoke mode
+    assert set(bare["cores_busy"]) == {"bare loop 1", "emulator", "redis-server"}
+    assert bare["cores_busy"]["bare loop 1"] > 0 and bare["cores_busy"]["emulator"] > 0
+    per_call = bare["cpu_us_per_call"]
+    assert per_call["all"] == pytest.approx(sum(v for k, v in per_call.items() if k != "all"), 0.01)
+    expected = bare["cores_busy"]["emulator"] * bare["seconds"] / bare["calls"] * 1e6
+    assert per_call["emulator"] == pytest.approx(expected, rel=0.01, abs=0.1)
     assert results["params"]["mode"] == "smoke"
     assert "METRIC" in done.stdout and "idle_sweep_ms_1m" in done.stdout
 

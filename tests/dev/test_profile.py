@@ -31,3 +31,21 @@ def test_summary_leaves_out_the_frames_every_sample_shares(tmp_path: Path) -> No
         "tokenworker code": 0.3,
         profile.LOOP: 0.1,
     }
+
+
+def test_cpu_per_item_is_each_process_share_of_the_window_per_unit_of_work() -> None:
+    """Cores busy over a window, turned into microseconds of CPU per check (or per call), with
+    the box's total beside them; nothing when nothing was done."""
+    per = profile.cpu_per_item_us({"worker": 1.2, "redis-server": 0.2}, 10.0, 20_000)
+    assert per == {"worker": 600.0, "redis-server": 100.0, "all": 700.0}
+    assert profile.cpu_per_item_us({"worker": 1.0}, 10.0, 0) == {}
+
+
+def test_cpucheck_runs_its_checks_with_the_rate_limit_not_binding() -> None:
+    """cpucheck's loop makes more calls per second than the default limit (1,000/s per
+    integration) allows: at the default, waiting for permits was counted as checks' CPU."""
+    from worker.dev.bench import cpucheck  # noqa: PLC0415
+    from worker.dev.bench.population import BENCH_RATE_LIMIT  # noqa: PLC0415
+
+    settings = cpucheck.settings("redis://127.0.0.1:1/0", 200)
+    assert settings.rate_limit == float(BENCH_RATE_LIMIT) >= 10_000

@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from worker.dev.bench import profile
 from worker.dev.bench.emuadmin import EmulatorAdmin
 from worker.dev.bench.services import Workspace
 
@@ -29,6 +30,9 @@ class Ceiling:
     calls: int
     seconds: float
     errors: int
+    # CPU seconds per wall second over the run, by process: each bare loop's own (measured
+    # inside it, from its first call to its last), the emulator's and the store's (/proc).
+    cores_busy: dict[str, float] = field(default_factory=dict)
 
     @property
     def calls_per_s(self) -> float:
@@ -62,9 +66,15 @@ async def _hammer(spec: dict[str, Any]) -> dict[str, Any]:
                     errors += answer.status != 200
 
         await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         await asyncio.gather(*(loop(n) for n in range(spec["in_flight"])))
-        return {"calls": spec["calls"], "started": started, "ended": time.time(), "errors": errors}
+        return {
+            "calls": spec["calls"],
+            "started": started,
+            "ended": time.time(),
+            "errors": errors,
+            "cpu_s": time.process_time() - cpu,
+        }
 
 
 def main() -> None:
@@ -82,8 +92,10 @@ def measure(
     processes: int,
     in_flight: int,
     timeout: float,
+    others: dict[str, int] | None = None,
 ) -> Ceiling:
-    """`calls` introspections split over `processes` loops started at one instant."""
+    """`calls` introspections split over `processes` loops started at one instant; `others`
+    (name -> pid: the emulator, the store) are metered over the same run."""
     client_id, secret = admin.client()
     tokens = [grant.access_token for grant in admin.grants(client_id, TOKENS)]
     start_at = time.time() + 1.5  # every process imported and connected by then
@@ -109,6 +121,8 @@ def measure(
                 start_new_session=True,
             )
         )
+    meter = profile.CpuMeter(others or {})
+    meter.start()  # idle until start_at: their CPU is the run's
     results = []
     try:
         for proc in procs:
@@ -123,7 +137,10 @@ def measure(
             os.unlink(ws.path(f"ceiling-{index}.json"))
     seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
     errors = sum(r["errors"] for r in results)
-    return Ceiling(processes, sum(r["calls"] for r in results), seconds, errors)
+    wall = max(1e-9, seconds)
+    cores = {f"bare loop {n + 1}": round(r["cpu_s"] / wall, 3) for n, r in enumerate(results)}
+    cores |= meter.stop(wall)
+    return Ceiling(processes, sum(r["calls"] for r in results), seconds, errors, cores)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from config import logging as tw_logging
 from config.settings import Settings
 from worker.dev.bench import seed
 from worker.dev.bench.emuadmin import EmulatorAdmin
+from worker.dev.bench.population import BENCH_RATE_LIMIT
 from worker.dev.bench.services import Workspace, start_emulator
 from worker.dev.embedded import EmbeddedRedis
 from worker.domain.outcomes import CheckResult, Outcome
@@ -51,6 +52,10 @@ def settings(redis_url: str, concurrency: int) -> Settings:
             "TOKENWORKER_ENCRYPTION_KEYS": generate_key(),
             "TOKENWORKER_KEY_PREFIX": PREFIX,
             "TOKENWORKER_CONCURRENCY": str(concurrency),
+            # As the benchmark's workers: the limiter runs without binding. At the default
+            # (1,000/s per integration) this loop, faster than that, waited for permits and
+            # took ~1.8 permit scripts per check: throttling's CPU counted as the check's.
+            "TOKENWORKER_RATE_LIMIT": BENCH_RATE_LIMIT,
         }
     )
 

@@ -151,9 +151,19 @@ class CpuMeter:
         self._started = time.monotonic()
         self._before = {name: self._cpu(pid) for name, pid in self.pids.items()}
 
-    def stop(self) -> dict[str, float]:
-        wall = max(1e-9, time.monotonic() - self._started)
+    def stop(self, wall: float | None = None) -> dict[str, float]:
+        """Cores busy since `start`: CPU seconds over `wall` (default: the seconds since)."""
+        wall = max(1e-9, time.monotonic() - self._started if wall is None else wall)
         return {
             name: round((self._cpu(pid) - self._before[name]) / wall, 3)
             for name, pid in self.pids.items()
         }
+
+
+def cpu_per_item_us(cores_busy: dict[str, float], seconds: float, items: float) -> dict[str, float]:
+    """Microseconds of CPU each process spent per item (a check, a call) over a window of
+    `seconds` in which `items` were done: where the box's cores go, per unit of work."""
+    if items <= 0 or not cores_busy:
+        return {}
+    each = {name: cores * seconds / items * 1e6 for name, cores in cores_busy.items()}
+    return {name: round(us, 1) for name, us in each.items()} | {"all": round(sum(each.values()), 1)}

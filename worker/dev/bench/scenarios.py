@@ -54,9 +54,9 @@ class Run:
                 self.settings, admin, p.connections, p.warmup, p.expired_share,
                 random.Random(p.seed),
             )  # fmt: skip
+            assert self.redis.process is not None
+            others = {"emulator": emulator_pid, "redis-server": self.redis.process.pid}
             if pool is not None:
-                assert self.redis.process is not None
-                others = {"emulator": emulator_pid, "redis-server": self.redis.process.pid}
                 result = throughput.run_celery(
                     self.settings, admin, pop, pool, p.deadline_s, others, self.profile_dir
                 )
@@ -67,7 +67,7 @@ class Run:
             if pool is not None:
                 pool.close(graceful=False)
         say(f"throughput: {result.checks_per_s:,.0f} checks/s; measuring the ceiling")
-        best = self._ceiling(admin, result)
+        best = self._ceiling(admin, result, others)
         self.figures["checks_per_s"] = round(result.checks_per_s, 1)
         self.figures["ceiling_per_s"] = round(best, 1)
         self.figures["efficiency"] = round(result.checks_per_s / best, 3) if best else 0.0
@@ -78,6 +78,9 @@ class Run:
             "rate_limit_per_integration": self.settings.rate_limit,
             "calls_per_check": round(result.calls_per_check, 3),
             "expired": pop.expired,
+            "cpu_us_per_check": profile.cpu_per_item_us(
+                result.cores_busy, result.seconds, result.checks
+            ),
         }
         if self.profile_dir is not None:
             self.details["profile_by_area"] = profile.by_area(self.profile_dir)
@@ -86,15 +89,23 @@ class Run:
         admin.close()
         self._phase("throughput", started)
 
-    def _ceiling(self, admin: EmulatorAdmin, result: ThroughputResult) -> float:
+    def _ceiling(
+        self, admin: EmulatorAdmin, result: ThroughputResult, others: dict[str, int]
+    ) -> float:
         """Checks/s the bare loop would reach making the worker's calls per check."""
         calls = max(1000, round(result.calls))
+        concurrency = self.settings.concurrency
         runs = [
-            ceiling.measure(self.ws, admin, calls, n, self.settings.concurrency, 300.0)
+            ceiling.measure(self.ws, admin, calls, n, concurrency, 300.0, others)
             for n in self.params.ceiling_processes
         ]
         self.details["ceiling"] = [
-            {**asdict(run), "calls_per_s": round(run.calls_per_s, 1)} for run in runs
+            {
+                **asdict(run),
+                "calls_per_s": round(run.calls_per_s, 1),
+                "cpu_us_per_call": profile.cpu_per_item_us(run.cores_busy, run.seconds, run.calls),
+            }
+            for run in runs
         ]
         per_check = result.calls_per_check or 1.0
         return max(run.calls_per_s for run in runs) / per_check
