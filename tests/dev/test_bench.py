@@ -69,6 +69,21 @@ def test_smoke_bench_writes_every_figure_with_sane_types(tmp_path: Path) -> None
     assert "METRIC" in done.stdout and "idle_sweep_ms_1m" in done.stdout
 
 
+def test_one_phase_runs_alone_and_reports_only_its_figures(tmp_path: Path) -> None:
+    """`--phase throughput`: the check path and its ceiling, nothing of the cost or store
+    scenarios run or reported (a change to the check path measured in a third of the time)."""
+    output = tmp_path / "bench.json"
+    done = _bench(tmp_path, "--smoke", "--phase", "throughput", "--output", str(output), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["checks_per_s"] > 0 and results["efficiency"] > 0
+    assert not {"calls_per_conn_day", "stale_max", "idle_sweep_ms_1m"} & set(results)
+    assert set(results["details"]["phase_seconds"]) == {"throughput"}
+    assert set(results["passed"]) == {"checks_per_s", "efficiency", "redis_bytes_per_conn"}
+    assert "efficiency" in done.stdout and "floor_ratio" not in done.stdout
+    assert "(throughput only)" in done.stderr
+
+
 def test_api_smoke_bench_writes_its_figures(tmp_path: Path) -> None:
     """`tokenworker bench --api --smoke`: the api, a worker and the load generator run; every
     figure of the api table is written, fresh reads cost no Salesforce call."""

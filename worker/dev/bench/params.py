@@ -107,6 +107,9 @@ SMOKE = replace(
 PRESETS = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
+PHASES = ("throughput", "cost", "store")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the < 2 minute run (make bench)")
@@ -117,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store-total", type=int, help="store: the largest stored population")
     parser.add_argument(
         "--no-celery", action="store_true", help="throughput in this process, not on Celery"
+    )
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        action="append",
+        help="run only this scenario (repeatable; default: all three): for measuring one "
+        "change, e.g. --quick --phase throughput (the check path and its ceiling, ~30 s)",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the Celery worker into DIR")
     parser.add_argument(
