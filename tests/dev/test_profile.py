@@ -33,19 +33,44 @@ def test_summary_leaves_out_the_frames_every_sample_shares(tmp_path: Path) -> No
     }
 
 
-def test_cpu_per_item_is_each_process_share_of_the_window_per_unit_of_work() -> None:
-    """Cores busy over a window, turned into microseconds of CPU per check (or per call), with
-    the box's total beside them; nothing when nothing was done."""
-    per = profile.cpu_per_item_us({"worker": 1.2, "redis-server": 0.2}, 10.0, 20_000)
+def test_cpu_per_item_is_each_process_cpu_per_unit_of_work() -> None:
+    """CPU seconds over a window, turned into microseconds per check (or per call), with the
+    box's total beside them; nothing when nothing was done."""
+    per = profile.cpu_per_item_us({"worker": 12.0, "redis-server": 2.0}, 20_000)
     assert per == {"worker": 600.0, "redis-server": 100.0, "all": 700.0}
-    assert profile.cpu_per_item_us({"worker": 1.0}, 10.0, 0) == {}
+    assert profile.cpu_per_item_us({"worker": 1.0}, 0) == {}
 
 
-def test_cpucheck_runs_its_checks_with_the_rate_limit_not_binding() -> None:
-    """cpucheck's loop makes more calls per second than the default limit (1,000/s per
-    integration) allows: at the default, waiting for permits was counted as checks' CPU."""
-    from worker.dev.bench import cpucheck  # noqa: PLC0415
-    from worker.dev.bench.population import BENCH_RATE_LIMIT  # noqa: PLC0415
+def test_the_cpu_meter_counts_only_the_cpu_spent_between_start_and_stop() -> None:
+    """A child that burns ~0.3 s of CPU before the meter starts and ~0.3 s after: the meter
+    sees the second only (to the clock tick), and its cores busy stay within one core."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
 
-    settings = cpucheck.settings("redis://127.0.0.1:1/0", 200)
-    assert settings.rate_limit == float(BENCH_RATE_LIMIT) >= 10_000
+    burn = (
+        "import sys, time\n"
+        "def spin(s):\n"
+        "    end = time.process_time() + s\n"
+        "    while time.process_time() < end: pass\n"
+        "spin(0.3); print('a', flush=True); sys.stdin.readline(); spin(0.3)\n"
+        "print('b', flush=True); sys.stdin.readline()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "a\n"
+        meter = profile.CpuMeter({"child": child.pid})
+        meter.start()
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "b\n"
+        time.sleep(0.1)
+        cores = meter.stop()
+        assert 0.25 <= meter.spent["child"] <= 0.45
+        assert 0 < cores["child"] <= 1.0
+    finally:
+        child.kill()
+        child.wait()

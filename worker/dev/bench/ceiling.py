@@ -30,9 +30,16 @@ class Ceiling:
     calls: int
     seconds: float
     errors: int
-    # CPU seconds per wall second over the run, by process: each bare loop's own (measured
-    # inside it, from its first call to its last), the emulator's and the store's (/proc).
-    cores_busy: dict[str, float] = field(default_factory=dict)
+    # CPU seconds by process: each bare loop's own (measured inside it, from its first call
+    # to its last), the emulator's and the store's (/proc, from the loops' common start to
+    # the last loop's exit: its connections' closing included, a few ms).
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cores_busy(self) -> dict[str, float]:
+        """CPU seconds per wall second of the run, by process."""
+        wall = max(1e-9, self.seconds)
+        return {name: round(cpu / wall, 3) for name, cpu in self.cpu_seconds.items()}
 
     @property
     def calls_per_s(self) -> float:
@@ -122,9 +129,10 @@ def measure(
             )
         )
     meter = profile.CpuMeter(others or {})
-    meter.start()  # idle until start_at: their CPU is the run's
     results = []
     try:
+        time.sleep(max(0.0, start_at - time.time()))
+        meter.start()  # from the moment every loop starts calling
         for proc in procs:
             out, _ = proc.communicate(timeout=timeout)
             results.append(json.loads(out))
@@ -137,10 +145,9 @@ def measure(
             os.unlink(ws.path(f"ceiling-{index}.json"))
     seconds = max(r["ended"] for r in results) - min(r["started"] for r in results)
     errors = sum(r["errors"] for r in results)
-    wall = max(1e-9, seconds)
-    cores = {f"bare loop {n + 1}": round(r["cpu_s"] / wall, 3) for n, r in enumerate(results)}
-    cores |= meter.stop(wall)
-    return Ceiling(processes, sum(r["calls"] for r in results), seconds, errors, cores)
+    meter.stop()
+    cpu = {f"bare loop {n + 1}": r["cpu_s"] for n, r in enumerate(results)} | meter.spent
+    return Ceiling(processes, sum(r["calls"] for r in results), seconds, errors, cpu)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from worker.dev.bench.services import Workspace, sigterm_as_exit  # noqa: PLC0415
 
     configure("json", level=logging.WARNING)  # the in-process scenarios' events stay quiet
+    alone = [flag for flag in ("api", "console", "deployed", "million") if getattr(args, flag)]
+    if args.phase and alone:
+        parser().error(f"--phase picks scenarios of the main run, not of --{alone[0]}")
     if args.api:
         return _run_api(args)
     if args.console:

@@ -126,7 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PHASES,
         action="append",
         help="run only this scenario (repeatable; default: all three): for measuring one "
-        "change, e.g. --quick --phase throughput (the check path and its ceiling, ~30 s)",
+        "change, e.g. --quick --phase throughput (the check path and its ceiling, ~30 s; "
+        "redis_bytes_per_conn comes with it, from the records the worker wrote)",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy the Celery worker into DIR")
     parser.add_argument(

@@ -138,6 +138,7 @@ class CpuMeter:
         self.pids = pids
         self._before: dict[str, float] = {}
         self._started = 0.0
+        self.spent: dict[str, float] = {}  # CPU seconds by process, set by stop()
 
     @staticmethod
     def _cpu(pid: int) -> float:
@@ -151,19 +152,19 @@ class CpuMeter:
         self._started = time.monotonic()
         self._before = {name: self._cpu(pid) for name, pid in self.pids.items()}
 
-    def stop(self, wall: float | None = None) -> dict[str, float]:
-        """Cores busy since `start`: CPU seconds over `wall` (default: the seconds since)."""
-        wall = max(1e-9, time.monotonic() - self._started if wall is None else wall)
-        return {
-            name: round((self._cpu(pid) - self._before[name]) / wall, 3)
-            for name, pid in self.pids.items()
-        }
+    def stop(self) -> dict[str, float]:
+        """Cores busy since `start` (CPU seconds per wall second); the CPU seconds themselves
+        are kept in `spent`."""
+        wall = max(1e-9, time.monotonic() - self._started)
+        self.spent = {name: self._cpu(pid) - self._before[name] for name, pid in self.pids.items()}
+        return {name: round(cpu / wall, 3) for name, cpu in self.spent.items()}
 
 
-def cpu_per_item_us(cores_busy: dict[str, float], seconds: float, items: float) -> dict[str, float]:
-    """Microseconds of CPU each process spent per item (a check, a call) over a window of
-    `seconds` in which `items` were done: where the box's cores go, per unit of work."""
-    if items <= 0 or not cores_busy:
+def cpu_per_item_us(cpu_seconds: dict[str, float], items: float) -> dict[str, float]:
+    """Microseconds of CPU each process spent per item (a check, a call) done in the window
+    its CPU seconds were taken over, and the box's total: where the cores go per unit of
+    work."""
+    if items <= 0 or not cpu_seconds:
         return {}
-    each = {name: cores * seconds / items * 1e6 for name, cores in cores_busy.items()}
+    each = {name: cpu / items * 1e6 for name, cpu in cpu_seconds.items()}
     return {name: round(us, 1) for name, us in each.items()} | {"all": round(sum(each.values()), 1)}

@@ -78,9 +78,7 @@ class Run:
             "rate_limit_per_integration": self.settings.rate_limit,
             "calls_per_check": round(result.calls_per_check, 3),
             "expired": pop.expired,
-            "cpu_us_per_check": profile.cpu_per_item_us(
-                result.cores_busy, result.seconds, result.checks
-            ),
+            "cpu_us_per_check": profile.cpu_per_item_us(result.cpu_seconds, result.checks),
         }
         if self.profile_dir is not None:
             self.details["profile_by_area"] = profile.by_area(self.profile_dir)
@@ -103,7 +101,8 @@ class Run:
             {
                 **asdict(run),
                 "calls_per_s": round(run.calls_per_s, 1),
-                "cpu_us_per_call": profile.cpu_per_item_us(run.cores_busy, run.seconds, run.calls),
+                "cores_busy": run.cores_busy,
+                "cpu_us_per_call": profile.cpu_per_item_us(run.cpu_seconds, run.calls),
             }
             for run in runs
         ]

@@ -49,6 +49,7 @@ class ThroughputResult:
     outcomes: dict[str, int] = field(default_factory=dict)
     sweeps: int = 0
     cores_busy: dict[str, float] = field(default_factory=dict)  # CPU s per wall s, by process
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # over the same window
 
     @property
     def checks_per_s(self) -> float:
@@ -204,7 +205,7 @@ def run_celery(
     store.close()
     checks = sum(outcomes.values()) or len(population.ids)
     return ThroughputResult(
-        "celery", checks, end - first, stats.total, dict(outcomes), sweeps + 1, cores
+        "celery", checks, end - first, stats.total, dict(outcomes), sweeps + 1, cores, meter.spent
     )
 
 
